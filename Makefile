@@ -1,0 +1,61 @@
+# controlplane-workers: `make run` starts the local platform, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CPW := $(VENV)/bin/cpw
+CHECKOV_VENV ?= .tools/checkov
+# What the tests need from Debian: a real broker, Prometheus tools, and the sandbox for the
+# read-only-root test.
+APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap
+PYTEST_ARGS ?=
+
+.PHONY: help run test install system-deps tools lint fmt chart bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,lint]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the project and its test tools
+
+run: $(VENV)/.installed ## the local platform on the embedded broker: API on 127.0.0.1:8000, a worker, the demo provider
+	$(CPW) dev
+
+system-deps: ## install the Debian packages the tests need (as root), or print the command
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "missing system packages; run: sudo apt-get update && sudo apt-get install -y $$missing"; exit 1; \
+	fi
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov
+
+tools: $(CHECKOV_VENV)/bin/checkov ## checkov in its own venv (its pins clash with ours)
+
+test: $(VENV)/.installed system-deps tools ## run every test (real RabbitMQ, Helm engine, promtool)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed ## ruff and mypy
+	$(VENV)/bin/ruff check worker api-adapter tests
+	$(VENV)/bin/mypy worker/controlplane_workers api-adapter/controlplane_api
+
+fmt: $(VENV)/.installed ## format the code
+	$(VENV)/bin/ruff format worker api-adapter tests
+	$(VENV)/bin/ruff check --fix worker api-adapter tests
+
+bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
+	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench $(PYTEST_ARGS) -o addopts=""
+
+clean: ## remove the venvs and build output
+	rm -rf $(VENV) .tools build .pytest_cache

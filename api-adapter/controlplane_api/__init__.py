@@ -1,0 +1,1 @@
+"""controlplane_api: the HTTP face of the job queue (Starlette)."""

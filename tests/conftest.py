@@ -1,0 +1,99 @@
+"""Shared fixtures: a real RabbitMQ for the session, and a fresh broker per test.
+
+`CPW_TEST_RABBITMQ_URL` (and `CPW_TEST_RABBITMQ_MANAGEMENT_URL`) point the suite at an existing
+broker instead of starting one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.rabbitmq import RabbitMQServer, installed
+
+
+@dataclass
+class BrokerEndpoint:
+    amqp_url: str
+    management_url: str
+    server: RabbitMQServer | None = None
+
+    def _request(self, method: str, path: str, body: object | None = None) -> object:
+        parts = urllib.parse.urlsplit(self.management_url)
+        base = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+        request = urllib.request.Request(base + path, method=method)
+        token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, data=data, timeout=10) as response:
+            text = response.read()
+            return json.loads(text) if text else None
+
+    def new_vhost(self) -> str:
+        """A fresh virtual host: each test gets its own topology and nothing left over."""
+        name = f"t-{uuid.uuid4().hex[:10]}"
+        self._request("PUT", f"/api/vhosts/{name}", {})
+        user = urllib.parse.urlsplit(self.amqp_url).username or "guest"
+        self._request("PUT", f"/api/permissions/{name}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+        return name
+
+    def delete_vhost(self, name: str) -> None:
+        try:
+            self._request("DELETE", f"/api/vhosts/{name}")
+        except OSError:
+            pass
+
+    def url_for(self, vhost: str) -> str:
+        return self.amqp_url.rstrip("/") + "/" + urllib.parse.quote(vhost, safe="")
+
+    def queue(self, vhost: str, name: str) -> dict:
+        q = urllib.parse.quote
+        return self._request("GET", f"/api/queues/{q(vhost, safe='')}/{q(name, safe='')}")  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[BrokerEndpoint]:
+    url = os.environ.get("CPW_TEST_RABBITMQ_URL")
+    if url:
+        yield BrokerEndpoint(url, os.environ.get("CPW_TEST_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"))
+        return
+    if not installed():
+        pytest.fail("rabbitmq-server is not installed: run `make test` (it installs it) or set CPW_TEST_RABBITMQ_URL")
+    server = RabbitMQServer().start()
+    try:
+        yield BrokerEndpoint(server.amqp_url, server.management_url, server)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def vhost_url(rabbitmq: BrokerEndpoint) -> Iterator[str]:
+    name = rabbitmq.new_vhost()
+    yield rabbitmq.url_for(name)
+    rabbitmq.delete_vhost(name)
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The contract suite runs once on the embedded broker and once on a real RabbitMQ."""
+    if request.param == "memory":
+        from controlplane_workers.broker.memory import reset_nodes
+
+        reset_nodes()
+        yield f"memory://test-{uuid.uuid4().hex[:8]}"
+        return
+    endpoint: BrokerEndpoint = request.getfixturevalue("rabbitmq")
+    name = endpoint.new_vhost()
+    yield endpoint.url_for(name)
+    endpoint.delete_vhost(name)

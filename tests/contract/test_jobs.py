@@ -1,0 +1,217 @@
+"""The job contract, run on the embedded broker and on a real RabbitMQ (fixture `broker_url`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controlplane_workers import JobStatus, WorkerRegistry
+from controlplane_workers.broker.base import KIND
+from controlplane_workers.dlq import list_dead_letters, redrive
+from tests.support import providers
+from tests.support.harness import client, eventually, request, running_worker
+
+NS, TYPE = "Test.Scripted", "things"
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    providers.CALLS.clear()
+    providers.STARTED.clear()
+
+
+def calls_for(name: str) -> list[dict]:
+    return [c for c in providers.CALLS if c["name"] == name]
+
+
+async def test_submit_runs_provider_and_result_reaches_client(broker_url):
+    async with running_worker(broker_url, providers.registry), client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("a", x=1))
+        result = await queue.get_job_result(job_id, timeout=10)
+    assert result is not None and result.status is JobStatus.SUCCEEDED
+    assert result.result["body"] == {"script": "ok", "x": 1}
+    assert result.attempts == 1 and result.finished_at >= result.submitted_at
+
+
+async def test_unknown_job_times_out_with_none(broker_url):
+    async with client(broker_url) as queue:
+        assert await queue.get_job_result("no-such-job", timeout=0.2) is None
+
+
+async def test_backlog_drains_most_urgent_first(broker_url):
+    async with client(broker_url) as queue:
+        for i, priority in enumerate([1, 5, 9, 3, 9, 0, 7]):
+            await queue.submit_job(NS, TYPE, "create", request(f"p{priority}-{i}"), priority=priority)
+        async with running_worker(broker_url, providers.registry, max_concurrent_jobs=1):
+            await eventually(lambda: len(providers.CALLS) == 7)
+    order = [int(c["name"].split("-")[0][1:]) for c in providers.CALLS]
+    assert order == sorted(order, reverse=True), order
+
+
+async def test_retries_observe_backoff_then_succeed(broker_url):
+    async with running_worker(broker_url, providers.registry, retry_base_delay=0.2), client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("flaky", "fail:2"))
+        result = await queue.get_job_result(job_id, timeout=15)
+    assert result.status is JobStatus.SUCCEEDED and result.attempts == 3
+    times = [c["at"] for c in calls_for("flaky")]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.19 and gaps[1] >= 0.39, gaps  # base 0.2 s, doubling, no jitter
+
+
+async def test_exhausted_retries_end_in_dlq_with_reason(broker_url):
+    async with running_worker(broker_url, providers.registry, max_attempts=3) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("doomed", "error"))
+        result = await queue.get_job_result(job_id, timeout=15)
+        letters = await list_dead_letters(worker.broker)
+    assert result.status is JobStatus.FAILED and result.attempts == 3
+    assert result.error.code == "ValueError"
+    assert len(calls_for("doomed")) == 3
+    [letter] = letters
+    assert letter["job_id"] == job_id and letter["reason"] == "attempts-exhausted" and letter["attempts"] == 3
+
+
+async def test_permanent_error_fails_at_once_and_dead_letters(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("bad", "permanent"))
+        result = await queue.get_job_result(job_id, timeout=10)
+        letters = await list_dead_letters(worker.broker)
+    assert result.status is JobStatus.FAILED and result.error.code == "InvalidRequest"
+    assert len(calls_for("bad")) == 1
+    assert [(l["job_id"], l["reason"]) for l in letters] == [(job_id, "permanent-error")]
+
+
+async def test_per_job_timeout(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("slow", "hang"), timeout=0.2, max_attempts=1)
+        result = await queue.get_job_result(job_id, timeout=10)
+        assert not worker.running
+    assert result.status is JobStatus.FAILED and result.error.code == "JobTimeout"
+
+
+async def test_cancel_queued_job_is_skipped(broker_url):
+    async with client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("queued"))
+        await queue.cancel_job(job_id, reason="user changed their mind")
+        async with running_worker(broker_url, providers.registry):
+            result = await queue.get_job_result(job_id, timeout=10)
+    assert result.status is JobStatus.CANCELED and result.error.message == "user changed their mind"
+    assert calls_for("queued") == []
+
+
+async def test_cancel_running_job_stops_it(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("long", "hang"))
+        await eventually(lambda: job_id in worker.running)
+        await queue.cancel_job(job_id)
+        result = await queue.get_job_result(job_id, timeout=10)
+        assert worker.stats.canceled == 1 and not worker.running
+    assert result.status is JobStatus.CANCELED
+
+
+async def test_malformed_and_unknown_jobs_dead_letter_and_worker_survives(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        await queue.broker.publish_job(
+            b"not json at all", message_id="junk-1", routing_key="x.y.create", priority=5, headers={}
+        )
+        await queue.broker.publish_job(
+            b'{"id": "j2", "provider_namespace": "A"}', message_id="j2", routing_key="x.y.create", priority=5,
+            headers={},
+        )
+        unknown = await queue.submit_job("No.Such", "thing", "create", request("u"))
+        ok = await queue.submit_job(NS, TYPE, "create", request("after"))
+        assert (await queue.get_job_result(ok, timeout=10)).status is JobStatus.SUCCEEDED
+        failed = await queue.get_job_result(unknown, timeout=10)
+        await eventually(lambda: worker.stats.dead_lettered == 3)
+        letters = {l["job_id"]: l for l in await list_dead_letters(worker.broker)}
+    assert failed.status is JobStatus.FAILED and failed.error.code == "UnknownProvider"
+    assert letters["junk-1"]["reason"] == "malformed"
+    assert letters["j2"]["reason"] == "malformed" and "resource_type" in letters["j2"]["detail"]
+    assert letters[unknown]["reason"] == "unknown-provider"
+
+
+async def test_redrive_sends_dead_letters_round_again(broker_url):
+    async with client(broker_url) as queue:
+        async with running_worker(broker_url, providers.registry):
+            job_id = await queue.submit_job(NS, TYPE, "create", request("again", "permanent"))
+            other = await queue.submit_job(NS, TYPE, "create", request("stays", "permanent"))
+            assert (await queue.get_job_result(job_id, timeout=10)).status is JobStatus.FAILED
+            assert (await queue.get_job_result(other, timeout=10)).status is JobStatus.FAILED
+        assert await redrive(queue.broker, [job_id]) == 1
+        await eventually(lambda: queue.get_job_status(job_id).status is JobStatus.ACCEPTED)
+        assert queue.index.redriven == 1
+        async with running_worker(broker_url, providers.registry) as worker:
+            assert (await queue.get_job_result(job_id, timeout=10)).attempts == 1
+            await eventually(lambda: len(calls_for("again")) == 2)
+            assert [l["job_id"] for l in await list_dead_letters(worker.broker)] == [other, job_id]
+
+
+async def test_drain_finishes_in_flight_and_requeues_the_rest(broker_url):
+    async with client(broker_url) as queue:
+        worker_cm = running_worker(broker_url, providers.registry, max_concurrent_jobs=4)
+        worker = await worker_cm.__aenter__()
+        quick = [await queue.submit_job(NS, TYPE, "create", request(f"q{i}", "sleep:0.3")) for i in range(2)]
+        stuck = [await queue.submit_job(NS, TYPE, "create", request(f"h{i}", "hang")) for i in range(2)]
+        await eventually(lambda: len(worker.running) == 4)
+        await worker.stop(drain_timeout=1.0)
+        await worker_cm.__aexit__(None, None, None)
+        for job_id in quick:
+            assert (await queue.get_job_result(job_id, timeout=1)).status is JobStatus.SUCCEEDED
+        # The hanging jobs were handed back, not failed: another worker picks them up.
+        assert all(queue.get_job_status(j).status is not JobStatus.FAILED for j in stuck)
+        providers.STARTED.clear()
+        async with running_worker(broker_url, providers.registry) as second:
+            await eventually(lambda: set(second.running) == set(stuck))
+
+
+async def test_fleet_view_from_heartbeats(broker_url):
+    async with client(broker_url) as queue:
+        fleet = WorkerRegistry(missed_heartbeats=3)
+        await fleet.follow(queue.broker)
+        async with running_worker(broker_url, providers.registry, worker_id="w-fleet") as worker:
+            await eventually(lambda: fleet.get_worker("w-fleet") is not None)
+            status = fleet.get_registry_status()
+            assert status["total_workers"] == 1 and status["workers"][0]["capacity"] == worker.settings.max_concurrent_jobs
+        await eventually(lambda: fleet.get_worker("w-fleet") is None)
+        await fleet.stop()
+
+
+async def test_itl_shaped_provider_runs_unchanged(broker_url):
+    from pydantic import BaseModel
+
+    class ResourceResponse(BaseModel):  # the ITL SDK's providers return pydantic models
+        id: str
+        name: str
+        properties: dict
+
+    class ITLStyleRegistry:  # a plain registry class with the ITL SDK's method name
+        def __init__(self, provider):
+            self.provider = provider
+
+        def get_provider(self, namespace, resource_type):
+            return self.provider if (namespace, resource_type) == ("ITL.Compute", "vms") else None
+
+    class ITLStyleProvider:  # a plain class, sync methods, the ITL SDK's method names
+        def create_or_update_resource(self, request):
+            return ResourceResponse(id=f"/x/{request.resource_name}", name=request.resource_name,
+                                    properties={"location": request.location})
+
+        def get_resource(self, request):
+            return {"id": f"/x/{request.resource_name}"}
+
+    async with running_worker(broker_url, ITLStyleRegistry(ITLStyleProvider())), client(broker_url) as queue:
+        created = await queue.submit_job("ITL.Compute", "vms", "create", request("vm1"))
+        fetched = await queue.submit_job("ITL.Compute", "vms", "get", request("vm1"))
+        r1 = await queue.get_job_result(created, timeout=10)
+        r2 = await queue.get_job_result(fetched, timeout=10)
+    assert r1.status is JobStatus.SUCCEEDED and r1.result == {"id": "/x/vm1", "name": "vm1", "properties": {"location": "westeurope"}}
+    assert r2.result == {"id": "/x/vm1"}
+
+
+async def test_accepted_event_is_the_job_copy(broker_url):
+    async with client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "delete", request("z"), priority=6)
+        await eventually(lambda: queue.get_job_status(job_id) is not None)
+        status = queue.get_job_status(job_id)
+    assert status.status is JobStatus.ACCEPTED and status.operation.value == "delete" and status.priority == 6
+    assert KIND == "x-cpw-kind"

@@ -1,0 +1,48 @@
+"""Providers for tests, scripted by the request body so separate worker processes behave alike.
+
+`body["script"]`: "ok" | "sleep:<s>" | "fail:<n>" (RetryableError on attempts 1..n) |
+"permanent" | "error" (a plain exception every time) | "hang" | "echo".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from controlplane_workers import PermanentError, ResourceProviderRegistry, ResourceRequest, RetryableError
+from controlplane_workers.context import current_job
+
+CALLS: list[dict[str, Any]] = []
+STARTED: dict[str, asyncio.Event] = {}
+
+
+class Scripted:
+    """Records every call; does what the request's script says."""
+
+    async def _do(self, request: ResourceRequest) -> dict[str, Any]:
+        job = current_job()
+        attempt = job.attempt if job else 1
+        CALLS.append({"name": request.resource_name, "attempt": attempt, "at": time.monotonic(), "pid": os.getpid()})
+        STARTED.setdefault(request.resource_name, asyncio.Event()).set()
+        script = str(request.body.get("script", "ok"))
+        kind, _, arg = script.partition(":")
+        if kind == "sleep":
+            await asyncio.sleep(float(arg))
+        elif kind == "fail" and attempt <= int(arg):
+            raise RetryableError(f"transient failure on attempt {attempt}", code="Transient")
+        elif kind == "permanent":
+            raise PermanentError("this request can never succeed", code="InvalidRequest")
+        elif kind == "error":
+            raise ValueError("provider bug")
+        elif kind == "hang":
+            await asyncio.sleep(3600)
+        return {"name": request.resource_name, "attempt": attempt, "pid": os.getpid(), "body": request.body}
+
+    create_or_update_resource = get_resource = delete_resource = list_resources = execute_action = _do
+
+
+provider = Scripted()
+registry = ResourceProviderRegistry()
+registry.register_provider("Test.Scripted", "*", provider)

@@ -1,0 +1,197 @@
+"""A real RabbitMQ node for tests, drills and benchmarks.
+
+Debian's rabbitmq-server on loopback, on free ports, with its own data dir, so a test run never
+touches a system broker and two runs never share state. As root the node runs as the `rabbitmq`
+user (Erlang refuses nothing as root, but the data dir must belong to the user that owns it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def installed() -> bool:
+    return Path(SERVER).exists()
+
+
+@dataclass
+class RabbitMQServer:
+    """One broker node. `start()` returns when AMQP and the management API answer."""
+
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cpw-rabbitmq-")))
+    amqp_port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    management_port: int = field(default_factory=free_port)
+    prometheus_port: int = field(default_factory=free_port)
+    consumer_timeout_ms: int = 1_800_000
+    process: subprocess.Popen | None = None
+
+    @property
+    def nodename(self) -> str:
+        return f"cpw{self.amqp_port}@localhost"
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.management_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/lib/rabbitmq/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": str(self.base),
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.base / "feature_flags"),
+            "RABBITMQ_PID_FILE": str(self.base / "rabbitmq.pid"),
+        }
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "rabbitmq", "--", *argv]
+        return argv
+
+    def _write_config(self) -> None:
+        (self.base / "mnesia").mkdir(parents=True, exist_ok=True)
+        (self.base / "log").mkdir(parents=True, exist_ok=True)
+        (self.base / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
+                    f"management.tcp.port = {self.management_port}",
+                    "management.tcp.ip = 127.0.0.1",
+                    f"prometheus.tcp.port = {self.prometheus_port}",
+                    "prometheus.tcp.ip = 127.0.0.1",
+                    "loopback_users = none",
+                    f"consumer_timeout = {self.consumer_timeout_ms}",
+                    "log.console = false",
+                    "log.file.level = warning",
+                    "vm_memory_high_watermark.relative = 0.3",
+                    "disk_free_limit.absolute = 50MB",
+                    "",
+                ]
+            )
+        )
+        (self.base / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("rabbitmq")
+            for path in [self.base, *self.base.rglob("*")]:
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    def start(self, timeout: float = 60.0) -> RabbitMQServer:
+        self._write_config()
+        log = open(self.base / "server.out", "ab")
+        self.process = subprocess.Popen(
+            self._as_owner([SERVER]),
+            env=self._env(),
+            cwd=self.base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the node answers on AMQP and the management API (the event, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited: {self.tail_log()}")
+            if self._management_answers():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"rabbitmq-server not ready in {timeout}s: {self.tail_log()}")
+
+    def _management_answers(self) -> bool:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.management_port}/api/overview")
+        request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest, the test node's user
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        result = subprocess.run(
+            self._as_owner([CTL, "-n", self.nodename, *args]),
+            env=self._env(),
+            cwd=self.base,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {result.stdout}{result.stderr}")
+        return result.stdout
+
+    def stop_app(self) -> None:
+        """Stop the broker application but keep the node (fast restart, same data)."""
+        self.ctl("stop_app")
+
+    def start_app(self, timeout: float = 60.0) -> None:
+        self.ctl("start_app")
+        self.wait_ready(timeout)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop the whole node and start it again on the same ports and data dir."""
+        self.stop()
+        self.start(timeout)
+
+    def close_all_connections(self) -> None:
+        self.ctl("close_all_connections", "test drill")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(Exception):
+            self.ctl("stop", timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def tail_log(self, lines: int = 30) -> str:
+        out = []
+        for path in [self.base / "server.out", *sorted((self.base / "log").glob("*.log"))]:
+            if path.exists():
+                out.extend(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(out[-lines:])

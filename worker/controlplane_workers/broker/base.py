@@ -1,0 +1,151 @@
+"""What the job core needs from a broker, whatever carries the messages.
+
+Two implementations: `rabbitmq.RabbitMQBroker` (aio-pika) and `memory.MemoryBroker` (in process,
+for `cpw dev` and unit tests). One contract test suite runs against both.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from ..topology import Topology
+
+Headers = dict[str, Any]
+Offset = Literal["first", "next"] | int | datetime
+
+# Header names carried on job messages and stream messages.
+ATTEMPT = "x-cpw-attempt"
+KIND = "x-cpw-kind"  # "job" on a job (and its copy on the results stream), "event" on an event
+JOB_ID = "x-cpw-job-id"
+REASON = "x-cpw-dead-letter-reason"
+DETAIL = "x-cpw-dead-letter-detail"
+FIRST_DEATH_QUEUE = "x-cpw-original-queue"
+REDRIVE = "x-cpw-redrive"  # a dead-lettered job sent round again: readers start it afresh
+
+
+@dataclass
+class Delivery:
+    """A job message handed to a consumer; settle it exactly once with ack or reject."""
+
+    body: bytes
+    headers: Headers
+    message_id: str | None
+    priority: int
+    redelivered: bool
+    routing_key: str
+    _settle: Callable[[bool, bool], Awaitable[None]] = field(repr=False)
+    settled: bool = False
+
+    @property
+    def attempt(self) -> int:
+        try:
+            return max(1, int(self.headers.get(ATTEMPT, 1)))
+        except (TypeError, ValueError):
+            return 1
+
+    async def ack(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self._settle(True, False)
+
+    async def reject(self, requeue: bool) -> None:
+        if not self.settled:
+            self.settled = True
+            await self._settle(False, requeue)
+
+
+@dataclass
+class StreamMessage:
+    body: bytes
+    headers: Headers
+    offset: int
+    timestamp: float | None = None
+
+
+@dataclass
+class QueueStats:
+    ready: int
+    unacked: int
+    consumers: int
+    dead_letters: int
+    retrying: int
+
+    @property
+    def depth(self) -> int:
+        return self.ready + self.unacked
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def cancel(self) -> None: ...
+
+
+JobHandler = Callable[[Delivery], Awaitable[None]]
+StreamHandler = Callable[[Sequence[StreamMessage]], None]
+HeartbeatHandler = Callable[[bytes], None]
+
+
+class Broker(abc.ABC):
+    """The broker operations of the job core. Every publish returns once the broker holds it."""
+
+    def __init__(self, url: str, topology: Topology) -> None:
+        self.url = url
+        self.topology = topology
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.on_reconnect: list[Callable[[], Any]] = []
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect and declare the topology."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish_job(
+        self, body: bytes, *, message_id: str, routing_key: str, priority: int, headers: Headers
+    ) -> None:
+        """Publish to the job exchange; raise UnroutableJob or BrokerUnavailable if not confirmed."""
+
+    @abc.abstractmethod
+    async def publish_retry(
+        self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
+    ) -> None:
+        """Park a job in the delay queue of `attempt`; it returns to the job queue after `delay`."""
+
+    @abc.abstractmethod
+    async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None: ...
+
+    @abc.abstractmethod
+    async def publish_events(self, bodies: Sequence[tuple[bytes, Headers]]) -> None:
+        """Append events to the results stream, confirmed, in order."""
+
+    @abc.abstractmethod
+    async def publish_control(self, body: bytes, headers: Headers) -> None: ...
+
+    @abc.abstractmethod
+    async def publish_heartbeat(self, body: bytes) -> None:
+        """Fire and forget: heartbeats are transient and not confirmed."""
+
+    @abc.abstractmethod
+    async def consume_jobs(self, handler: JobHandler, prefetch: int) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def follow(self, stream: str, handler: StreamHandler, offset: Offset = "first") -> Subscription:
+        """Read a stream from `offset` on, in batches, and keep following it; resumes after reconnects."""
+
+    @abc.abstractmethod
+    async def subscribe_heartbeats(self, handler: HeartbeatHandler) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def queue_stats(self) -> QueueStats: ...
+
+    @abc.abstractmethod
+    async def take_dead_letters(self, limit: int | None = None) -> list[Delivery]:
+        """Fetch dead-lettered messages unsettled: ack to remove, reject(requeue=True) to keep."""

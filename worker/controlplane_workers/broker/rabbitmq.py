@@ -1,0 +1,372 @@
+"""RabbitMQ through aio-pika: robust connection, publisher confirms, streams for events.
+
+One connection per process, a confirmed channel for publishing, one channel for consuming jobs
+(prefetch = concurrency) and one per followed stream. Stream consumers resume from the last offset
+they saw after a reconnect, so a broker restart neither loses nor replays the whole stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import DeliveryError
+
+from ..errors import BrokerUnavailable, UnroutableJob
+from ..redact import redact_text, redact_url
+from ..topology import Topology
+from .base import (
+    KIND,
+    Broker,
+    Delivery,
+    Headers,
+    HeartbeatHandler,
+    JobHandler,
+    Offset,
+    QueueStats,
+    StreamHandler,
+    StreamMessage,
+    Subscription,
+)
+
+log = logging.getLogger(__name__)
+
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+STREAM_PREFETCH = 2000
+STREAM_ACK_EVERY = 500
+
+_UNAVAILABLE = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    RuntimeError,
+)
+
+
+class _Consumer(Subscription):
+    def __init__(self, queue: AbstractQueue, tag: str) -> None:
+        self.queue, self.tag = queue, tag
+
+    async def cancel(self) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self.queue.cancel(self.tag)
+
+
+class _StreamFollower(Subscription):
+    """Follows one stream; on reconnect re-subscribes after the last offset it handled."""
+
+    def __init__(self, broker: RabbitMQBroker, stream: str, handler: StreamHandler, offset: Offset) -> None:
+        self.broker, self.stream, self.handler = broker, stream, handler
+        self.offset: Offset = offset
+        self.channel: AbstractRobustChannel | None = None
+        self.tag: str | None = None
+        self.queue: AbstractQueue | None = None
+        self.batch: list[StreamMessage] = []
+        self.last: AbstractIncomingMessage | None = None
+        self.unacked = 0
+        self.flush_scheduled = False
+        self.cancelled = False
+
+    async def start(self) -> None:
+        connection = self.broker.connection
+        assert connection is not None
+        self.channel = await connection.channel(publisher_confirms=False)
+        await self.channel.set_qos(prefetch_count=STREAM_PREFETCH)
+        self.queue = await self.channel.declare_queue(
+            self.stream, durable=True, arguments=self.broker.topology.stream_arguments()
+        )
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        assert self.queue is not None
+        # An int resumes after the last offset handled; pamqp encodes a datetime as an AMQP timestamp.
+        offset = self.offset
+        self.tag = await self.queue.consume(
+            self._on_message, arguments={"x-stream-offset": offset}, robust=False
+        )
+
+    async def resubscribe(self) -> None:
+        if self.cancelled:
+            return
+        self.batch.clear()
+        self.unacked = 0
+        self.last = None
+        await self._subscribe()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        offset = int(headers.get("x-stream-offset", 0))
+        self.batch.append(StreamMessage(message.body, headers, offset, None))
+        self.offset = offset + 1
+        self.last = message
+        self.unacked += 1
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        batch, self.batch = self.batch, []
+        if batch:
+            try:
+                self.handler(batch)
+            except Exception:  # a reader bug must not stop the stream
+                log.exception("stream handler failed", extra={"stream": self.stream})
+        if self.last is not None and (self.unacked >= STREAM_ACK_EVERY or not self.batch):
+            last, self.last, self.unacked = self.last, None, 0
+            asyncio.ensure_future(self._ack(last))
+
+    @staticmethod
+    async def _ack(message: AbstractIncomingMessage) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await message.ack(multiple=True)
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+        if self.channel is not None:
+            with contextlib.suppress(*_UNAVAILABLE):
+                await self.channel.close()
+
+
+class RabbitMQBroker(Broker):
+    def __init__(self, url: str, topology: Topology, *, name: str = "cpw", publish_timeout: float = 10.0) -> None:
+        super().__init__(url, topology)
+        self.name = name
+        self.publish_timeout = publish_timeout
+        self.connection: AbstractRobustConnection | None = None
+        self.publisher: AbstractRobustChannel | None = None
+        self.exchange: aio_pika.abc.AbstractExchange | None = None
+        self.dlx: aio_pika.abc.AbstractExchange | None = None
+        self.heartbeats: aio_pika.abc.AbstractExchange | None = None
+        self.followers: list[_StreamFollower] = []
+        self._consume_channel: AbstractRobustChannel | None = None
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({redact_url(self.url)})"
+
+    async def connect(self) -> None:
+        try:
+            self.connection = await aio_pika.connect_robust(
+                self.url,
+                client_properties={"connection_name": self.name},
+                reconnect_interval=1.0,
+                fail_fast=True,
+            )
+        except Exception as exc:
+            raise BrokerUnavailable(f"cannot connect to {redact_url(self.url)}: {redact_text(str(exc))}") from exc
+        self.connection.close_callbacks.add(self._on_close)
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.publisher = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        await self._declare(self.publisher)
+        self.connected.set()
+
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
+        t = self.topology
+        self.exchange = await channel.declare_exchange(t.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        self.dlx = await channel.declare_exchange(t.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        self.heartbeats = await channel.declare_exchange(
+            t.heartbeat_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        jobs = await channel.declare_queue(t.jobs_queue, durable=True, arguments=t.jobs_queue_arguments())
+        await jobs.bind(self.exchange, "#")
+        dlq = await channel.declare_queue(t.dead_letter_queue, durable=True)
+        await dlq.bind(self.dlx, t.dead_letter_queue)
+        for attempt in t.retry_attempts:
+            await channel.declare_queue(t.retry_queue(attempt), durable=True, arguments=t.retry_queue_arguments())
+        results = await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
+        # Every accepted job is copied onto the results stream by the broker itself: the Accepted
+        # event costs the submitter nothing and is confirmed together with the job.
+        await results.bind(self.exchange, "#")
+        await channel.declare_queue(t.control_stream, durable=True, arguments=t.stream_arguments())
+
+    def _on_close(self, *_: Any) -> None:
+        if self.connection is not None and not self.connection.is_closed:
+            self.connected.clear()
+
+    async def _on_reconnect(self, *_: Any) -> None:
+        self.reconnects += 1
+        for follower in list(self.followers):
+            try:
+                await follower.resubscribe()
+            except Exception:
+                log.exception("could not resume stream %s", follower.stream)
+        self.connected.set()
+        for callback in self.on_reconnect:
+            callback()
+
+    async def close(self) -> None:
+        self.connected.clear()
+        for follower in self.followers:
+            follower.cancelled = True
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+
+    async def _publish(self, exchange: aio_pika.abc.AbstractExchange | None, message: aio_pika.Message, key: str) -> None:
+        if exchange is None or not self.connected.is_set():
+            raise BrokerUnavailable("broker not connected")
+        try:
+            await exchange.publish(message, key, mandatory=True, timeout=self.publish_timeout)
+        except DeliveryError as exc:
+            frame = getattr(exc, "frame", None)
+            if frame is not None and getattr(frame, "reply_code", None) == 312:
+                raise UnroutableJob(f"no queue bound for routing key {key!r} on {exchange.name!r}") from exc
+            raise BrokerUnavailable(f"broker refused the message: {exc}") from exc
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"broker did not confirm: {redact_text(repr(exc))}") from exc
+
+    async def publish_job(
+        self, body: bytes, *, message_id: str, routing_key: str, priority: int, headers: Headers
+    ) -> None:
+        message = aio_pika.Message(
+            body, headers={KIND: "job", **headers}, message_id=message_id, priority=priority,
+            delivery_mode=PERSISTENT, content_type="application/json",
+        )
+        await self._publish(self.exchange, message, routing_key)
+
+    async def publish_retry(
+        self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
+    ) -> None:
+        message = aio_pika.Message(
+            body, headers=headers, message_id=message_id, priority=priority, delivery_mode=PERSISTENT,
+            content_type="application/json", expiration=max(delay, 0.001),
+        )
+        assert self.publisher is not None
+        await self._publish(self.publisher.default_exchange, message, self.topology.retry_queue(attempt))
+
+    async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
+        message = aio_pika.Message(
+            body, headers=headers, message_id=message_id, delivery_mode=PERSISTENT, content_type="application/json"
+        )
+        await self._publish(self.dlx, message, self.topology.dead_letter_queue)
+
+    async def publish_events(self, bodies: Sequence[tuple[bytes, Headers]]) -> None:
+        assert self.publisher is not None
+        exchange = self.publisher.default_exchange
+        stream = self.topology.results_stream
+        await asyncio.gather(
+            *(
+                self._publish(
+                    exchange,
+                    aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT, content_type="application/json"),
+                    stream,
+                )
+                for body, headers in bodies
+            )
+        )
+
+    async def publish_control(self, body: bytes, headers: Headers) -> None:
+        assert self.publisher is not None
+        message = aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT, content_type="application/json")
+        await self._publish(self.publisher.default_exchange, message, self.topology.control_stream)
+
+    async def publish_heartbeat(self, body: bytes) -> None:
+        if self.heartbeats is None or not self.connected.is_set():
+            return
+        with contextlib.suppress(*_UNAVAILABLE, DeliveryError):
+            await self.heartbeats.publish(aio_pika.Message(body, content_type="application/json"), "", mandatory=False)
+
+    async def consume_jobs(self, handler: JobHandler, prefetch: int) -> Subscription:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        self._consume_channel = channel
+        queue = await channel.declare_queue(
+            self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
+        )
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            async def settle(ack: bool, requeue: bool) -> None:
+                if ack:
+                    await message.ack()
+                else:
+                    await message.reject(requeue=requeue)
+
+            await handler(
+                Delivery(
+                    body=message.body,
+                    headers=dict(message.headers or {}),
+                    message_id=message.message_id,
+                    priority=message.priority or 0,
+                    redelivered=bool(message.redelivered),
+                    routing_key=message.routing_key or "",
+                    _settle=settle,
+                )
+            )
+
+        tag = await queue.consume(on_message)
+        return _Consumer(queue, tag)
+
+    async def follow(self, stream: str, handler: StreamHandler, offset: Offset = "first") -> Subscription:
+        follower = _StreamFollower(self, stream, handler, offset)
+        await follower.start()
+        self.followers.append(follower)
+        return follower
+
+    async def subscribe_heartbeats(self, handler: HeartbeatHandler) -> Subscription:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=False)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        assert self.heartbeats is not None
+        exchange = await channel.declare_exchange(
+            self.topology.heartbeat_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        await queue.bind(exchange)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            handler(message.body)
+
+        tag = await queue.consume(on_message, no_ack=True)
+        return _Consumer(queue, tag)
+
+    async def queue_stats(self) -> QueueStats:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            t = self.topology
+            jobs = await channel.declare_queue(t.jobs_queue, passive=True)
+            dlq = await channel.declare_queue(t.dead_letter_queue, passive=True)
+            retrying = 0
+            for attempt in t.retry_attempts:
+                queue = await channel.declare_queue(t.retry_queue(attempt), passive=True)
+                retrying += queue.declaration_result.message_count or 0
+            ready = jobs.declaration_result.message_count or 0
+            consumers = jobs.declaration_result.consumer_count or 0
+            # AMQP reports only ready messages; unacked needs the management API (see fleet stats).
+            return QueueStats(ready, 0, consumers, dlq.declaration_result.message_count or 0, retrying)
+        finally:
+            await channel.close()
+
+    async def take_dead_letters(self, limit: int | None = None) -> list[Delivery]:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=False)
+        queue = await channel.declare_queue(self.topology.dead_letter_queue, durable=True)
+        out: list[Delivery] = []
+        while limit is None or len(out) < limit:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+
+            def settle_for(m: AbstractIncomingMessage):  # noqa: ANN202 - closure per message
+                async def settle(ack: bool, requeue: bool) -> None:
+                    if ack:
+                        await m.ack()
+                    else:
+                        await m.reject(requeue=requeue)
+
+                return settle
+
+            out.append(
+                Delivery(
+                    message.body, dict(message.headers or {}), message.message_id, message.priority or 0,
+                    bool(message.redelivered), message.routing_key or "", settle_for(message),
+                )
+            )
+        return out

@@ -1,0 +1,145 @@
+"""`cpw`: run a worker, the API or the local platform, and operate the queue from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from .settings import Settings, settings_or_exit
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    if getattr(args, "providers", None):
+        overrides["providers"] = args.providers
+    if getattr(args, "url", None):
+        overrides["rabbitmq_url"] = args.url
+    return settings_or_exit(**overrides)
+
+
+def _logging(settings: Settings) -> None:
+    from .logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format, settings.worker_id)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    from .run import run_worker
+
+    return run_worker(settings)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    return run_dev(args)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    try:
+        from controlplane_api.serve import run_api
+    except ImportError as exc:  # pragma: no cover - the API package ships with this distribution
+        print(f"cpw: the API adapter is not installed: {exc}", file=sys.stderr)
+        return 2
+    return run_api(settings)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(json.dumps(_settings(args).safe_dump(), indent=2, default=str))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from .broker import open_broker
+    from .dlq import list_dead_letters, redrive
+    from .topology import Topology
+
+    async def main() -> int:
+        broker = open_broker(settings.rabbitmq_url, Topology.from_settings(settings), name="cpw dlq")
+        await broker.connect()
+        try:
+            if args.dlq_command == "list":
+                letters = await list_dead_letters(broker, args.limit)
+                if args.json:
+                    print(json.dumps(letters, indent=2, default=str))
+                else:
+                    from rich.console import Console
+                    from rich.table import Table
+
+                    table = Table("job id", "reason", "attempts", "kind", "detail", title=f"{len(letters)} dead letters")
+                    for letter in letters:
+                        kind = f"{letter['provider_namespace']}/{letter['resource_type']} {letter['operation']}"
+                        table.add_row(str(letter["job_id"]), letter["reason"], str(letter["attempts"]), kind,
+                                      str(letter["detail"])[:80])
+                    Console().print(table)
+                return 0
+            if not args.all and not args.job_ids:
+                print("cpw dlq redrive: name job ids or pass --all", file=sys.stderr)
+                return 2
+            from rich.progress import Progress
+
+            with Progress(transient=True) as bar:
+                task = bar.add_task("redriving", total=None)
+                moved = await redrive(
+                    broker, None if args.all else args.job_ids,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            print(f"redriven: {moved}")
+            return 0
+        finally:
+            await broker.close()
+
+    return asyncio.run(main())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpw", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a worker (CPW_* settings)")
+    worker.add_argument("--providers", help="module:attr of the providers (CPW_PROVIDERS)")
+    worker.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    worker.set_defaults(func=cmd_worker)
+
+    api = sub.add_parser("api", help="run the API adapter (CPW_* settings)")
+    api.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    api.set_defaults(func=cmd_api)
+
+    dev = sub.add_parser("dev", help="the local platform: API, worker and the demo provider on memory://")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--url", default="memory://", help="broker URL (default: the embedded broker)")
+    dev.add_argument("--providers", help="module:attr of the providers (default: the demo)")
+    dev.set_defaults(func=cmd_dev)
+
+    config = sub.add_parser("config", help="print the effective settings (passwords redacted)")
+    config.set_defaults(func=cmd_config)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="show dead-lettered jobs and why")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_redrive = dlq_sub.add_parser("redrive", help="send dead-lettered jobs back with attempts reset")
+    dlq_redrive.add_argument("job_ids", nargs="*")
+    dlq_redrive.add_argument("--all", action="store_true")
+    for command in (dlq_list, dlq_redrive):
+        command.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    dlq.set_defaults(func=cmd_dlq)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

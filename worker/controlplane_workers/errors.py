@@ -1,0 +1,32 @@
+"""The errors a provider raises to steer retries, and the ones the SDK raises to its callers."""
+
+
+class ProviderError(Exception):
+    """Base of the errors a provider raises on purpose. `code` becomes the ARM error code."""
+
+    code = "ProviderError"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class RetryableError(ProviderError):
+    """A transient failure: the job is retried with backoff until its attempts run out."""
+
+    code = "RetryableError"
+
+
+class PermanentError(ProviderError):
+    """A failure that another attempt cannot fix: the job fails now and is dead-lettered."""
+
+    code = "PermanentError"
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not confirm a message: nothing was accepted, the caller may retry."""
+
+
+class UnroutableJob(Exception):
+    """The broker has no queue bound for the job: it was returned, not accepted."""

@@ -1,0 +1,1 @@
+"""Example providers: the demo served by `cpw dev`."""

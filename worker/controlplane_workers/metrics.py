@@ -1,0 +1,50 @@
+"""The worker's Prometheus metrics (prometheus-client). Names are documented in docs/metrics.md.
+
+Buckets span milliseconds to tens of minutes: control-plane jobs range from a lookup to a VM build.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from . import __version__
+
+JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+JOB_LABELS = ("provider_namespace", "resource_type", "operation")
+
+BUILD_INFO = Info("cpw_build", "Version of controlplane-workers running in this process.")
+BUILD_INFO.info({"version": __version__})
+
+# The seed's metrics keep their meaning: totals over the process's life, no labels.
+JOBS_PROCESSED = Counter("worker_jobs_processed", "Jobs this worker finished (any terminal outcome).")
+JOBS_FAILED = Counter("worker_jobs_failed", "Jobs this worker finished as Failed.")
+UPTIME = Gauge("worker_uptime_seconds", "Seconds since this worker started.")
+
+JOBS = Counter(
+    "cpw_worker_jobs", "Job attempts finished by this worker, by outcome.", (*JOB_LABELS, "outcome")
+)
+JOB_DURATION = Histogram(
+    "cpw_worker_job_duration_seconds", "Time the provider spent on one attempt.",
+    (*JOB_LABELS, "outcome"), buckets=JOB_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "cpw_worker_queue_wait_seconds", "Time from submission to the start of the first attempt.",
+    JOB_LABELS, buckets=JOB_BUCKETS,
+)
+IN_FLIGHT = Gauge("cpw_worker_jobs_in_flight", "Jobs running in this worker now.")
+CAPACITY = Gauge("cpw_worker_capacity", "Jobs this worker runs at once (CPW_MAX_CONCURRENT_JOBS).")
+RETRIES = Counter("cpw_worker_retries", "Attempts that failed and were scheduled again.", JOB_LABELS)
+DEAD_LETTERED = Counter("cpw_worker_dead_lettered", "Messages sent to the dead-letter queue, by reason.", ("reason",))
+CANCELED = Counter("cpw_worker_canceled", "Jobs canceled on request (running or queued).")
+REDELIVERED = Counter("cpw_worker_redelivered", "Deliveries flagged as redelivered by the broker.")
+ACK_LOST = Counter(
+    "cpw_worker_ack_lost", "Jobs whose ack failed on a lost channel; the broker will redeliver them."
+)
+RECONNECTS = Counter("cpw_worker_broker_reconnects", "Times the broker connection was restored.")
+BROKER_UP = Gauge("cpw_worker_broker_connected", "1 while the worker is connected to the broker.")
+READY = Gauge("cpw_worker_ready", "1 while the worker accepts jobs.")
+LAST_HEARTBEAT = Gauge("cpw_worker_last_heartbeat_timestamp_seconds", "Unix time of the last heartbeat sent.")
+STARTED = time.time()
+UPTIME.set_function(lambda: time.time() - STARTED)

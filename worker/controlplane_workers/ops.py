@@ -1,0 +1,58 @@
+"""The ops port (8001): health probes, status and Prometheus metrics, for worker and API alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+def ops_app(
+    *, is_ready: Callable[[], bool], status: Callable[[], dict[str, Any]], identity: Callable[[], dict[str, Any]]
+) -> Starlette:
+    """Liveness says the loop answers; readiness says the process takes work."""
+
+    async def live(_: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def ready(_: Request) -> Response:
+        ok = is_ready()
+        return JSONResponse({"status": "ready" if ok else "not-ready"}, status_code=200 if ok else 503)
+
+    async def health(_: Request) -> Response:
+        ok = is_ready()
+        body = {"status": "healthy" if ok else "unhealthy", **identity()}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def status_route(_: Request) -> Response:
+        return JSONResponse(status())
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+            Route("/health", health),
+            Route("/status", status_route),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+def server(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Server:
+    """A uvicorn server that runs inside the caller's loop and leaves signals to the caller."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="off",
+        loop="none", http="httptools", ws="none",
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server

@@ -1,0 +1,126 @@
+"""JobQueue: the client side. Submit a job, learn its outcome, cancel it.
+
+`submit_job` returns only once the broker confirmed the job: a returned job id is a promise that
+the job will reach exactly one visible terminal state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from .broker import Broker, QueueStats, Subscription, open_broker
+from .broker.base import JOB_ID, Offset
+from .models import Job, JobResult, Operation, ResourceRequest
+from .settings import Settings, load_settings
+from .status import StatusIndex
+from .topology import Topology
+
+
+class JobQueue:
+    """Submit jobs and read their results. The broker is chosen by URL (amqp://, memory://)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        replay_from: Offset = "first",
+        index_max_jobs: int | None = None,
+        name: str = "cpw-client",
+    ) -> None:
+        self.settings = settings or load_settings(**({"rabbitmq_url": url} if url else {}))
+        self.url = url or self.settings.rabbitmq_url
+        self.topology = Topology.from_settings(self.settings)
+        options: dict[str, Any] = {"name": name, "publish_timeout": self.settings.publish_timeout}
+        self.broker: Broker = open_broker(self.url, self.topology, **options)
+        self.index = StatusIndex(index_max_jobs or self.settings.api_index_max_jobs)
+        self.replay_from = replay_from
+        self._results: Subscription | None = None
+
+    async def connect(self) -> None:
+        await self.broker.connect()
+        self._results = await self.broker.follow(
+            self.topology.results_stream, self.index.apply_batch, self.replay_from
+        )
+
+    async def disconnect(self) -> None:
+        if self._results is not None:
+            await self._results.cancel()
+        await self.broker.close()
+
+    async def __aenter__(self) -> JobQueue:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.disconnect()
+
+    async def submit_job(
+        self,
+        provider_namespace: str,
+        resource_type: str,
+        operation: str | Operation,
+        request: ResourceRequest | dict[str, Any],
+        priority: int = 5,
+        *,
+        job_id: str | None = None,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Publish a job and return its id once the broker confirmed it."""
+        if isinstance(request, dict):
+            request = ResourceRequest.model_validate(request)
+        if not request.provider_namespace or not request.resource_type:
+            request = request.model_copy(
+                update={
+                    "provider_namespace": request.provider_namespace or provider_namespace,
+                    "resource_type": request.resource_type or resource_type,
+                }
+            )
+        fields: dict[str, Any] = {}
+        if job_id:
+            fields["id"] = job_id
+        job = Job(
+            provider_namespace=provider_namespace,
+            resource_type=resource_type,
+            operation=Operation(operation),
+            request=request,
+            priority=priority,
+            tenant=tenant,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            **fields,
+        )
+        await self.submit(job, headers=headers)
+        return job.id
+
+    async def submit(self, job: Job, *, headers: dict[str, Any] | None = None) -> None:
+        """Publish a prepared job (the API adapter builds its own)."""
+        await self.broker.publish_job(
+            job.model_dump_json().encode(),
+            message_id=job.id,
+            routing_key=job.routing_key,
+            priority=job.priority,
+            headers={JOB_ID: job.id, **(headers or {})},
+        )
+
+    async def get_job_result(self, job_id: str, timeout: float | None = 30.0) -> JobResult | None:
+        """The job's terminal state; None if it is not terminal within `timeout` seconds."""
+        return await self.index.wait(job_id, timeout)
+
+    def get_job_status(self, job_id: str) -> JobResult | None:
+        """The job's current state as this process has read it from the results stream."""
+        return self.index.get(job_id)
+
+    async def cancel_job(self, job_id: str, *, reason: str = "canceled by request") -> None:
+        """Ask the workers to cancel: a running job is stopped, a queued one is skipped."""
+        body = orjson.dumps({"type": "cancel", "job_id": job_id, "reason": reason, "at": time.time()})
+        await self.broker.publish_control(body, {JOB_ID: job_id})
+
+    async def get_queue_stats(self) -> QueueStats:
+        return await self.broker.queue_stats()

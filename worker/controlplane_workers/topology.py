@@ -1,0 +1,82 @@
+"""The names and arguments of every exchange, queue and stream, in one place.
+
+Every process declares the same topology idempotently, so whichever starts first creates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import Settings
+
+MAX_PRIORITY = 10
+
+
+@dataclass(frozen=True)
+class Topology:
+    exchange: str = "provider.exchange"
+    jobs_queue: str = "provider.jobs"
+    results_stream: str = "provider.results"
+    control_stream: str = "provider.control"
+    heartbeat_exchange: str = "provider.heartbeats"
+    queue_type: str = "classic"
+    max_attempts: int = 5
+    results_max_age: str = "24h"
+    results_max_bytes: int = 2_000_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(
+            exchange=settings.exchange,
+            jobs_queue=settings.jobs_queue,
+            results_stream=settings.results_stream,
+            control_stream=settings.control_stream,
+            heartbeat_exchange=settings.heartbeat_exchange,
+            queue_type=settings.queue_type,
+            max_attempts=settings.max_attempts,
+            results_max_age=settings.results_max_age,
+            results_max_bytes=settings.results_max_bytes,
+        )
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return self.exchange.rsplit(".", 1)[0] + ".dlx" if "." in self.exchange else f"{self.exchange}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.jobs_queue}.dlq"
+
+    def retry_queue(self, attempt: int) -> str:
+        """The delay queue a job waits in before attempt `attempt` (2..max_attempts)."""
+        return f"{self.jobs_queue}.retry.{attempt}"
+
+    @property
+    def retry_attempts(self) -> range:
+        return range(2, self.max_attempts + 1)
+
+    def jobs_queue_arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-routing-key": self.dead_letter_queue,
+        }
+        if self.queue_type == "quorum":
+            # Quorum queues on RabbitMQ 3.10 have no priorities; the delivery limit catches poison
+            # messages that crash a worker before it can dead-letter them itself.
+            args["x-queue-type"] = "quorum"
+            args["x-delivery-limit"] = self.max_attempts * 2
+        else:
+            args["x-max-priority"] = MAX_PRIORITY
+        return args
+
+    def retry_queue_arguments(self) -> dict[str, Any]:
+        # Expired messages go straight back to the job queue through the default exchange, so a
+        # retry is not copied onto the results stream a second time as a new Accepted event.
+        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.jobs_queue}
+
+    def stream_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "stream",
+            "x-max-age": self.results_max_age,
+            "x-max-length-bytes": self.results_max_bytes,
+        }

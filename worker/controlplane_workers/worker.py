@@ -1,0 +1,407 @@
+"""ProviderWorker: consume jobs, run the provider, publish the outcome, then ack.
+
+The order is the delivery guarantee: the outcome is confirmed by the broker before the job is
+acked, so a crash at any point leads to a redelivery, never to a lost job. A redelivered job may
+run twice; readers keep the first terminal event (see status.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from . import __version__, metrics
+from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
+from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
+from .context import JobContext, set_current_job
+from .errors import BrokerUnavailable, PermanentError, ProviderError
+from .logs import job_id_var
+from .models import EventType, Job, JobError, JobEvent
+from .providers import ProviderLookup, call_provider, provider_method, to_jsonable
+from .redact import redact_text
+from .retry import backoff
+from .settings import Settings
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+CANCEL_MEMORY = 100_000
+
+
+@dataclass
+class WorkerStats:
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    redelivered: int = 0
+    ack_lost: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class ProviderWorker:
+    """Runs provider operations for jobs from the queue, up to `max_concurrent_jobs` at once."""
+
+    def __init__(self, settings: Settings, providers: ProviderLookup, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.topology = Topology.from_settings(settings)
+        self.broker = broker or open_broker(
+            settings.rabbitmq_url, self.topology,
+            name=f"cpw-worker {settings.worker_id}", publish_timeout=settings.publish_timeout,
+        )
+        self.worker_id = settings.worker_id
+        self.stats = WorkerStats()
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.cancel_requests: OrderedDict[str, str] = OrderedDict()
+        self.draining = False
+        self.consuming = False
+        self._consumer: Subscription | None = None
+        self._control: Subscription | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._canceled_by_request: set[str] = set()
+        self.broker.on_reconnect.append(metrics.RECONNECTS.inc)
+        metrics.CAPACITY.set(settings.max_concurrent_jobs)
+
+    # -- lifecycle
+    @property
+    def ready(self) -> bool:
+        return self.consuming and not self.draining and self.broker.connected.is_set()
+
+    async def start(self) -> None:
+        await self.broker.connect()
+        since = datetime.now(timezone.utc) - timedelta(seconds=self.settings.cancel_window)
+        self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
+        self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
+        self.consuming = True
+        self._heartbeat = asyncio.create_task(self._heartbeats())
+        log.info("worker ready", extra={"capacity": self.settings.max_concurrent_jobs})
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop consuming, let running jobs finish within the drain timeout, requeue the rest."""
+        drain = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        self.draining = True
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.cancel()
+        self.consuming = False
+        log.info("draining", extra={"in_flight": len(self.running), "drain_timeout": drain})
+        if self.running:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain)
+        for task in list(self.running.values()):
+            task.cancel(msg="drain timeout")
+        if self.running:
+            await asyncio.gather(*self.running.values(), return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self._send_heartbeat(stopping=True)
+        if self._control is not None:
+            await self._control.cancel()
+        await self.broker.close()
+        log.info("worker stopped", extra={"processed": self.stats.processed})
+
+    # -- control stream: cancel requests
+    def _on_control(self, messages: Sequence[StreamMessage]) -> None:
+        for message in messages:
+            try:
+                request = orjson.loads(message.body)
+                job_id = str(request["job_id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            self.cancel_requests[job_id] = str(request.get("reason") or "canceled by request")
+            if len(self.cancel_requests) > CANCEL_MEMORY:
+                self.cancel_requests.popitem(last=False)
+            task = self.running.get(job_id)
+            if task is not None:
+                self._canceled_by_request.add(job_id)
+                task.cancel(msg="cancel requested")
+
+    # -- one delivery
+    async def handle(self, delivery: Delivery) -> None:
+        if self.draining:
+            await self._settle(delivery, ack=False, requeue=True)
+            return
+        if delivery.redelivered:
+            self.stats.redelivered += 1
+            metrics.REDELIVERED.inc()
+        try:
+            job = Job.model_validate_json(delivery.body)
+        except ValidationError as exc:
+            await self._dead_letter(delivery, None, "malformed", _first_error(exc))
+            return
+        token = job_id_var.set(job.id)
+        set_current_job(
+            JobContext(job.id, delivery.attempt, job.max_attempts or self.settings.max_attempts, self.worker_id, job.tenant)
+        )
+        try:
+            await self._run(delivery, job)
+        finally:
+            job_id_var.reset(token)
+
+    async def _run(self, delivery: Delivery, job: Job) -> None:
+        attempt = delivery.attempt
+        if job.id in self.cancel_requests:
+            await self._finish(delivery, job, attempt, EventType.CANCELED, error=self._cancel_error(job.id))
+            return
+        provider = self.providers.get_provider(job.provider_namespace, job.resource_type)
+        if provider is None:
+            await self._dead_letter(
+                delivery, job, "unknown-provider", f"no provider for {job.provider_namespace}/{job.resource_type}"
+            )
+            return
+        method = provider_method(provider, job.operation)
+        if method is None:
+            await self._dead_letter(
+                delivery, job, "unknown-operation", f"provider has no method for operation {job.operation.value}"
+            )
+            return
+
+        labels = (job.provider_namespace, job.resource_type, job.operation.value)
+        if attempt == 1:
+            metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - job.submitted_at, 0.0))
+        task = asyncio.current_task()
+        assert task is not None
+        self.running[job.id] = task
+        self._idle.clear()
+        metrics.IN_FLIGHT.inc()
+        loop = asyncio.get_running_loop()
+        running_event = loop.call_later(
+            self.settings.running_event_delay, self._announce_running, job.id, attempt
+        )
+        started = time.monotonic()
+        outcome: str
+        try:
+            async with asyncio.timeout(job.timeout or self.settings.job_timeout):
+                result = await call_provider(method, job.request)
+        except asyncio.CancelledError:
+            running_event.cancel()
+            self._untrack(job.id)
+            if job.id in self._canceled_by_request:
+                self._canceled_by_request.discard(job.id)
+                task.uncancel()
+                outcome = "canceled"
+                await self._finish(delivery, job, attempt, EventType.CANCELED, error=self._cancel_error(job.id))
+            else:  # drain timeout or shutdown: hand the job back to the broker
+                task.uncancel()
+                outcome = "requeued"
+                await self._settle(delivery, ack=False, requeue=True)
+            metrics.JOBS.labels(*labels, outcome).inc()
+            return
+        except TimeoutError:
+            outcome = "timeout"
+            error = JobError(code="JobTimeout", message=f"provider did not finish within {job.timeout or self.settings.job_timeout}s")
+            await self._failed_attempt(delivery, job, attempt, error, retryable=True)
+        except PermanentError as exc:
+            outcome = "failed"
+            await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=False)
+        except Exception as exc:  # RetryableError and anything unexpected: retried until attempts run out
+            outcome = "error"
+            if not isinstance(exc, ProviderError):
+                log.warning("provider raised %s", type(exc).__name__, exc_info=True)
+            await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=True)
+        else:
+            outcome = "succeeded"
+            await self._finish(delivery, job, attempt, EventType.SUCCEEDED, result=to_jsonable(result))
+        finally:
+            running_event.cancel()
+            self._untrack(job.id)
+        metrics.JOBS.labels(*labels, outcome).inc()
+        metrics.JOB_DURATION.labels(*labels, outcome).observe(time.monotonic() - started)
+
+    def _untrack(self, job_id: str) -> None:
+        if self.running.pop(job_id, None) is not None:
+            metrics.IN_FLIGHT.dec()
+            if not self.running:
+                self._idle.set()
+
+    def _announce_running(self, job_id: str, attempt: int) -> None:
+        if job_id in self.running:
+            event = JobEvent(job_id=job_id, type=EventType.RUNNING, attempt=attempt, worker_id=self.worker_id)
+            task = asyncio.ensure_future(self._publish(event))
+            task.add_done_callback(_log_failure)
+
+    def _cancel_error(self, job_id: str) -> JobError:
+        return JobError(code="Canceled", message=self.cancel_requests.get(job_id, "canceled by request"))
+
+    async def _failed_attempt(
+        self, delivery: Delivery, job: Job, attempt: int, error: JobError, *, retryable: bool
+    ) -> None:
+        max_attempts = job.max_attempts or self.settings.max_attempts
+        if retryable and attempt < max_attempts:
+            delay = backoff(
+                attempt, base=self.settings.retry_base_delay, cap=self.settings.retry_max_delay,
+                jitter=self.settings.retry_jitter,
+            )
+            queue_attempt = min(attempt + 1, self.topology.max_attempts)
+            try:
+                await self.broker.publish_retry(
+                    delivery.body, message_id=job.id, priority=delivery.priority,
+                    headers={**delivery.headers, ATTEMPT: attempt + 1}, attempt=queue_attempt, delay=delay,
+                )
+                await self._publish(
+                    JobEvent(job_id=job.id, type=EventType.RETRYING, attempt=attempt, worker_id=self.worker_id,
+                             error=error, retry_in=round(delay, 3))
+                )
+            except BrokerUnavailable:
+                self._lost(delivery)
+                return
+            self.stats.retried += 1
+            metrics.RETRIES.labels(job.provider_namespace, job.resource_type, job.operation.value).inc()
+            await self._settle(delivery, ack=True)
+            return
+        reason = "attempts-exhausted" if retryable else "permanent-error"
+        await self._dead_letter(delivery, job, reason, f"{error.code}: {error.message}", error=error)
+
+    async def _finish(
+        self, delivery: Delivery, job: Job, attempt: int, kind: EventType,
+        *, result: Any = None, error: JobError | None = None,
+    ) -> None:
+        event = JobEvent(job_id=job.id, type=kind, attempt=attempt, worker_id=self.worker_id, result=result, error=error)
+        try:
+            await self._publish(event)
+        except BrokerUnavailable:
+            self._lost(delivery)
+            return
+        if await self._settle(delivery, ack=True):
+            self._count(kind)
+
+    async def _dead_letter(
+        self, delivery: Delivery, job: Job | None, reason: str, detail: str, *, error: JobError | None = None
+    ) -> None:
+        """Move a message to the DLQ with the reason in its headers; tell readers the job failed."""
+        headers = {
+            **delivery.headers,
+            REASON: reason,
+            DETAIL: redact_text(detail)[:1000],
+            FIRST_DEATH_QUEUE: self.topology.jobs_queue,
+            "x-cpw-dead-lettered-at": int(time.time()),
+            "x-cpw-dead-lettered-by": self.worker_id,
+        }
+        job_id = job.id if job else (delivery.message_id or delivery.headers.get(JOB_ID))
+        log.warning("dead-lettering job: %s", reason, extra={"reason": reason, "detail": headers[DETAIL]})
+        try:
+            await self.broker.publish_dead_letter(delivery.body, message_id=delivery.message_id, headers=headers)
+            if job_id:
+                await self._publish(
+                    JobEvent(
+                        job_id=str(job_id), type=EventType.DEAD_LETTERED, attempt=delivery.attempt,
+                        worker_id=self.worker_id, error=error or JobError(code=_reason_code(reason), message=detail),
+                    )
+                )
+        except BrokerUnavailable:
+            self._lost(delivery)
+            return
+        if await self._settle(delivery, ack=True):
+            self.stats.dead_lettered += 1
+            metrics.DEAD_LETTERED.labels(reason).inc()
+            self._count(EventType.FAILED)
+
+    async def _publish(self, event: JobEvent) -> None:
+        await self.broker.publish_events([(event.model_dump_json(exclude_none=True).encode(), {JOB_ID: event.job_id})])
+
+    async def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool = False) -> bool:
+        """Ack or reject; False when the channel is gone (the broker redelivers the job)."""
+        try:
+            if ack:
+                await delivery.ack()
+            else:
+                await delivery.reject(requeue=requeue)
+            return True
+        except Exception:
+            self._lost(delivery)
+            return False
+
+    def _lost(self, delivery: Delivery) -> None:
+        self.stats.ack_lost += 1
+        metrics.ACK_LOST.inc()
+        log.warning("broker connection lost before the job was settled; it will be redelivered")
+
+    def _count(self, kind: EventType) -> None:
+        self.stats.processed += 1
+        metrics.JOBS_PROCESSED.inc()
+        if kind is EventType.SUCCEEDED:
+            self.stats.succeeded += 1
+        elif kind is EventType.CANCELED:
+            self.stats.canceled += 1
+            metrics.CANCELED.inc()
+        else:
+            self.stats.failed += 1
+            metrics.JOBS_FAILED.inc()
+
+    # -- heartbeats
+    def status(self) -> dict[str, Any]:
+        """The seed's /status fields and the fleet view's, from one place."""
+        return {
+            "worker_id": self.worker_id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "status": "draining" if self.draining else ("ready" if self.ready else "not-ready"),
+            "ready": self.ready,
+            "broker_connected": self.broker.connected.is_set(),
+            "jobs_processed": self.stats.processed,
+            "jobs_succeeded": self.stats.succeeded,
+            "jobs_failed": self.stats.failed,
+            "jobs_canceled": self.stats.canceled,
+            "jobs_retried": self.stats.retried,
+            "jobs_dead_lettered": self.stats.dead_lettered,
+            "redelivered": self.stats.redelivered,
+            "ack_lost": self.stats.ack_lost,
+            "in_flight": len(self.running),
+            "capacity": self.settings.max_concurrent_jobs,
+            "started_at": self.stats.started_at,
+            "uptime_seconds": round(time.time() - self.stats.started_at, 3),
+        }
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self._send_heartbeat()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _send_heartbeat(self, stopping: bool = False) -> None:
+        beat = {**self.status(), "at": time.time(), "interval": self.settings.heartbeat_interval, "role": "worker"}
+        if stopping:
+            beat["status"] = "stopped"
+        await self.broker.publish_heartbeat(orjson.dumps(beat))
+        metrics.LAST_HEARTBEAT.set(beat["at"])
+        metrics.BROKER_UP.set(1 if self.broker.connected.is_set() else 0)
+        metrics.READY.set(1 if self.ready else 0)
+
+
+def _error(exc: BaseException) -> JobError:
+    code = getattr(exc, "code", None) if isinstance(exc, ProviderError) else type(exc).__name__
+    return JobError(code=str(code or type(exc).__name__), message=redact_text(str(exc))[:2000] or type(exc).__name__)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error.get("loc", ())) or "message"
+    return f"{where}: {error.get('msg')}"
+
+
+def _reason_code(reason: str) -> str:
+    return "".join(part.capitalize() for part in reason.split("-"))
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("running event not published: %s", task.exception())
