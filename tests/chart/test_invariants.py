@@ -1,0 +1,333 @@
+"""Cross-object invariants on every value set: selectors match pod labels, probes and Services hit declared
+ports, NetworkPolicies admit the scrapers', the API clients' and the workers' broker traffic (and little else),
+the ScaledObject targets the worker Deployment and the queue the workers consume, PDBs never block drains,
+terminationGracePeriodSeconds exceeds the drain timeout."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.chart.chartlib import (
+    NAMESPACE,
+    RELEASE,
+    VALUE_SETS,
+    env_of,
+    find,
+    labels_match,
+    one,
+    pod_specs,
+    render_set,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+ALL = sorted(VALUE_SETS)
+
+
+def deployments(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+
+
+def container_ports(pod_spec: dict) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for c in pod_spec["containers"] for p in c.get("ports", [])}
+
+
+@pytest.mark.parametrize("value_set", ALL)
+def test_selectors_match_pod_labels(value_set: str) -> None:
+    docs = render_set(value_set)
+    deps = deployments(docs)
+    for dep in deps.values():
+        assert labels_match(dep["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+    # every Service selects exactly one Deployment's pods, and its targetPorts are ports those pods declare
+    for svc in find(docs, "Service"):
+        selected = [d for d in deps.values()
+                    if labels_match({"matchLabels": svc["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])]
+        assert len(selected) == 1, f"Service {svc['metadata']['name']} selects {[d['metadata']['name'] for d in selected]}"
+        ports = container_ports(selected[0]["spec"]["template"]["spec"])
+        for p in svc["spec"]["ports"]:
+            tp = p["targetPort"]
+            assert (tp in ports) if isinstance(tp, str) else (tp in ports.values()), f"{svc['metadata']['name']}: {tp}"
+    # PDBs select their Deployment's pods
+    for pdb in find(docs, "PodDisruptionBudget"):
+        dep = deps[pdb["metadata"]["name"]]
+        assert labels_match(pdb["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("value_set", ALL)
+def test_probes_hit_declared_ports(value_set: str) -> None:
+    for obj, _meta, spec in pod_specs(render_set(value_set)):
+        ports = container_ports(spec)
+        for c in spec["containers"]:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in c:
+                    port = c[probe]["httpGet"]["port"]
+                    assert port in ports if isinstance(port, str) else port in ports.values(), (
+                        f"{obj['metadata']['name']} {probe} -> {port}, declared {ports}")
+
+
+def _min_replicas(docs: list[dict], dep: dict) -> int:
+    name = dep["metadata"]["name"]
+    for so in find(docs, "ScaledObject"):
+        if so["spec"]["scaleTargetRef"]["name"] == name:
+            return so["spec"]["minReplicaCount"]
+    for hpa in find(docs, "HorizontalPodAutoscaler"):
+        if hpa["spec"]["scaleTargetRef"]["name"] == name:
+            return hpa["spec"]["minReplicas"]
+    return dep["spec"]["replicas"]
+
+
+@pytest.mark.parametrize("value_set", ALL)
+def test_pdb_never_blocks_a_drain(value_set: str) -> None:
+    docs = render_set(value_set)
+    deps = deployments(docs)
+    for pdb in find(docs, "PodDisruptionBudget"):
+        dep = deps[pdb["metadata"]["name"]]
+        least = _min_replicas(docs, dep)
+        if "minAvailable" in pdb["spec"]:
+            assert isinstance(pdb["spec"]["minAvailable"], int)
+            assert pdb["spec"]["minAvailable"] < least, f"{pdb['metadata']['name']}: minAvailable >= {least}"
+        else:
+            assert pdb["spec"]["maxUnavailable"] not in (0, "0%")
+
+
+@pytest.mark.parametrize("value_set", [s for s in ALL if s != "api-only"])
+def test_worker_grace_period_exceeds_drain_timeout(value_set: str) -> None:
+    dep = deployments(render_set(value_set))[f"{RELEASE}-worker"]
+    spec = dep["spec"]["template"]["spec"]
+    drain = float(env_of(spec["containers"][0])["CPW_DRAIN_TIMEOUT"])
+    assert spec["terminationGracePeriodSeconds"] > drain
+
+
+def test_grace_period_is_derived_from_drain_timeout() -> None:
+    from tests.chart.chartlib import render_values
+
+    spec = one(render_values({"workers": {"drainTimeout": 122.5, "terminationGraceMarginSeconds": 10}}),
+               "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 133
+
+
+@pytest.mark.parametrize("value_set", [s for s in ALL if any(d["kind"] == "ScaledObject" for d in render_set(s))])
+def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> None:
+    docs = render_set(value_set)
+    so = one(docs, "ScaledObject")
+    dep = one(docs, "Deployment", f"{RELEASE}-worker")
+    ref = so["spec"]["scaleTargetRef"]
+    assert (ref.get("apiVersion", "apps/v1"), ref.get("kind", "Deployment"), ref["name"]) == (
+        "apps/v1", "Deployment", dep["metadata"]["name"])
+    assert "replicas" not in dep["spec"], "with KEDA the Deployment must not fight the HPA over replicas"
+    worker_env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
+    rabbit = [t for t in so["spec"]["triggers"] if t["type"] == "rabbitmq"]
+    assert len(rabbit) == 1
+    meta = rabbit[0]["metadata"]
+    assert all(isinstance(v, str) for t in so["spec"]["triggers"] for v in t["metadata"].values()), "metadata are strings"
+    assert meta["queueName"] == worker_env["CPW_JOBS_QUEUE"]
+    api = deployments(docs).get(f"{RELEASE}-api")
+    if api:
+        assert env_of(api["spec"]["template"]["spec"]["containers"][0])["CPW_JOBS_QUEUE"] == meta["queueName"]
+    assert meta["protocol"] == "http" and meta["mode"] == "QueueLength"
+    assert int(meta["value"]) >= 1
+    assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+    behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    # the TriggerAuthentication exists and reads the broker Secret the workers mount
+    ta = one(docs, "TriggerAuthentication", rabbit[0]["authenticationRef"]["name"])
+    vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "rabbitmq")
+    mounted = {s["secret"]["name"] for s in vol["projected"]["sources"]}
+    assert {r["name"] for r in ta["spec"]["secretTargetRef"]} <= mounted
+    if "host" not in meta:
+        host_ref = next(r for r in ta["spec"]["secretTargetRef"] if r["parameter"] == "host")
+        mgmt = [i for s in vol["projected"]["sources"] for i in s["secret"]["items"] if i["path"] == "management-url"]
+        assert mgmt and mgmt[0]["key"] == host_ref["key"], "KEDA and the workers read the same management URL"
+
+
+def test_keda_value_defaults_to_max_concurrent_jobs() -> None:
+    from tests.chart.chartlib import render_values
+
+    base = {"global": {"rabbitmq": {"existingSecret": "s"}}, "workers": {"autoscaling": {"enabled": True}}}
+    so = one(render_values(base | {"workers": {"autoscaling": {"enabled": True}, "maxConcurrentJobs": 7}}), "ScaledObject")
+    assert so["spec"]["triggers"][0]["metadata"]["value"] == "7"
+    so = one(render_values(base | {"workers": {"autoscaling": {"enabled": True, "jobsPerReplica": 3}}}), "ScaledObject")
+    assert so["spec"]["triggers"][0]["metadata"]["value"] == "3"
+    assert so["spec"]["fallback"]["replicas"] == 10
+
+
+# --- NetworkPolicy evaluation -------------------------------------------------------------------------------
+
+@dataclass
+class Endpoint:
+    """A pod (labels in a namespace) or an address outside the cluster."""
+
+    pod_labels: dict = field(default_factory=dict)
+    namespace: str = NAMESPACE
+    ip: str | None = None
+    ports: dict = field(default_factory=dict)  # name -> number, for named ports
+
+    @property
+    def ns_labels(self) -> dict:
+        return {"kubernetes.io/metadata.name": self.namespace}
+
+
+def _peer_matches(peer: dict, ep: Endpoint, policy_ns: str) -> bool:
+    if "ipBlock" in peer:
+        if ep.ip is None:
+            return False
+        net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+        ip = ipaddress.ip_address(ep.ip)
+        return ip in net and not any(ip in ipaddress.ip_network(x) for x in peer["ipBlock"].get("except", []))
+    if ep.ip is not None:
+        return False
+    if "namespaceSelector" in peer:
+        if not labels_match(peer["namespaceSelector"], ep.ns_labels):
+            return False
+    elif ep.namespace != policy_ns:
+        return False
+    return "podSelector" not in peer or labels_match(peer["podSelector"], ep.pod_labels)
+
+
+def _port_matches(rule_ports: list | None, port: int, proto: str, dest: Endpoint) -> bool:
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != proto:
+            continue
+        if "port" not in p:
+            return True
+        rp = p["port"]
+        number = dest.ports.get(rp) if isinstance(rp, str) else rp
+        if number is not None and (number == port or (p.get("endPort") and number <= port <= p["endPort"])):
+            return True
+    return False
+
+
+def allowed(policies: list[dict], src: Endpoint, dst: Endpoint, port: int, proto: str = "TCP") -> bool:
+    """Would traffic src -> dst:port pass both src's egress and dst's ingress policies?"""
+
+    def direction_ok(direction: str, subject: Endpoint, other: Endpoint) -> bool:
+        if subject.ip is not None:
+            return True  # outside the cluster: no policy applies
+        selecting = [p for p in policies
+                     if p["metadata"]["namespace"] == subject.namespace
+                     and labels_match(p["spec"]["podSelector"], subject.pod_labels)
+                     and direction.capitalize() in p["spec"].get("policyTypes", ["Ingress"])]
+        if not selecting:
+            return True
+        key, peers_key = ("ingress", "from") if direction == "ingress" else ("egress", "to")
+        for p in selecting:
+            for rule in p["spec"].get(key, []) or []:
+                peers = rule.get(peers_key)
+                if peers and not any(_peer_matches(peer, other, p["metadata"]["namespace"]) for peer in peers):
+                    continue
+                if _port_matches(rule.get("ports"), port, proto, dst):
+                    return True
+        return False
+
+    return direction_ok("egress", src, dst) and direction_ok("ingress", dst, src)
+
+
+def _pod(docs: list[dict], component: str) -> Endpoint | None:
+    for obj, meta, spec in pod_specs(docs):
+        if meta.get("labels", {}).get("app.kubernetes.io/component") == component:
+            return Endpoint(pod_labels=meta["labels"], ports=container_ports(spec))
+    return None
+
+
+PROMETHEUS = Endpoint(pod_labels={"app.kubernetes.io/name": "prometheus"}, namespace="monitoring")
+OUTSIDER = Endpoint(pod_labels={"app": "other"}, namespace="elsewhere")
+NEIGHBOUR = Endpoint(pod_labels={"app": "client"})
+BROKER = Endpoint(ip="198.51.100.10")
+DNS = Endpoint(pod_labels={"k8s-app": "kube-dns"}, namespace="kube-system")
+INTERNET = Endpoint(ip="192.0.2.50")
+
+NP_SETS = [s for s in ALL if any(d["kind"] == "NetworkPolicy" for d in render_set(s))]
+
+
+@pytest.mark.parametrize("value_set", NP_SETS)
+def test_network_policies_admit_what_the_release_needs(value_set: str) -> None:
+    docs = render_set(value_set)
+    pols = find(docs, "NetworkPolicy")
+    worker, api, test_pod = _pod(docs, "worker"), _pod(docs, "api"), _pod(docs, "helm-test")
+    cluster = bool(find(docs, "RabbitmqCluster"))
+    broker = Endpoint(pod_labels={"app.kubernetes.io/name": f"{RELEASE}-rabbitmq"}) if cluster else BROKER
+    for pod in filter(None, (worker, api)):
+        # scrapers and probes reach the ops port; nobody else does
+        ops = pod.ports["ops"]
+        assert allowed(pols, PROMETHEUS, pod, ops), "the monitoring namespace must scrape the ops port"
+        assert not allowed(pols, OUTSIDER, pod, ops)
+        # DNS and the broker
+        assert allowed(pols, pod, DNS, 53, "UDP") and allowed(pols, pod, DNS, 53, "TCP")
+        assert allowed(pols, pod, broker, 5672), "broker traffic (AMQP) must pass"
+        assert allowed(pols, pod, broker, 15672), "management API traffic must pass"
+        # default deny: nothing else leaves the pod
+        assert not allowed(pols, pod, INTERNET, 8080)
+    if worker:
+        assert not allowed(pols, NEIGHBOUR, worker, 8000), "workers accept no API traffic"
+    if api:
+        http = api.ports["http"]
+        if value_set != "production":  # production admits only the ingress controller namespace
+            assert allowed(pols, NEIGHBOUR, api, http)
+        else:
+            ingress = Endpoint(pod_labels={"app": "ingress"}, namespace="ingress-nginx")
+            assert allowed(pols, ingress, api, http) and not allowed(pols, NEIGHBOUR, api, http)
+        assert not allowed(pols, OUTSIDER, api, http)
+    if test_pod and api:
+        assert allowed(pols, test_pod, api, api.ports["http"]), "the helm test pod must reach the API"
+        assert not allowed(pols, test_pod, BROKER, 5672)
+    # OTLP opened only when tracing is configured
+    endpoint = next((env_of(s["containers"][0]).get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                     for o, m, s in pod_specs(docs) if o["kind"] == "Deployment"), None)
+    pod = worker or api
+    if endpoint:
+        u = urlparse(endpoint)
+        port = u.port or {"https": 443, "http": 80}.get(u.scheme, 4317)
+        assert allowed(pols, pod, Endpoint(ip="203.0.113.7"), port)
+    else:
+        assert not allowed(pols, pod, Endpoint(ip="203.0.113.7"), 4317)
+
+
+def test_kube_api_egress_only_for_components_with_rbac_rules() -> None:
+    docs = render_set("kitchen-sink")
+    pols = find(docs, "NetworkPolicy")
+    worker, api = _pod(docs, "worker"), _pod(docs, "api")
+    apiserver = Endpoint(ip="10.96.0.1")
+    # 6443: kitchen-sink's OTLP endpoint is https (443, open to any destination) for both components
+    assert allowed(pols, worker, apiserver, 6443)
+    assert not allowed(pols, api, apiserver, 6443)
+    assert allowed(pols, worker, Endpoint(ip="203.0.113.9"), 443), "workersExtra rule"
+
+
+@pytest.mark.parametrize("value_set", ALL)
+def test_monitors_select_the_components_ops_port(value_set: str) -> None:
+    docs = render_set(value_set)
+    for pm in find(docs, "PodMonitor"):
+        selected = [o for o, m, s in pod_specs(docs)
+                    if o["kind"] == "Deployment" and labels_match(pm["spec"]["selector"], m["labels"])]
+        assert len(selected) == len(deployments(docs))
+        for o in selected:
+            assert "ops" in container_ports(o["spec"]["template"]["spec"])
+        assert pm["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    for sm in find(docs, "ServiceMonitor"):
+        svcs = [s for s in find(docs, "Service") if labels_match(sm["spec"]["selector"], s["metadata"]["labels"])]
+        assert len(svcs) == len(deployments(docs))
+        for s in svcs:
+            assert "ops" in {p["name"] for p in s["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("value_set", [s for s in ALL if any(d["kind"] == "Pod" for d in render_set(s))])
+def test_helm_test_pod_targets_the_api_service(value_set: str) -> None:
+    docs = render_set(value_set)
+    pod = one(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    env = env_of(pod["spec"]["containers"][0])
+    u = urlparse(env["CPW_API_URL"])
+    svc = one(docs, "Service", u.hostname)
+    assert u.port in [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"]
+    c = pod["spec"]["containers"][0]
+    assert c["command"] == ["cpw"] and c["args"][:2] == ["jobs", "submit"] and "--wait" in c["args"]
+    token = next(v for v in pod["spec"]["volumes"] if v["name"] == "api-token")
+    api = one(docs, "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]
+    api_tokens = next(v for v in api["volumes"] if v["name"] == "api-tokens")
+    assert token["secret"]["secretName"] == api_tokens["secret"]["secretName"]
