@@ -1,0 +1,151 @@
+"""Job core benchmark: JobQueue -> one `cpw worker` process -> result, next to raw aio-pika.
+
+`make bench` runs it against a local RabbitMQ and prints the numbers; it asserts nothing about
+speed (a noisy machine must not fail a build), only that every job completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+import httpx
+import orjson
+import pytest
+
+from controlplane_workers import JobQueue
+from tests.bench.noop import arm_request
+from tests.support.harness import fast_settings
+from tests.support.processes import ROOT, CpwProcess
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]
+
+N = int(os.environ.get("CPW_BENCH_JOBS", "5000"))
+ROUNDS = int(os.environ.get("CPW_BENCH_ROUNDS", "3"))
+CONCURRENCY = 32
+WINDOW = 512  # submissions in flight at once
+
+
+async def _submit_all(submit, n: int) -> None:
+    semaphore = asyncio.Semaphore(WINDOW)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await submit(i)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def project_round(url: str, tmp: Path) -> float:
+    worker = CpwProcess(
+        "worker",
+        {"CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry",
+         "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY), "CPW_LOG_LEVEL": "WARNING"},
+        tmp / "worker.log",
+    ).start()
+    await asyncio.to_thread(worker.wait_ready)
+    queue = JobQueue(url, settings=fast_settings(url), replay_from="next")
+    await queue.connect()
+    try:
+        ids: list[str] = []
+        started = time.perf_counter()
+
+        async def submit(i: int) -> None:
+            ids.append(await queue.submit_job("Bench.Noop", "things", "create", arm_request(i)))
+
+        await _submit_all(submit, N)
+        results = await asyncio.gather(*(queue.get_job_result(j, 120) for j in ids))
+        elapsed = time.perf_counter() - started
+        assert all(r is not None and r.status.value == "Succeeded" for r in results)
+        return N / elapsed
+    finally:
+        await queue.disconnect()
+        worker.stop()
+
+
+async def raw_round(url: str) -> float:
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("raw_worker.py")), url, str(CONCURRENCY)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    connection = await aio_pika.connect_robust(url)
+    try:
+        assert process.stdout is not None and (await asyncio.to_thread(process.stdout.readline)).strip() == "ready"
+        channel = await connection.channel(publisher_confirms=True)
+        consume = await connection.channel(publisher_confirms=False)
+        await consume.set_qos(prefetch_count=2000)
+        results = await consume.declare_queue("raw.results", durable=True)
+        await channel.declare_queue("raw.jobs", durable=True)
+        done = asyncio.Event()
+        seen = 0
+
+        async def on_result(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal seen
+            orjson.loads(message.body)
+            seen += 1
+            await message.ack()
+            if seen == N:
+                done.set()
+
+        await results.consume(on_result)
+        started = time.perf_counter()
+
+        async def submit(i: int) -> None:
+            job = {"id": f"{i}", "request": arm_request(i), "operation": "create"}
+            await channel.default_exchange.publish(
+                aio_pika.Message(orjson.dumps(job), delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "raw.jobs"
+            )
+
+        await _submit_all(submit, N)
+        await asyncio.wait_for(done.wait(), 120)
+        return N / (time.perf_counter() - started)
+    finally:
+        await connection.close()
+        process.terminate()
+        process.wait(10)
+
+
+def idle_worker_numbers(url: str, tmp: Path) -> tuple[float, float]:
+    """Seconds from exec to ready, and RSS when idle (MB), of a fresh `cpw worker`."""
+    starts, rss = [], []
+    for i in range(3):
+        worker = CpwProcess(
+            "worker", {"CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry",
+                       "CPW_LOG_LEVEL": "WARNING"}, tmp / f"idle{i}.log",
+        ).start()
+        try:
+            starts.append(worker.wait_ready())
+            httpx.get(worker.ops_url + "/metrics")  # touch the ops port like a scraper would
+            time.sleep(1.0)  # let the idle process settle before reading its RSS
+            rss.append(worker.rss_bytes() / 1e6)
+        finally:
+            worker.stop()
+    return statistics.median(starts), statistics.median(rss)
+
+
+def test_core_throughput_against_raw_aio_pika(rabbitmq, tmp_path):
+    project, raw = [], []
+    for _ in range(ROUNDS):
+        for fn, out in ((raw_round, raw), (project_round, project)):
+            vhost = rabbitmq.new_vhost()
+            url = rabbitmq.url_for(vhost)
+            try:
+                value = asyncio.run(fn(url, tmp_path) if fn is project_round else fn(url))
+                out.append(value)
+            finally:
+                rabbitmq.delete_vhost(vhost)
+    start_s, rss_mb = idle_worker_numbers(rabbitmq.amqp_url, tmp_path)
+    p, r = statistics.median(project), statistics.median(raw)
+    print()
+    print(f"core bench: {N} jobs x {ROUNDS} rounds, one worker process, {CONCURRENCY} in flight")
+    print(f"  raw aio-pika   jobs/s median {r:8.0f}  (min {min(raw):.0f}, max {max(raw):.0f})")
+    print(f"  JobQueue+cpw   jobs/s median {p:8.0f}  (min {min(project):.0f}, max {max(project):.0f})")
+    print(f"  ratio {p / r:.2f}   worker start->ready {start_s:.2f}s   idle RSS {rss_mb:.1f} MB")
+    print(f"bench-core: project_jobs_per_s={p:.0f} raw_aio_pika_jobs_per_s={r:.0f} ratio_raw={p / r:.2f} "
+          f"start_to_ready_s={start_s:.2f} idle_rss_mb={rss_mb:.1f}")

@@ -1,0 +1,136 @@
+"""Real `cpw worker` processes on a real RabbitMQ: counts, crashes, drains, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from controlplane_workers import JobStatus
+from tests.support.harness import client, eventually, request
+from tests.support.processes import CpwProcess, cpw_executable, worker_env
+from tests.support.rabbitmq import RabbitMQServer
+
+NS, TYPE = "Test.Scripted", "things"
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started: list[CpwProcess] = []
+
+    def start(url: str, name: str, **env: str) -> CpwProcess:
+        process = CpwProcess("worker", worker_env(url, CPW_WORKER_ID=name, **env), tmp_path / f"{name}.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def _results(queue, job_ids, timeout=60.0):
+    return await asyncio.gather(*(queue.get_job_result(j, timeout) for j in job_ids))
+
+
+@pytest.mark.timeout(180)
+async def test_thousand_jobs_two_workers_each_ends_once(vhost_url, workers):
+    w1, w2 = workers(vhost_url, "w1", CPW_MAX_CONCURRENT_JOBS="16"), workers(vhost_url, "w2", CPW_MAX_CONCURRENT_JOBS="16")
+    await asyncio.to_thread(w1.wait_ready)
+    await asyncio.to_thread(w2.wait_ready)
+    async with client(vhost_url) as queue:
+        scripts = ["ok"] * 900 + ["fail:1"] * 50 + ["permanent"] * 50
+        job_ids = await asyncio.gather(
+            *(queue.submit_job(NS, TYPE, "create", request(f"j{i}", s)) for i, s in enumerate(scripts))
+        )
+        results = await _results(queue, job_ids)
+        assert all(r is not None for r in results), "a job never ended"
+        by_status = {s: sum(1 for r in results if r.status is s) for s in JobStatus}
+        assert by_status[JobStatus.SUCCEEDED] == 950 and by_status[JobStatus.FAILED] == 50
+        assert queue.index.duplicates == 0
+        s1, s2 = w1.status(), w2.status()
+        assert s1["jobs_processed"] + s2["jobs_processed"] == 1000
+        assert s1["jobs_failed"] + s2["jobs_failed"] == 50
+        assert s1["jobs_retried"] + s2["jobs_retried"] == 50
+        assert s1["jobs_processed"] > 0 and s2["jobs_processed"] > 0  # both competed
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_mid_job_redelivers_and_completes(vhost_url, workers):
+    doomed = workers(vhost_url, "doomed")
+    await asyncio.to_thread(doomed.wait_ready)
+    async with client(vhost_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("k", "sleep:2"))
+        await eventually(lambda: doomed.status()["in_flight"] == 1)
+        doomed.kill()
+        survivor = workers(vhost_url, "survivor")
+        result = await queue.get_job_result(job_id, timeout=60)
+        assert result.status is JobStatus.SUCCEEDED and result.worker_id == "survivor"
+        assert survivor.status()["redelivered"] == 1
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_finishes_in_flight_then_exits_zero(vhost_url, workers):
+    worker = workers(vhost_url, "graceful", CPW_DRAIN_TIMEOUT="20")
+    await asyncio.to_thread(worker.wait_ready)
+    async with client(vhost_url) as queue:
+        job_ids = [await queue.submit_job(NS, TYPE, "create", request(f"t{i}", "sleep:1")) for i in range(3)]
+        await eventually(lambda: worker.status()["in_flight"] == 3)
+        worker.signal(signal.SIGTERM)
+        await eventually(lambda: _ready_code(worker) == 503, timeout=5)
+        assert await asyncio.to_thread(worker.wait, 30) == 0
+        results = await _results(queue, job_ids, timeout=5)
+        assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 3
+
+
+def _ready_code(worker: CpwProcess) -> int:
+    import httpx
+
+    try:
+        return httpx.get(worker.ops_url + "/health/ready", timeout=1).status_code
+    except httpx.HTTPError:
+        return 0  # already gone counts as not ready
+
+
+@pytest.mark.timeout(240)
+async def test_broker_restart_mid_stream_loses_nothing(tmp_path, workers):
+    server = RabbitMQServer().start()
+    try:
+        url = server.amqp_url
+        worker = workers(url, "steady", CPW_MAX_CONCURRENT_JOBS="8")
+        await asyncio.to_thread(worker.wait_ready)
+        async with client(url) as queue:
+            before = [await queue.submit_job(NS, TYPE, "create", request(f"b{i}", "sleep:0.2")) for i in range(100)]
+            await eventually(lambda: worker.status()["jobs_processed"] >= 5)
+            await asyncio.to_thread(server.restart)
+            after = []
+            for i in range(100):  # submissions are accepted again once the client reconnected
+                while True:
+                    try:
+                        after.append(await queue.submit_job(NS, TYPE, "create", request(f"a{i}")))
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.2)
+            results = await _results(queue, before + after, timeout=120)
+            missing = [j for j, r in zip(before + after, results) if r is None]
+            assert not missing, f"{len(missing)} accepted jobs never ended"
+            assert all(r.status is JobStatus.SUCCEEDED for r in results)
+            assert queue.index.duplicates >= 0
+            await eventually(lambda: worker.status()["ready"], timeout=30)
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.timeout(30)
+def test_bad_setting_exits_2_with_one_line():
+    result = subprocess.run(
+        [cpw_executable(), "worker"], env={"CPW_MAX_CONCURRENT_JOBS": "many", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=20,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cpw: configuration error: CPW_MAX_CONCURRENT_JOBS: Input should be a valid integer, unable to parse string as an integer"
+    ]
+    assert sys.executable
