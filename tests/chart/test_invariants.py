@@ -331,3 +331,13 @@ def test_helm_test_pod_targets_the_api_service(value_set: str) -> None:
     api = one(docs, "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]
     api_tokens = next(v for v in api["volumes"] if v["name"] == "api-tokens")
     assert token["secret"]["secretName"] == api_tokens["secret"]["secretName"]
+
+
+def test_rabbitmq_cluster_pods_are_not_caught_by_the_release_policies() -> None:
+    """The operator copies the RabbitmqCluster's labels onto its pods; those must not match the default deny."""
+    docs = render_set("rabbitmq-cluster")
+    rc = one(docs, "RabbitmqCluster")
+    pod_labels = {**rc["metadata"]["labels"], "app.kubernetes.io/name": rc["metadata"]["name"]}
+    for pol in find(docs, "NetworkPolicy"):
+        assert not labels_match(pol["spec"]["podSelector"], rc["metadata"]["labels"]), pol["metadata"]["name"]
+        assert not labels_match(pol["spec"]["podSelector"], pod_labels), pol["metadata"]["name"]
