@@ -102,6 +102,7 @@ ENV_VAR = {
 def component(extra: dict[str, Any], autoscaling: dict) -> dict:
     props: dict[str, Any] = {
         "global": ANY_OBJ,
+        "common-lib": ANY_OBJ,
         "enabled": B,
         "replicaCount": i("pods when autoscaling is off"),
         "image": IMAGE,

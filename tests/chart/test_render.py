@@ -202,3 +202,20 @@ def test_notes_tell_how_to_reach_the_api_watch_the_queue_and_find_dashboards() -
     assert "grafana_dashboard" in text
     assert f"helm test {RELEASE}" in text
     assert f"create secret generic {RELEASE}-rabbitmq" in notes({})
+
+
+@pytest.mark.parametrize("subchart", ["worker", "api-adapter"])
+def test_subchart_stands_alone_with_the_library_as_its_dependency(subchart: str, tmp_path) -> None:
+    """Each subchart declares common-lib (file://../common-lib): `helm dependency update` packs it, and the
+    subchart then renders and lints on its own - the helpers are shared, not copied."""
+    import shutil
+
+    for name in (subchart, "common-lib"):
+        shutil.copytree(CHART / "charts" / name, tmp_path / name)
+    helm_python.dependency_update(tmp_path / subchart)
+    values = {"global": {"rabbitmq": {"existingSecret": "s"}}}
+    with helm_python.Chart.load(tmp_path / subchart) as chart:
+        out = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert any(k.endswith("deployment.yaml") and "kind: Deployment" in v for k, v in out.items())
+    report = helm_python.lint(tmp_path / subchart, values, strict=True, namespace=NAMESPACE)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report

@@ -50,7 +50,9 @@ Sources of the broker Secret, in order (global.rabbitmq):
 {{- define "cpw.lib.rabbitmq.managementKey" -}}
 {{- $r := include "cpw.lib.rabbitmq.values" . | fromYaml -}}
 {{- if ($r.cluster | default dict).enabled -}}
-{{- else if $r.existingSecret -}}{{ ($r.existingSecretKeys | default dict).managementUrl | default "" }}
+{{- else if $r.existingSecret -}}
+{{- $k := $r.existingSecretKeys | default dict -}}
+{{- if hasKey $k "managementUrl" }}{{ $k.managementUrl | default "" }}{{ else }}management-url{{ end -}}
 {{- else if and $r.url $r.managementUrl -}}management-url
 {{- end -}}
 {{- end -}}
