@@ -109,6 +109,22 @@ class Settings(BaseSettings):
     api_retry_after: int = Field(2, ge=1, validation_alias=_env("API_RETRY_AFTER"))
     api_tenant_max_queued: int = Field(10_000, ge=1, validation_alias=_env("API_TENANT_MAX_QUEUED"))
     api_index_max_jobs: int = Field(1_000_000, ge=100, validation_alias=_env("API_INDEX_MAX_JOBS"))
+    api_idempotency_window: float = Field(
+        86_400.0, gt=0, validation_alias=_env("API_IDEMPOTENCY_WINDOW"),
+        description="Seconds an Idempotency-Key keeps answering with the same operation.",
+    )
+    api_max_wait: float = Field(
+        60.0, ge=0, validation_alias=_env("API_MAX_WAIT"),
+        description="Longest ?wait= / Prefer: wait= the API honours, in seconds.",
+    )
+    api_public_url: str | None = Field(
+        None, validation_alias=_env("API_PUBLIC_URL"),
+        description="Base URL for Location headers (behind an ingress); default: from the request.",
+    )
+    api_allow_anonymous: bool = Field(
+        False, validation_alias=_env("API_ALLOW_ANONYMOUS"),
+        description="Serve without tokens when CPW_API_TOKENS_FILE is unset (cpw dev does).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

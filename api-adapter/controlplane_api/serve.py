@@ -1,0 +1,200 @@
+"""Run the API adapter: `cpw api` (run_api) and, inside `cpw dev`, serve_api.
+
+Start-up: the public and ops ports answer at once (/health/ready says 503, the API routes 503 +
+Retry-After); the process connects with backoff, follows `provider.results` from its retention
+start, publishes a marker onto the stream and is ready once it has read its own marker back, i.e.
+once the index holds everything written before it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+import uvloop
+from starlette.routing import Route
+
+from controlplane_workers.broker.base import KIND
+from controlplane_workers.fleet import WorkerRegistry
+from controlplane_workers.ops import ops_app, server
+from controlplane_workers.queue import JobQueue
+from controlplane_workers.run import connect_with_backoff, install_stop_handlers
+from controlplane_workers.settings import Settings
+from controlplane_workers.status import MARKER
+
+from . import metrics
+from .app import ApiContext, build_app
+from .auth import TokenAuth, TokenFileError
+from .openapi import build_openapi
+from .store import MARKER_ID, ApiIndex, IndexStore, retention_seconds
+
+log = logging.getLogger("controlplane_api")
+
+
+class ApiProcess:
+    """One API process: the queue, its index, the fleet view, the app and its readiness."""
+
+    def __init__(self, settings: Settings, *, dev: bool = False) -> None:
+        self.settings = settings
+        self.dev = dev
+        self.auth = TokenAuth(settings.api_tokens_file) if settings.api_tokens_file else None
+        self.queue = JobQueue(settings=settings, name=f"cpw-api {settings.worker_id}")
+        self.index = ApiIndex(settings.api_index_max_jobs)
+        self.queue.index = self.index
+        self.store = IndexStore(self.index, retention_seconds(settings.results_max_age))
+        self.fleet = WorkerRegistry()
+        self.ctx = ApiContext(settings, self.queue, self.store, self.fleet, self.auth)
+        self.rebuilt = asyncio.Event()
+        self.rebuild_seconds: float | None = None
+        self.started = time.time()
+        self.ops = ops_app(is_ready=self.is_ready, status=self.status, identity=self.identity)
+        extra = [Route(r.path, r.endpoint) for r in self.ops.routes if isinstance(r, Route)] if dev else None
+        self.app = build_app(self.ctx, extra_routes=extra, openapi=build_openapi(settings))
+        metrics.INDEX_JOBS.set_function(lambda: len(self.index))
+        metrics.INDEX_LAG.set_function(self._lag)
+        metrics.READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
+
+    def _lag(self) -> float:
+        last = self.index.last_event_at
+        return 0.0 if last is None else max(0.0, time.time() - last)
+
+    def is_ready(self) -> bool:
+        # A broker outage after start does not take the API out of service: clients get 503 +
+        # Retry-After on submit and reads keep working from the index.
+        return self.rebuilt.is_set()
+
+    def identity(self) -> dict[str, Any]:
+        return {"role": "api", "instance": self.settings.worker_id}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "api", "ready": self.is_ready(), "broker_connected": self.queue.broker.connected.is_set(),
+            "rebuild_seconds": self.rebuild_seconds, "auth": self.auth is not None,
+            "index": self.store.info(), "uptime_seconds": round(time.time() - self.started, 3),
+        }
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Connect (with backoff) and rebuild the index; False if asked to stop first."""
+        started = time.monotonic()
+        marker = uuid.uuid4().hex
+        self.index.marker = marker
+        self.index.on_marker.append(self.rebuilt.set)
+        if not await connect_with_backoff(self.queue.connect, "api", stop):
+            return False
+        await self.fleet.follow(self.queue.broker)
+        body = orjson.dumps({"type": "marker", "marker": marker, "at": time.time()})
+        while not stop.is_set():
+            try:
+                await self.queue.broker.publish_events([(body, {KIND: MARKER, MARKER_ID: marker})])
+                break
+            except Exception as exc:  # the broker went away between connect and now
+                log.warning("api: cannot publish the start marker yet: %s", type(exc).__name__)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        waiter = asyncio.ensure_future(self.rebuilt.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        if not self.rebuilt.is_set():
+            return False
+        self.rebuild_seconds = time.monotonic() - started
+        self.store.ready = True
+        rate = self.index.events / self.rebuild_seconds if self.rebuild_seconds else 0.0
+        log.info(
+            "api ready: index rebuilt from %d events (%d jobs) in %.3fs, %.0f events/s",
+            self.index.events, len(self.index), self.rebuild_seconds, rate,
+        )
+        return True
+
+    async def stop(self) -> None:
+        self.store.ready = False
+        self.rebuilt.clear()
+        await self.fleet.stop()
+        await self.queue.disconnect()
+
+
+def dev_banner(settings: Settings, process: ApiProcess) -> str:
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    auth = (
+        f"auth: bearer tokens from {settings.api_tokens_file}"
+        if process.auth is not None
+        else "auth: OFF (no CPW_API_TOKENS_FILE): anyone who can reach this port can submit jobs"
+    )
+    header = "" if process.auth is None else " -H 'Authorization: Bearer <token>'"
+    resource = "/subscriptions/demo/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1"
+    return "\n".join([
+        "",
+        f"  controlplane-workers dev platform: API on {base} (broker {settings.rabbitmq_url})",
+        f"  {auth}",
+        f"  ops routes on the same port: {base}/health/ready, {base}/metrics;  OpenAPI: {base}/openapi.json",
+        "",
+        "  create a demo VM (201 + Location), then poll its operation:",
+        f"    curl -si -X PUT{header} -H 'Content-Type: application/json' \\",
+        f"      '{base}{resource}?api-version=2024-01-01' \\",
+        "      -d '{\"location\": \"westeurope\", \"properties\": {\"vmSize\": \"Standard_D2s_v5\"}}'",
+        f"    curl -s{header} '{base}/operations/<jobId from the answer>?api-version=2024-01-01'",
+        "  or wait for it in one call:",
+        f"    curl -s -X PUT{header} -H 'Content-Type: application/json' \\",
+        f"      '{base}{resource}?api-version=2024-01-01&wait=10' -d '{{\"location\": \"westeurope\"}}'",
+        "",
+    ])
+
+
+async def serve_api(settings: Settings, stop: asyncio.Event, *, banner: bool = False) -> ApiProcess:
+    """Serve until `stop` is set. banner=True is `cpw dev`: ops routes on the public port, no auth
+    unless tokens are set, and the URL and a curl example printed."""
+    dev = banner
+    process = ApiProcess(settings, dev=dev)
+    public = server(process.app, settings.api_host, settings.api_port, log_level="warning")
+    servers = [public]
+    if not dev:
+        servers.append(server(process.ops, settings.health_host, settings.health_port))
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    if dev:
+        print(dev_banner(settings, process), file=sys.stderr, flush=True)
+    try:
+        await process.start(stop)
+        await stop.wait()
+    finally:
+        for s in servers:
+            s.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await process.stop()
+    return process
+
+
+
+
+def run_api(settings: Settings) -> int:
+    """`cpw api`: refuse to serve without tokens unless CPW_API_ALLOW_ANONYMOUS says so."""
+    if settings.api_tokens_file is None and not settings.api_allow_anonymous:
+        print(
+            "cpw api: configuration error: CPW_API_TOKENS_FILE is not set; set it, or set "
+            "CPW_API_ALLOW_ANONYMOUS=true to serve without authentication",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        if settings.api_tokens_file is not None:
+            TokenAuth(settings.api_tokens_file)
+    except TokenFileError as exc:
+        print(f"cpw api: configuration error: CPW_API_TOKENS_FILE: {exc}", file=sys.stderr)
+        return 2
+    if settings.api_tokens_file is None:
+        log.warning("api: serving WITHOUT authentication (CPW_API_ALLOW_ANONYMOUS=true)")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        await serve_api(settings, stop)
+
+    uvloop.run(main())
+    return 0
