@@ -42,15 +42,17 @@ async def _submit_all(submit, n: int) -> None:
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def project_round(url: str, tmp: Path) -> float:
+async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True) -> float:
     worker = CpwProcess(
         "worker",
         {"CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry",
-         "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY), "CPW_LOG_LEVEL": "WARNING"},
+         "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY), "CPW_LOG_LEVEL": "WARNING",
+         "CPW_ACCEPTED_ON_STREAM": str(accepted_on_stream).lower()},
         tmp / "worker.log",
     ).start()
     await asyncio.to_thread(worker.wait_ready)
-    queue = JobQueue(url, settings=fast_settings(url), replay_from="next")
+    settings = fast_settings(url, accepted_on_stream=accepted_on_stream)
+    queue = JobQueue(url, settings=settings, replay_from="next")
     await queue.connect()
     try:
         ids: list[str] = []
@@ -130,22 +132,29 @@ def idle_worker_numbers(url: str, tmp: Path) -> tuple[float, float]:
 
 
 def test_core_throughput_against_raw_aio_pika(rabbitmq, tmp_path):
-    project, raw = [], []
-    for _ in range(ROUNDS):
-        for fn, out in ((raw_round, raw), (project_round, project)):
+    systems = {
+        "raw aio-pika": lambda url: raw_round(url),
+        "JobQueue+cpw worker": lambda url: project_round(url, tmp_path),
+        "  without Accepted copy": lambda url: project_round(url, tmp_path, accepted_on_stream=False),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(ROUNDS):  # alternate the systems, so drift on the machine hits all alike
+        for name, run in systems.items():
             vhost = rabbitmq.new_vhost()
-            url = rabbitmq.url_for(vhost)
             try:
-                value = asyncio.run(fn(url, tmp_path) if fn is project_round else fn(url))
-                out.append(value)
+                runs[name].append(asyncio.run(run(rabbitmq.url_for(vhost))))
             finally:
                 rabbitmq.delete_vhost(vhost)
     start_s, rss_mb = idle_worker_numbers(rabbitmq.amqp_url, tmp_path)
-    p, r = statistics.median(project), statistics.median(raw)
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    raw = median["raw aio-pika"]
     print()
-    print(f"core bench: {N} jobs x {ROUNDS} rounds, one worker process, {CONCURRENCY} in flight")
-    print(f"  raw aio-pika   jobs/s median {r:8.0f}  (min {min(raw):.0f}, max {max(raw):.0f})")
-    print(f"  JobQueue+cpw   jobs/s median {p:8.0f}  (min {min(project):.0f}, max {max(project):.0f})")
-    print(f"  ratio {p / r:.2f}   worker start->ready {start_s:.2f}s   idle RSS {rss_mb:.1f} MB")
-    print(f"bench-core: project_jobs_per_s={p:.0f} raw_aio_pika_jobs_per_s={r:.0f} ratio_raw={p / r:.2f} "
+    print(f"core bench: {N} jobs x {ROUNDS} rounds, one worker process, {CONCURRENCY} jobs in flight")
+    for name, values in runs.items():
+        print(f"  {name:26s} jobs/s median {median[name]:7.0f}  (min {min(values):.0f}, max {max(values):.0f})"
+              f"  ratio to raw {median[name] / raw:.2f}")
+    print(f"  worker start->ready {start_s:.2f}s   idle RSS {rss_mb:.1f} MB")
+    project, lean = median["JobQueue+cpw worker"], median["  without Accepted copy"]
+    print(f"bench-core: project_jobs_per_s={project:.0f} project_no_accepted_copy_jobs_per_s={lean:.0f} "
+          f"raw_aio_pika_jobs_per_s={raw:.0f} ratio_raw={project / raw:.2f} ratio_raw_no_copy={lean / raw:.2f} "
           f"start_to_ready_s={start_s:.2f} idle_rss_mb={rss_mb:.1f}")

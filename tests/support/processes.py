@@ -35,7 +35,8 @@ class CpwProcess:
     started_at: float = 0.0
 
     def start(self) -> CpwProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CPW_HEALTH_PORT": str(self.health_port),
+        pythonpath = os.pathsep.join(str(p) for p in (ROOT, ROOT / "worker", ROOT / "api-adapter"))
+        env = {**os.environ, "PYTHONPATH": pythonpath, "CPW_HEALTH_PORT": str(self.health_port),
                "CPW_HEALTH_HOST": "127.0.0.1", **self.env}
         self.started_at = time.monotonic()
         self.log = open(self.log_path, "ab")

@@ -108,6 +108,7 @@ class JobQueue:
             priority=job.priority,
             headers={JOB_ID: job.id, **(headers or {})},
         )
+        self.index.accept(job)
 
     async def get_job_result(self, job_id: str, timeout: float | None = 30.0) -> JobResult | None:
         """The job's terminal state; None if it is not terminal within `timeout` seconds."""

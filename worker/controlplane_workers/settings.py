@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         2_000_000_000, ge=1_000_000, validation_alias=_env("RESULTS_MAX_BYTES"),
         description="Size cap of the results stream in bytes.",
     )
+    accepted_on_stream: bool = Field(
+        True,
+        validation_alias=_env("ACCEPTED_ON_STREAM"),
+        description="Bind the results stream to the job exchange, so every reader sees a job as Accepted "
+        "the moment it is confirmed (needed by API replicas; costs the broker one stream write per job).",
+    )
     publish_timeout: float = Field(
         10.0, gt=0, validation_alias=_env("PUBLISH_TIMEOUT"),
         description="Seconds to wait for the broker to confirm a message before giving up.",

@@ -24,6 +24,7 @@ class Topology:
     max_attempts: int = 5
     results_max_age: str = "24h"
     results_max_bytes: int = 2_000_000_000
+    accepted_on_stream: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -37,6 +38,7 @@ class Topology:
             max_attempts=settings.max_attempts,
             results_max_age=settings.results_max_age,
             results_max_bytes=settings.results_max_bytes,
+            accepted_on_stream=settings.accepted_on_stream,
         )
 
     @property

@@ -234,7 +234,8 @@ class MemoryBroker(Broker):
     ) -> None:
         self._check()
         headers = {KIND: "job", **headers}
-        self.node.append(self.topology.results_stream, body, headers)
+        if self.topology.accepted_on_stream:
+            self.node.append(self.topology.results_stream, body, headers)
         self.node.enqueue(_Message(body, headers, message_id, priority, routing_key))
 
     async def publish_retry(

@@ -183,7 +183,8 @@ class RabbitMQBroker(Broker):
         results = await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
         # Every accepted job is copied onto the results stream by the broker itself: the Accepted
         # event costs the submitter nothing and is confirmed together with the job.
-        await results.bind(self.exchange, "#")
+        if t.accepted_on_stream:
+            await results.bind(self.exchange, "#")
         await channel.declare_queue(t.control_stream, durable=True, arguments=t.stream_arguments())
 
     def _on_close(self, *_: Any) -> None:
@@ -251,16 +252,14 @@ class RabbitMQBroker(Broker):
         assert self.publisher is not None
         exchange = self.publisher.default_exchange
         stream = self.topology.results_stream
-        await asyncio.gather(
-            *(
-                self._publish(
-                    exchange,
-                    aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT, content_type="application/json"),
-                    stream,
-                )
-                for body, headers in bodies
-            )
-        )
+        messages = [
+            aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT, content_type="application/json")
+            for body, headers in bodies
+        ]
+        if len(messages) == 1:  # the common case: no gather on the hot path
+            await self._publish(exchange, messages[0], stream)
+        else:
+            await asyncio.gather(*(self._publish(exchange, m, stream) for m in messages))
 
     async def publish_control(self, body: bytes, headers: Headers) -> None:
         assert self.publisher is not None
