@@ -219,3 +219,12 @@ def test_subchart_stands_alone_with_the_library_as_its_dependency(subchart: str,
     assert any(k.endswith("deployment.yaml") and "kind: Deployment" in v for k, v in out.items())
     report = helm_python.lint(tmp_path / subchart, values, strict=True, namespace=NAMESPACE)
     assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+def test_render_cli_prints_manifests(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.chart import render
+
+    assert render.main(["--set", "workers.replicaCount=3", "-f", str(CHART / "ci" / "keda-values.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "kind: ScaledObject" in out and "# Source: controlplane-workers/charts/workers/templates/deployment.yaml" in out
+    assert render.main(["--set", "workers.replicaCont=3"]) == 1
