@@ -54,6 +54,9 @@ fmt: $(VENV)/.installed ## format the code
 	$(VENV)/bin/ruff format worker api-adapter tests
 	$(VENV)/bin/ruff check --fix worker api-adapter tests
 
+chart: $(VENV)/.installed ## render the umbrella chart through the Helm engine (VALUES=file SET="k=v ...")
+	$(PY) tests/chart/render.py $(if $(VALUES),-f $(VALUES)) $(foreach s,$(SET),--set $(s))
+
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
 	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench $(PYTEST_ARGS) -o addopts=""
 
