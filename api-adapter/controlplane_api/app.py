@@ -56,7 +56,7 @@ _PAGE_MAX = 1000
 ERROR_STATUS = {
     "ResourceNotFound": 404, "NotFound": 404, "InvalidRequest": 400, "BadRequest": 400,
     "InvalidAction": 400, "InvalidParameter": 400, "Conflict": 409, "Forbidden": 403,
-    "Canceled": 409,
+    "Canceled": 409, "UnknownProvider": 400, "Malformed": 400, "PoisonMessage": 400,
 }
 
 
