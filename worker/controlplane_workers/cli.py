@@ -119,6 +119,13 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--providers", help="module:attr of the providers (default: the demo)")
     dev.set_defaults(func=cmd_dev)
 
+    try:  # `cpw jobs`: the API's client, shipped with the API adapter
+        from controlplane_api.client_cli import add_parser as add_jobs_parser
+    except ImportError:  # pragma: no cover - the API package ships with this distribution
+        pass
+    else:
+        add_jobs_parser(sub)
+
     config = sub.add_parser("config", help="print the effective settings (passwords redacted)")
     config.set_defaults(func=cmd_config)
 
