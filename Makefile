@@ -12,7 +12,7 @@ CHECKOV_VENV ?= .tools/checkov
 APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap
 PYTEST_ARGS ?=
 
-.PHONY: help run test install system-deps tools lint fmt chart bench clean
+.PHONY: help run test install system-deps tools lint fmt chart dashboards bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ fmt: $(VENV)/.installed ## format the code
 
 chart: $(VENV)/.installed ## render the umbrella chart through the Helm engine (VALUES=file SET="k=v ...")
 	$(PY) tests/chart/render.py $(if $(VALUES),-f $(VALUES)) $(foreach s,$(SET),--set $(s))
+
+dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/generate.py
+	$(PY) dashboards/generate.py
 
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
 	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench $(PYTEST_ARGS) -o addopts=""

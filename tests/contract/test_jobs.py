@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from controlplane_workers import JobStatus, WorkerRegistry
-from controlplane_workers.broker.base import KIND
 from controlplane_workers.dlq import list_dead_letters, redrive
 from tests.support import providers
 from tests.support.harness import client, eventually, request, running_worker
@@ -208,10 +207,11 @@ async def test_itl_shaped_provider_runs_unchanged(broker_url):
     assert r2.result == {"id": "/x/vm1"}
 
 
-async def test_accepted_event_is_the_job_copy(broker_url):
-    async with client(broker_url) as queue:
-        job_id = await queue.submit_job(NS, TYPE, "delete", request("z"), priority=6)
-        await eventually(lambda: queue.get_job_status(job_id) is not None)
-        status = queue.get_job_status(job_id)
-    assert status.status is JobStatus.ACCEPTED and status.operation.value == "delete" and status.priority == 6
-    assert KIND == "x-cpw-kind"
+async def test_other_readers_see_a_job_accepted_once_confirmed(broker_url):
+    async with client(broker_url) as submitter, client(broker_url) as other:
+        job_id = await submitter.submit_job(NS, TYPE, "delete", request("z"), priority=6, tenant="t1")
+        assert submitter.get_job_status(job_id).status is JobStatus.ACCEPTED  # at once, locally
+        await eventually(lambda: other.get_job_status(job_id) is not None)
+        status = other.get_job_status(job_id)
+    assert status.status is JobStatus.ACCEPTED and status.operation.value == "delete"
+    assert (status.priority, status.tenant, status.resource_name) == (6, "t1", "z")

@@ -55,6 +55,11 @@ async def test_thousand_jobs_two_workers_each_ends_once(vhost_url, workers):
         assert s1["jobs_failed"] + s2["jobs_failed"] == 50
         assert s1["jobs_retried"] + s2["jobs_retried"] == 50
         assert s1["jobs_processed"] > 0 and s2["jobs_processed"] > 0  # both competed
+        import httpx
+
+        exposition = httpx.get(w1.ops_url + "/metrics").text
+        assert f"worker_jobs_processed_total {float(s1['jobs_processed'])}" in exposition
+        assert 'cpw_worker_dead_lettered_total{reason="permanent-error"}' in exposition
 
 
 @pytest.mark.timeout(120)
@@ -134,3 +139,16 @@ def test_bad_setting_exits_2_with_one_line():
         "cpw: configuration error: CPW_MAX_CONCURRENT_JOBS: Input should be a valid integer, unable to parse string as an integer"
     ]
     assert sys.executable
+
+
+@pytest.mark.timeout(60)
+async def test_unroutable_job_is_refused_not_dropped(vhost_url):
+    from controlplane_workers import UnroutableJob
+
+    async with client(vhost_url) as queue:
+        broker = queue.broker
+        jobs = await broker.publisher.get_queue(queue.topology.jobs_queue)
+        await jobs.unbind(queue.topology.exchange, "#")
+        with pytest.raises(UnroutableJob, match="no queue bound"):
+            await queue.submit_job(NS, TYPE, "create", request("nowhere"))
+        assert len(queue.index) == 0  # no Accepted record for a job nobody will run

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from .broker import Broker
-from .broker.base import ATTEMPT, DETAIL, JOB_ID, REASON, REDRIVE, Delivery
+from .broker.base import ATTEMPT, DETAIL, JOB_ID, KIND, REASON, REDRIVE, Delivery
+from .events import BATCH
 
 _DEAD_LETTER_HEADERS = (REASON, DETAIL, "x-cpw-original-queue", "x-cpw-dead-lettered-at", "x-cpw-dead-lettered-by")
 
@@ -65,6 +67,10 @@ async def redrive(
                 delivery.body, message_id=str(info["job_id"]), routing_key=routing_key,
                 priority=delivery.priority, headers=headers,
             )
+            if info["provider_namespace"]:  # a well-formed job: readers start it afresh
+                record = {"job_id": str(info["job_id"]), "type": "accepted", "at": time.time(),
+                          "job": orjson.Fragment(delivery.body), "redrive": True}
+                await broker.publish_events([(orjson.dumps([record]), {KIND: BATCH})])
             await delivery.ack()
             moved += 1
             if progress:

@@ -123,6 +123,8 @@ class JobEvent(BaseModel):
     result: Any = None
     error: JobError | None = None
     retry_in: float | None = None
+    job: Job | None = None  # on `accepted`: the job as submitted
+    redrive: bool = False  # on `accepted`: an operator sent a dead-lettered job round again
 
     @property
     def status(self) -> JobStatus:

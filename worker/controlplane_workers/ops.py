@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,9 +14,16 @@ from starlette.routing import Route
 
 
 def ops_app(
-    *, is_ready: Callable[[], bool], status: Callable[[], dict[str, Any]], identity: Callable[[], dict[str, Any]]
+    *,
+    is_ready: Callable[[], bool],
+    status: Callable[[], dict[str, Any]],
+    identity: Callable[[], dict[str, Any]],
+    registries: Sequence[CollectorRegistry] = (),
 ) -> Starlette:
-    """Liveness says the loop answers; readiness says the process takes work."""
+    """Liveness says the loop answers; readiness says the process takes work.
+
+    /metrics serves prometheus-client's default registry plus the component's own `registries`.
+    """
 
     async def live(_: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -34,7 +41,8 @@ def ops_app(
         return JSONResponse(status())
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(REGISTRY) + b"".join(generate_latest(r) for r in registries)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[

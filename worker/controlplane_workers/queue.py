@@ -15,6 +15,7 @@ from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
+from .events import EventBatcher
 from .status import StatusIndex
 from .topology import Topology
 
@@ -39,6 +40,7 @@ class JobQueue:
         self.index = StatusIndex(index_max_jobs or self.settings.api_index_max_jobs)
         self.replay_from = replay_from
         self._results: Subscription | None = None
+        self.events = EventBatcher(self.broker)
 
     async def connect(self) -> None:
         await self.broker.connect()
@@ -101,14 +103,16 @@ class JobQueue:
 
     async def submit(self, job: Job, *, headers: dict[str, Any] | None = None) -> None:
         """Publish a prepared job (the API adapter builds its own)."""
+        body = job.model_dump_json().encode()
         await self.broker.publish_job(
-            job.model_dump_json().encode(),
-            message_id=job.id,
-            routing_key=job.routing_key,
-            priority=job.priority,
+            body, message_id=job.id, routing_key=job.routing_key, priority=job.priority,
             headers={JOB_ID: job.id, **(headers or {})},
         )
+        # Only a confirmed job gets its Accepted record: a failed publish leaves no phantom behind.
         self.index.accept(job)
+        if self.topology.accepted_on_stream:
+            record = {"job_id": job.id, "type": "accepted", "at": job.submitted_at, "job": orjson.Fragment(body)}
+            await self.events.publish(orjson.dumps(record))
 
     async def get_job_result(self, job_id: str, timeout: float | None = 30.0) -> JobResult | None:
         """The job's terminal state; None if it is not terminal within `timeout` seconds."""

@@ -9,6 +9,7 @@ import time
 
 import uvloop
 
+from . import metrics
 from .errors import BrokerUnavailable
 from .ops import ops_app, server
 from .providers import ProviderLookup, load_providers
@@ -50,6 +51,7 @@ async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyn
             is_ready=lambda: worker.ready,
             status=worker.status,
             identity=lambda: {"worker_id": worker.worker_id},
+            registries=[metrics.REGISTRY],
         ),
         settings.health_host,
         settings.health_port,

@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     accepted_on_stream: bool = Field(
         True,
         validation_alias=_env("ACCEPTED_ON_STREAM"),
-        description="Bind the results stream to the job exchange, so every reader sees a job as Accepted "
-        "the moment it is confirmed (needed by API replicas; costs the broker one stream write per job).",
+        description="Submitters append an Accepted record to the results stream once the job is confirmed, "
+        "so every API replica knows the job (batched: one stream message carries many records).",
     )
     publish_timeout: float = Field(
         10.0, gt=0, validation_alias=_env("PUBLISH_TIMEOUT"),

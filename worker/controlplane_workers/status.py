@@ -14,6 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from .broker.base import KIND, REDRIVE, StreamMessage
+from .events import BATCH
 from .models import Job, JobEvent, JobResult, JobStatus
 
 _STARTED = (JobStatus.RUNNING,)
@@ -89,12 +90,22 @@ class StatusIndex:
         if kind == MARKER:  # a reader's own position marker, not a job
             return
         try:
-            if kind == "job":
+            if kind == BATCH:
+                for item in orjson.loads(message.body):
+                    self._apply_event(item)
+            elif kind == "job":  # a job copied onto the stream by an exchange binding
                 self._accepted(Job.model_validate_json(message.body), redrive=bool(message.headers.get(REDRIVE)))
             else:
-                self._event(JobEvent.model_validate(orjson.loads(message.body)))
-        except (ValidationError, orjson.JSONDecodeError):
+                self._apply_event(orjson.loads(message.body))
+        except (ValidationError, orjson.JSONDecodeError, TypeError):
             self.malformed += 1
+
+    def _apply_event(self, data: object) -> None:
+        event = JobEvent.model_validate(data)
+        if event.job is not None:
+            self._accepted(event.job, redrive=event.redrive)
+        else:
+            self._event(event)
 
     def _accepted(self, job: Job, redrive: bool = False) -> None:
         current = self.jobs.get(job.id)

@@ -26,6 +26,7 @@ from . import __version__, metrics
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
+from .events import EventBatcher
 from .errors import BrokerUnavailable, PermanentError, ProviderError
 from .logs import job_id_var
 from .models import EventType, Job, JobError, JobEvent
@@ -66,6 +67,7 @@ class ProviderWorker:
         )
         self.worker_id = settings.worker_id
         self.stats = WorkerStats()
+        self.events = EventBatcher(self.broker)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_requests: OrderedDict[str, str] = OrderedDict()
         self.draining = False
@@ -316,7 +318,7 @@ class ProviderWorker:
             self._count(EventType.FAILED)
 
     async def _publish(self, event: JobEvent) -> None:
-        await self.broker.publish_events([(event.model_dump_json(exclude_none=True).encode(), {JOB_ID: event.job_id})])
+        await self.events.publish(event.model_dump_json(exclude_none=True).encode())
 
     async def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool = False) -> bool:
         """Ack or reject; False when the channel is gone (the broker redelivers the job)."""

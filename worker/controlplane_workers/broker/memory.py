@@ -234,8 +234,6 @@ class MemoryBroker(Broker):
     ) -> None:
         self._check()
         headers = {KIND: "job", **headers}
-        if self.topology.accepted_on_stream:
-            self.node.append(self.topology.results_stream, body, headers)
         self.node.enqueue(_Message(body, headers, message_id, priority, routing_key))
 
     async def publish_retry(

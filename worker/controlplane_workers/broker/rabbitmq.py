@@ -180,11 +180,9 @@ class RabbitMQBroker(Broker):
         await dlq.bind(self.dlx, t.dead_letter_queue)
         for attempt in t.retry_attempts:
             await channel.declare_queue(t.retry_queue(attempt), durable=True, arguments=t.retry_queue_arguments())
-        results = await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
-        # Every accepted job is copied onto the results stream by the broker itself: the Accepted
-        # event costs the submitter nothing and is confirmed together with the job.
-        if t.accepted_on_stream:
-            await results.bind(self.exchange, "#")
+        # The job queue is the only binding of the exchange, so `mandatory` tells when a job reaches
+        # no queue; Accepted records go to the stream from the submitter (see queue.py).
+        await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
         await channel.declare_queue(t.control_stream, durable=True, arguments=t.stream_arguments())
 
     def _on_close(self, *_: Any) -> None:
