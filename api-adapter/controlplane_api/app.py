@@ -284,9 +284,10 @@ class ApiContext:
                 "operation": operation.value, "request": resource_request, "priority": prio,
                 "submitted_at": now, "tenant": tenant,
             }
+            body = orjson.dumps(job)
             try:
                 await self.queue.broker.publish_job(
-                    orjson.dumps(job), message_id=job_id, routing_key=f"{namespace}.{rtype}.{operation.value}",
+                    body, message_id=job_id, routing_key=f"{namespace}.{rtype}.{operation.value}",
                     priority=prio, headers={JOB_ID: job_id},
                 )
             except (BrokerUnavailable, UnroutableJob):
@@ -301,6 +302,13 @@ class ApiContext:
                     priority=prio, submitted_at=now, tenant=tenant,
                 )
             )
+            if self.queue.topology.accepted_on_stream:  # the Accepted record other replicas read
+                record = {"job_id": job_id, "type": "accepted", "at": now, "job": orjson.Fragment(body)}
+                try:
+                    await self.queue.events.publish(orjson.dumps(record))
+                except BrokerUnavailable:  # the job itself is confirmed: it will run; say so anyway
+                    log.warning("accepted record of job %s not published; other replicas learn of it "
+                                "from the worker's events", job_id)
             metrics.count_submission(operation.value, prio)
             response = await answer(job_id, wait)
             if entry is not None and response.status_code < 300:
