@@ -7,9 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CPW := $(VENV)/bin/cpw
 CHECKOV_VENV ?= .tools/checkov
-# What the tests need from Debian: a real broker, Prometheus tools, and the sandbox for the
-# read-only-root test.
-APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap
+# What the tests need from Debian: a real broker, Prometheus tools, the sandbox for the
+# read-only-root test, and wrk as the HTTP load generator of the benchmarks.
+APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk
 PYTEST_ARGS ?=
 
 .PHONY: help run test install system-deps tools lint fmt chart dashboards bench clean
@@ -61,7 +61,7 @@ dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/g
 	$(PY) dashboards/generate.py
 
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
-	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench $(PYTEST_ARGS) -o addopts=""
+	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_http.py $(PYTEST_ARGS) -o addopts=""
 
 clean: ## remove the venvs and build output
 	rm -rf $(VENV) .tools build .pytest_cache

@@ -152,3 +152,70 @@ async def test_unroutable_job_is_refused_not_dropped(vhost_url):
         with pytest.raises(UnroutableJob, match="no queue bound"):
             await queue.submit_job(NS, TYPE, "create", request("nowhere"))
         assert len(queue.index) == 0  # no Accepted record for a job nobody will run
+
+
+@pytest.mark.timeout(120)
+async def test_quorum_queue_runs_jobs_and_caps_poison_deliveries(rabbitmq, workers):
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        worker = workers(url, "quorum", CPW_QUEUE_TYPE="quorum")
+        await asyncio.to_thread(worker.wait_ready)
+        async with client(url, queue_type="quorum") as queue:
+            job_ids = [await queue.submit_job(NS, TYPE, "create", request(f"q{i}")) for i in range(20)]
+            results = await _results(queue, job_ids, timeout=30)
+        assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 20
+        info = rabbitmq.queue(vhost, "provider.jobs")
+        assert info["type"] == "quorum" and info["arguments"]["x-delivery-limit"] == 20
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+@pytest.mark.timeout(180)
+async def test_all_connections_closed_under_load_loses_nothing(rabbitmq, workers, tmp_path):
+    if rabbitmq.server is None:
+        pytest.skip("needs the suite's own broker node (CPW_TEST_RABBITMQ_URL points elsewhere)")
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        worker = workers(url, "bounce", CPW_MAX_CONCURRENT_JOBS="8")
+        await asyncio.to_thread(worker.wait_ready)
+        async with client(url) as queue:
+            job_ids = [await queue.submit_job(NS, TYPE, "create", request(f"c{i}", "sleep:0.1")) for i in range(200)]
+            await eventually(lambda: worker.status()["jobs_processed"] >= 10)
+            await asyncio.to_thread(rabbitmq.server.close_all_connections)
+            results = await _results(queue, job_ids, timeout=90)
+            assert all(r is not None and r.status is JobStatus.SUCCEEDED for r in results)
+            await eventually(lambda: worker.status()["ready"], timeout=30)
+            assert worker.status()["jobs_processed"] + worker.status()["ack_lost"] >= 200
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+@pytest.mark.timeout(120)
+async def test_dlq_cli_lists_reasons_and_redrives(vhost_url, workers):
+    worker = workers(vhost_url, "dlq")
+    await asyncio.to_thread(worker.wait_ready)
+    async with client(vhost_url) as queue:
+        bad = [await queue.submit_job(NS, TYPE, "create", request(f"d{i}", "permanent")) for i in range(3)]
+        await _results(queue, bad, timeout=30)
+        env = {"CPW_RABBITMQ_URL": vhost_url, "PATH": "/usr/bin:/bin"}
+        listed = await asyncio.to_thread(
+            subprocess.run, [cpw_executable(), "dlq", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert listed.returncode == 0, listed.stderr
+        import json
+
+        letters = json.loads(listed.stdout)
+        assert sorted(l["job_id"] for l in letters) == sorted(bad)
+        assert {l["reason"] for l in letters} == {"permanent-error"}
+        redriven = await asyncio.to_thread(
+            subprocess.run, [cpw_executable(), "dlq", "redrive", bad[0]], env=env, capture_output=True, text=True,
+            timeout=60,
+        )
+        assert redriven.returncode == 0 and "redriven: 1" in redriven.stdout, redriven.stderr
+        await eventually(lambda: worker.status()["jobs_dead_lettered"] == 4)  # it ran again and failed again
+        again = await asyncio.to_thread(
+            subprocess.run, [cpw_executable(), "dlq", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert len(json.loads(again.stdout)) == 3

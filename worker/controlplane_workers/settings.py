@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = Field(
         "classic", validation_alias=_env("QUEUE_TYPE"), description="Type of the job queue."
     )
+    queue_delivery_limit: int = Field(
+        20, ge=1, validation_alias=_env("QUEUE_DELIVERY_LIMIT"),
+        description="Quorum queues only: deliveries after which a message that keeps crashing workers is "
+        "dead-lettered by the broker. A queue argument, so every process must agree on it.",
+    )
     exchange: str = Field("provider.exchange", validation_alias=_env("EXCHANGE"))
     jobs_queue: str = Field("provider.jobs", validation_alias=_env("JOBS_QUEUE"))
     results_stream: str = Field("provider.results", validation_alias=_env("RESULTS_STREAM"))

@@ -25,6 +25,7 @@ class Topology:
     results_max_age: str = "24h"
     results_max_bytes: int = 2_000_000_000
     accepted_on_stream: bool = True
+    delivery_limit: int = 20
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -39,6 +40,7 @@ class Topology:
             results_max_age=settings.results_max_age,
             results_max_bytes=settings.results_max_bytes,
             accepted_on_stream=settings.accepted_on_stream,
+            delivery_limit=settings.queue_delivery_limit,
         )
 
     @property
@@ -66,7 +68,7 @@ class Topology:
             # Quorum queues on RabbitMQ 3.10 have no priorities; the delivery limit catches poison
             # messages that crash a worker before it can dead-letter them itself.
             args["x-queue-type"] = "quorum"
-            args["x-delivery-limit"] = self.max_attempts * 2
+            args["x-delivery-limit"] = self.delivery_limit
         else:
             args["x-max-priority"] = MAX_PRIORITY
         return args

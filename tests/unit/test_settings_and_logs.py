@@ -1,0 +1,84 @@
+"""Settings from the environment (CPW_*, the seed's names, *_FILE secrets) and the JSON logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from controlplane_workers import logs
+from controlplane_workers.logs import JsonFormatter, job_id_var
+from controlplane_workers.redact import redact_text, redact_url
+from controlplane_workers.settings import SettingsError, load_settings
+
+
+def test_seed_names_are_accepted(monkeypatch):
+    for name, value in {"RABBITMQ_URL": "amqp://a:b@rabbit:5672/", "WORKER_ID": "w-7", "LOG_LEVEL": "debug",
+                        "HEALTH_CHECK_PORT": "9001"}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.rabbitmq_url, settings.worker_id, settings.log_level, settings.health_port) == (
+        "amqp://a:b@rabbit:5672/", "w-7", "DEBUG", 9001)
+
+
+def test_cpw_names_win_over_seed_names(monkeypatch):
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://seed/")
+    monkeypatch.setenv("CPW_RABBITMQ_URL", "amqp://cpw/")
+    assert load_settings().rabbitmq_url == "amqp://cpw/"
+
+
+def test_secret_from_file(monkeypatch, tmp_path):
+    secret = tmp_path / "url"
+    secret.write_text("amqps://user:s3cret@broker:5671/prod\n")
+    monkeypatch.setenv("CPW_RABBITMQ_URL_FILE", str(secret))
+    settings = load_settings()
+    assert settings.rabbitmq_url == "amqps://user:s3cret@broker:5671/prod"
+    assert "s3cret" not in json.dumps(settings.safe_dump())
+
+
+def test_unreadable_secret_file_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("CPW_RABBITMQ_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="^CPW_RABBITMQ_URL_FILE: cannot read"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CPW_MAX_CONCURRENT_JOBS", "0", "CPW_MAX_CONCURRENT_JOBS: Input should be greater than or equal to 1"),
+        ("CPW_QUEUE_TYPE", "lazy", "CPW_QUEUE_TYPE: Input should be 'classic' or 'quorum'"),
+        ("CPW_RABBITMQ_URL", "redis://x", "CPW_RABBITMQ_URL: Value error, must start with amqp://, amqps:// or memory://"),
+        ("CPW_RESULTS_MAX_AGE", "1 week", "CPW_RESULTS_MAX_AGE: String should match pattern"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_redaction():
+    assert redact_url("amqp://user:pw@host:5672/vh") == "amqp://user:***@host:5672/vh"
+    assert redact_url("amqp://host/") == "amqp://host/"
+    assert redact_text("failed amqps://u:p%40ss@h/ and http://a:b@c:15672") == "failed amqps://u:***@h/ and http://a:***@c:15672"
+
+
+def test_json_logs_carry_job_and_worker_and_hide_passwords(monkeypatch):
+    monkeypatch.setattr(logs, "_worker_id", "w-1")  # what setup_logging(worker_id=...) sets
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("test.logs")
+    log.addHandler(handler)
+    token = job_id_var.set("job-42")
+    try:
+        log.warning("cannot reach amqp://admin:hunter2@rabbit/", extra={"attempt": 2})
+    finally:
+        job_id_var.reset(token)
+        log.removeHandler(handler)
+    entry = json.loads(stream.getvalue())
+    assert entry["worker_id"] == "w-1" and entry["job_id"] == "job-42" and entry["attempt"] == 2
+    assert entry["message"] == "cannot reach amqp://admin:***@rabbit/" and entry["level"] == "WARNING"
