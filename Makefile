@@ -12,7 +12,7 @@ CHECKOV_VENV ?= .tools/checkov
 APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk
 PYTEST_ARGS ?=
 
-.PHONY: help run test install system-deps tools lint fmt chart dashboards bench clean
+.PHONY: help run test install system-deps tools lint fmt chart dashboards bench clean docs dev drill autoscale-drill
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -62,6 +62,19 @@ dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/g
 
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
 	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_http.py $(PYTEST_ARGS) -o addopts=""
+
+drill: $(VENV)/.installed system-deps ## fault drills on real processes and a real RabbitMQ (tests/drills)
+	$(PY) -m pytest -m drill tests/drills -o addopts=""
+
+autoscale-drill: $(VENV)/.installed system-deps ## the autoscaling drill (tests/autoscale), printing its numbers
+	$(PY) -m pytest tests/autoscale -m drill -o addopts="" -s
+
+docs: $(VENV)/.installed ## regenerate docs/configuration.md (settings model + values.schema.json) and docs/chart.md tables
+	$(PY) docs/generate.py
+	$(PY) tests/chart/docs_gen.py
+
+dev: ## skaffold dev on the current kube context: file sync, single-node RabbitMQ, API on 127.0.0.1:8000
+	skaffold dev -p dev --port-forward
 
 clean: ## remove the venvs and build output
 	rm -rf $(VENV) .tools build .pytest_cache
