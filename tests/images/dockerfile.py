@@ -152,7 +152,7 @@ def _pattern(pattern: str) -> re.Pattern[str]:
             out, i = out + "[^/]", i + 1
         elif c == "[":
             end = pattern.index("]", i)
-            out, i = out + pattern[i:end + 1], end + 1
+            out, i = out + pattern[i : end + 1], end + 1
         else:
             out, i = out + re.escape(c), i + 1
     return re.compile(out + r"\Z")

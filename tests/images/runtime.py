@@ -25,7 +25,7 @@ VENV_IN_IMAGE = "/opt/venv"
 
 # Reports every attempt to write outside /tmp, even one the program swallows (a CPython audit hook,
 # loaded from PYTHONPATH as sitecustomize, prints `CPW-WRITE <event> <path>` on stderr).
-AUDIT_HOOK = '''
+AUDIT_HOOK = """
 import os, sys
 
 def _outside_tmp(path):
@@ -52,7 +52,7 @@ def _hook(event, args):
         sys.stderr.write(f"CPW-WRITE {event} {args[0]}\\n")
 
 sys.addaudithook(_hook)
-'''
+"""
 
 
 def dir_size(path: Path) -> int:
@@ -67,14 +67,23 @@ def build_runtime_venv(work: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), "."], cwd=context,
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), "."],
+        cwd=context,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     venv = work / "venv"
     base_python = Path(getattr(sys, "_base_executable", sys.executable))
     subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     wheels = sorted(str(p) for p in (work / "dist").glob("*.whl"))
-    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--compile", *wheels],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "--python", str(venv / "bin" / "python"), "install", "--compile", *wheels],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return venv
 
 
@@ -96,8 +105,23 @@ def entrypoint(component: str) -> list[str]:
 
 
 def bwrap_base(user_namespace: bool) -> list[str]:
-    argv = ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc",
-            "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--chdir", "/tmp"]
+    argv = [
+        "bwrap",
+        "--ro-bind",
+        "/",
+        "/",
+        "--tmpfs",
+        "/tmp",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--die-with-parent",
+        "--chdir",
+        "/tmp",
+    ]
     if user_namespace:
         argv += ["--unshare-user", "--uid", "10001", "--gid", "10001"]
     return argv
@@ -133,8 +157,9 @@ class Sandbox:
         for path in self.binds:
             command += ["--ro-bind", str(path), str(path)]
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([*command, *self.argv], env=self.env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*command, *self.argv], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         return self
 
     def target_pid(self) -> int:

@@ -20,8 +20,19 @@ pytestmark = pytest.mark.timeout(30)
 ENTRYPOINTS = {"worker": ["cpw", "worker"], "api": ["cpw", "api"]}
 PORTS = {"worker": {"8001"}, "api": {"8000", "8001"}}
 VALUES = {"worker": "worker", "api": "api-adapter"}
-OCI_LABELS = {"title", "description", "source", "licenses", "version", "revision", "created", "url",
-              "documentation", "vendor", "base.name"}
+OCI_LABELS = {
+    "title",
+    "description",
+    "source",
+    "licenses",
+    "version",
+    "revision",
+    "created",
+    "url",
+    "documentation",
+    "vendor",
+    "base.name",
+}
 DIGEST = re.compile(r"^(?:docker\.io/(?:library/)?)?python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$")
 
 
@@ -44,7 +55,9 @@ def test_every_base_is_slim_python_pinned_by_digest(image: str) -> None:
         base = dockerfile.resolved_base(stage)
         if base in stage_names:
             continue
-        assert DIGEST.match(base), f"{DOCKERFILES[image]}: stage {stage.name} FROM {base} is not pinned by digest"
+        assert DIGEST.match(base), (
+            f"{DOCKERFILES[image]}: stage {stage.name} FROM {base} is not pinned by digest"
+        )
 
 
 def test_both_images_share_one_base_digest() -> None:
@@ -71,7 +84,9 @@ def test_runs_as_numeric_non_root_user_10001_as_the_chart_does(image: str) -> No
     assert user is not None and re.fullmatch(r"\d+(:\d+)?", user.raw.strip()), "USER must be numeric"
     uid, _, gid = user.raw.strip().partition(":")
     assert uid == "10001" and gid in ("", "10001")
-    values = yaml.safe_load((ROOT / f"charts/controlplane-workers/charts/{VALUES[image]}/values.yaml").read_text())
+    values = yaml.safe_load(
+        (ROOT / f"charts/controlplane-workers/charts/{VALUES[image]}/values.yaml").read_text()
+    )
     assert values["podSecurityContext"]["runAsUser"] == int(uid)
     assert runtime.instructions.index(user) > max(
         runtime.instructions.index(i) for i in runtime.all("COPY")
@@ -125,8 +140,12 @@ def test_dockerignore_sends_only_the_wheel_inputs() -> None:
     strays = [f for f in sent if not f.startswith(allowed)]
     assert not strays, f".dockerignore lets in: {strays[:20]}"
     assert not [f for f in sent if "__pycache__" in f or f.endswith((".pyc", ".pyo"))]
-    sources = {p.relative_to(ROOT).as_posix() for d in ("worker/controlplane_workers", "api-adapter/controlplane_api")
-               for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts}
+    sources = {
+        p.relative_to(ROOT).as_posix()
+        for d in ("worker/controlplane_workers", "api-adapter/controlplane_api")
+        for p in (ROOT / d).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert sources <= set(sent), sorted(sources - set(sent))[:10]
     assert {"pyproject.toml", "README.md"} <= set(sent)
 

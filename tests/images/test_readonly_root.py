@@ -93,21 +93,39 @@ def test_cpw_runs_a_job_with_a_read_only_root(
     (probe / "sitecustomize.py").write_text(AUDIT_HOOK)
     userns = user_namespaces_work()
 
-    common = {"CPW_RABBITMQ_URL_FILE": str(secrets / "url"), "CPW_HEALTH_HOST": "127.0.0.1",
-              "CPW_LOG_FORMAT": "json", "PYTHONPATH": str(probe)}
+    common = {
+        "CPW_RABBITMQ_URL_FILE": str(secrets / "url"),
+        "CPW_HEALTH_HOST": "127.0.0.1",
+        "CPW_LOG_FORMAT": "json",
+        "PYTHONPATH": str(probe),
+    }
     worker_ops, api_port, api_ops = free_port(), free_port(), free_port()
     worker = Sandbox(
         entrypoint("worker"),
-        {**image_env("worker", runtime_venv), **common, "CPW_HEALTH_PORT": str(worker_ops),
-         "CPW_PROVIDERS": "controlplane_workers.examples.demo:registry", "CPW_DEMO_DELAY": "0.05"},
-        [runtime_venv, secrets, probe], tmp_path / "worker.log", userns,
+        {
+            **image_env("worker", runtime_venv),
+            **common,
+            "CPW_HEALTH_PORT": str(worker_ops),
+            "CPW_PROVIDERS": "controlplane_workers.examples.demo:registry",
+            "CPW_DEMO_DELAY": "0.05",
+        },
+        [runtime_venv, secrets, probe],
+        tmp_path / "worker.log",
+        userns,
     )
     api = Sandbox(
         entrypoint("api"),
-        {**image_env("api", runtime_venv), **common, "CPW_HEALTH_PORT": str(api_ops),
-         "CPW_API_HOST": "127.0.0.1", "CPW_API_PORT": str(api_port),
-         "CPW_API_TOKENS_FILE": str(secrets / "tokens.yaml")},
-        [runtime_venv, secrets, probe], tmp_path / "api.log", userns,
+        {
+            **image_env("api", runtime_venv),
+            **common,
+            "CPW_HEALTH_PORT": str(api_ops),
+            "CPW_API_HOST": "127.0.0.1",
+            "CPW_API_PORT": str(api_port),
+            "CPW_API_TOKENS_FILE": str(secrets / "tokens.yaml"),
+        },
+        [runtime_venv, secrets, probe],
+        tmp_path / "api.log",
+        userns,
     )
     sandboxes += [worker.start(), api.start()]
     _wait_ready(worker, f"http://127.0.0.1:{worker_ops}/health/ready")
@@ -117,8 +135,10 @@ def test_cpw_runs_a_job_with_a_read_only_root(
     resource = "/subscriptions/sub1/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1"
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
-        created = http.put(f"{resource}?api-version={API_VERSION}",
-                           json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}})
+        created = http.put(
+            f"{resource}?api-version={API_VERSION}",
+            json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}},
+        )
         assert created.status_code == 201, created.text
         job_id = created.json()["jobId"]
         deadline, status = time.monotonic() + 60, None
@@ -131,8 +151,14 @@ def test_cpw_runs_a_job_with_a_read_only_root(
         final = http.get(f"/operationResults/{job_id}", params={"api-version": API_VERSION})
         assert final.status_code == 200 and final.json()["properties"]["provisioningState"] == "Succeeded"
         if userns:
-            assert http.get(f"/operations/{job_id}", params={"api-version": API_VERSION},
-                            headers={"Authorization": "Bearer nope"}).status_code == 401
+            assert (
+                http.get(
+                    f"/operations/{job_id}",
+                    params={"api-version": API_VERSION},
+                    headers={"Authorization": "Bearer nope"},
+                ).status_code
+                == 401
+            )
 
     # SIGTERM to cpw itself, as the kubelet sends it to the container's PID 1: a clean exit.
     assert api.terminate() == 0, api.output()[-3000:]
