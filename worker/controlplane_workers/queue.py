@@ -6,6 +6,7 @@ the job will reach exactly one visible terminal state.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,11 +14,14 @@ import orjson
 
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
+from .errors import BrokerUnavailable
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
 from .events import EventBatcher
 from .status import StatusIndex
 from .topology import Topology
+
+log = logging.getLogger(__name__)
 
 
 class JobQueue:
@@ -102,8 +106,15 @@ class JobQueue:
         return job.id
 
     async def submit(self, job: Job, *, headers: dict[str, Any] | None = None) -> None:
-        """Publish a prepared job (the API adapter builds its own)."""
-        body = job.model_dump_json().encode()
+        """Publish a prepared job."""
+        await self.submit_encoded(job.model_dump_json().encode(), job, headers=headers)
+
+    async def submit_encoded(self, body: bytes, job: Job, *, headers: dict[str, Any] | None = None) -> None:
+        """Publish a job already encoded as `body` (the API encodes its own); `job` describes it.
+
+        Raises BrokerUnavailable or UnroutableJob when the broker did not take the job. Once it did,
+        nothing raises: a caller that retried then would submit the job twice.
+        """
         await self.broker.publish_job(
             body, message_id=job.id, routing_key=job.routing_key, priority=job.priority,
             headers={JOB_ID: job.id, **(headers or {})},
@@ -112,7 +123,10 @@ class JobQueue:
         self.index.accept(job)
         if self.topology.accepted_on_stream:
             record = {"job_id": job.id, "type": "accepted", "at": job.submitted_at, "job": orjson.Fragment(body)}
-            await self.events.publish(orjson.dumps(record))
+            try:
+                await self.events.publish(orjson.dumps(record))
+            except BrokerUnavailable:
+                log.warning("Accepted record of job %s not published; readers learn of the job from its events", job.id)
 
     async def get_job_result(self, job_id: str, timeout: float | None = 30.0) -> JobResult | None:
         """The job's terminal state; None if it is not terminal within `timeout` seconds."""
