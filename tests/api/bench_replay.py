@@ -19,7 +19,8 @@ import pytest
 
 from controlplane_api.store import ApiIndex
 from controlplane_workers.broker import open_broker
-from controlplane_workers.broker.base import JOB_ID, KIND, StreamMessage
+from controlplane_workers.broker.base import KIND, StreamMessage
+from controlplane_workers.events import BATCH
 from controlplane_workers.settings import load_settings
 from controlplane_workers.status import StatusIndex
 from controlplane_workers.topology import Topology
@@ -28,8 +29,11 @@ pytestmark = [pytest.mark.bench, pytest.mark.rabbitmq]
 EVENTS = int(os.environ.get("CPW_BENCH_REPLAY_EVENTS", "1000000"))
 
 
-def job_events(i: int) -> list[tuple[bytes, dict]]:
-    """One job as the stream holds it: the Accepted copy of the job, then its terminal event."""
+BATCH_SIZE = int(os.environ.get("CPW_BENCH_REPLAY_BATCH", "64"))
+
+
+def job_events(i: int) -> list[bytes]:
+    """One job as the stream holds it: its Accepted record, then its terminal event."""
     job_id = uuid.uuid4().hex
     job = {
         "id": job_id, "provider_namespace": "Demo.Compute", "resource_type": "virtualMachines",
@@ -41,25 +45,33 @@ def job_events(i: int) -> list[tuple[bytes, dict]]:
     }
     done = {"job_id": job_id, "type": "succeeded", "at": time.time(), "attempt": 1, "worker_id": "w-1",
             "result": {"id": f"/vm{i}", "name": f"vm{i}", "properties": {"provisioningState": "Succeeded"}}}
-    return [(orjson.dumps(job), {KIND: "job", JOB_ID: job_id}), (orjson.dumps(done), {JOB_ID: job_id})]
+    accepted = {"job_id": job_id, "type": "accepted", "at": job["submitted_at"], "job": job}
+    return [orjson.dumps(accepted), orjson.dumps(done)]
+
+
+def stream_messages(jobs: int) -> list[tuple[bytes, dict]]:
+    """Events grouped BATCH_SIZE to a stream message, as the workers' group commit writes them."""
+    events = [event for i in range(jobs) for event in job_events(i)]
+    return [
+        (b"[" + b",".join(events[k:k + BATCH_SIZE]) + b"]", {KIND: BATCH})
+        for k in range(0, len(events), BATCH_SIZE)
+    ]
 
 
 def test_index_alone_and_memory_per_job():
-    messages = []
-    for i in range(100_000):
-        for offset, (body, headers) in enumerate(job_events(i)):
-            messages.append(StreamMessage(body, headers, 2 * i + offset))
+    messages = [StreamMessage(body, headers, n) for n, (body, headers) in enumerate(stream_messages(100_000))]
     index = StatusIndex()
     started = time.perf_counter()
     index.apply_batch(messages)
     seconds = time.perf_counter() - started
-    print(f"\nindex alone: {len(messages)} events in {seconds:.2f}s = {len(messages) / seconds:,.0f} events/s")
+    print(f"\nindex alone: {index.events} events in {seconds:.2f}s = {index.events / seconds:,.0f} events/s "
+          f"({BATCH_SIZE} events per stream message)")
 
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     measured = StatusIndex()
-    measured.apply_batch(messages[:40_000])
+    measured.apply_batch(messages[: 40_000 // BATCH_SIZE])
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
@@ -75,19 +87,9 @@ async def test_replay_from_a_real_stream(vhost_url):
     await publisher.connect()
     jobs = EVENTS // 2
     started = time.perf_counter()
-    batch: list[tuple[bytes, dict]] = []
-    pending: list[asyncio.Future] = []
-    for i in range(jobs):
-        batch.extend(job_events(i))
-        if len(batch) >= 1000:
-            pending.append(asyncio.ensure_future(publisher.publish_events(batch)))
-            batch = []
-            if len(pending) >= 8:
-                await asyncio.gather(*pending)
-                pending = []
-    if batch:
-        pending.append(asyncio.ensure_future(publisher.publish_events(batch)))
-    await asyncio.gather(*pending)
+    messages = stream_messages(jobs)
+    for k in range(0, len(messages), 500):
+        await publisher.publish_events(messages[k:k + 500])
     print(f"\npublished {jobs * 2} events in {time.perf_counter() - started:.1f}s")
     await publisher.close()
 

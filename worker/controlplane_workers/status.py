@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from .broker.base import KIND, REDRIVE, StreamMessage
 from .events import BATCH
-from .models import Job, JobEvent, JobResult, JobStatus
+from .models import EVENT_STATUS, EventType, Job, JobError, JobResult, JobStatus, Operation
 
 _STARTED = (JobStatus.RUNNING,)
 # Stream messages with this kind are position markers a reader publishes for itself (the API
@@ -71,10 +72,6 @@ class StatusIndex:
                 continue
             yield record
 
-    def accept(self, job: Job) -> None:
-        """Record a job its submitter just published (its stream copy, arriving later, changes nothing)."""
-        self._accepted(job)
-
     def _count(self, record: JobResult, delta: int) -> None:
         if not record.terminal:
             self.active[record.tenant] = self.active.get(record.tenant, 0) + delta
@@ -91,83 +88,105 @@ class StatusIndex:
             return
         try:
             if kind == BATCH:
-                for item in orjson.loads(message.body):
+                items = orjson.loads(message.body)
+                self.events += len(items) - 1  # count events, not stream messages
+                for item in items:
                     self._apply_event(item)
-            elif kind == "job":  # a job copied onto the stream by an exchange binding
-                self._accepted(Job.model_validate_json(message.body), redrive=bool(message.headers.get(REDRIVE)))
+            elif kind == "job":  # a bare job message (a binding of the stream to the job exchange)
+                job = Job.model_validate_json(message.body)
+                self._accepted(
+                    job.id, job.provider_namespace, job.resource_type, job.operation, job.request.resource_name,
+                    job.tenant, job.priority, job.submitted_at, redrive=bool(message.headers.get(REDRIVE)),
+                )
             else:
                 self._apply_event(orjson.loads(message.body))
-        except (ValidationError, orjson.JSONDecodeError, TypeError):
+        except (ValidationError, orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
             self.malformed += 1
 
-    def _apply_event(self, data: object) -> None:
-        event = JobEvent.model_validate(data)
-        if event.job is not None:
-            self._accepted(event.job, redrive=event.redrive)
-        else:
-            self._event(event)
+    def _apply_event(self, data: dict[str, Any]) -> None:
+        """One event as written by this project (events.py): read as plain data, the hot path of replay."""
+        job = data.get("job")
+        if job is not None:
+            self._accepted(
+                job["id"], job["provider_namespace"], job["resource_type"], Operation(job["operation"]),
+                (job.get("request") or {}).get("resource_name"), job.get("tenant"), job.get("priority", 5),
+                job.get("submitted_at"), redrive=bool(data.get("redrive")),
+            )
+            return
+        error = data.get("error")
+        self._event(
+            data["job_id"], EVENT_STATUS[EventType(data["type"])], float(data["at"]), int(data.get("attempt", 1)),
+            data.get("worker_id"), data.get("result"), JobError.model_construct(**error) if error else None,
+        )
 
-    def _accepted(self, job: Job, redrive: bool = False) -> None:
-        current = self.jobs.get(job.id)
+    def accept(self, job: Job) -> None:
+        """Record a job its submitter just published (its stream record, arriving later, changes nothing)."""
+        self._accepted(
+            job.id, job.provider_namespace, job.resource_type, job.operation, job.request.resource_name,
+            job.tenant, job.priority, job.submitted_at,
+        )
+
+    def _accepted(
+        self, job_id: str, namespace: str, resource_type: str, operation: Operation, resource_name: str | None,
+        tenant: str | None, priority: int, submitted_at: float | None, *, redrive: bool = False,
+    ) -> None:
+        current = self.jobs.get(job_id)
         if current is not None and redrive:  # an operator sent a dead-lettered job round again
             self.redriven += 1
             self._count(current, -1)
-            del self.jobs[job.id]
+            del self.jobs[job_id]
             current = None
         if current is not None:
-            current.provider_namespace = job.provider_namespace
-            current.submitted_at = job.submitted_at
-            if current.tenant is None and job.tenant is not None:  # an event came before the job
+            current.provider_namespace = namespace
+            current.submitted_at = submitted_at
+            if current.tenant is None and tenant is not None:  # an event came before the job
                 self._count(current, -1)
-                current.tenant = job.tenant
+                current.tenant = tenant
                 self._count(current, 1)
-            current.resource_type = current.resource_type or job.resource_type
-            current.operation = current.operation or job.operation
-            current.resource_name = current.resource_name or job.request.resource_name
-            current.priority = job.priority if current.priority is None else current.priority
+            current.resource_type = current.resource_type or resource_type
+            current.operation = current.operation or operation
+            current.resource_name = current.resource_name or resource_name
+            current.priority = priority if current.priority is None else current.priority
             return
         self._insert(
-            JobResult(
-                job_id=job.id,
-                status=JobStatus.ACCEPTED,
-                provider_namespace=job.provider_namespace,
-                resource_type=job.resource_type,
-                operation=job.operation,
-                resource_name=job.request.resource_name,
-                tenant=job.tenant,
-                priority=job.priority,
-                submitted_at=job.submitted_at,
+            JobResult.model_construct(
+                job_id=job_id, status=JobStatus.ACCEPTED, provider_namespace=namespace, resource_type=resource_type,
+                operation=operation, resource_name=resource_name, tenant=tenant, priority=priority,
+                submitted_at=submitted_at, result=None, error=None, attempts=0, worker_id=None, started_at=None,
+                finished_at=None,
             )
         )
 
-    def _event(self, event: JobEvent) -> None:
-        self.last_event_at = event.at
-        record = self.jobs.get(event.job_id)
+    def _event(
+        self, job_id: str, status: JobStatus, at: float, attempt: int, worker_id: str | None, result: Any,
+        error: JobError | None,
+    ) -> None:
+        self.last_event_at = at
+        record = self.jobs.get(job_id)
         if record is None:
-            record = JobResult(job_id=event.job_id, status=JobStatus.ACCEPTED)
+            record = JobResult(job_id=job_id, status=JobStatus.ACCEPTED)
             self._insert(record)
         if record.terminal:
-            if event.status.terminal:
+            if status.terminal:
                 self.duplicates += 1
             return
-        status = event.status
-        record.attempts = max(record.attempts, event.attempt)
-        record.worker_id = event.worker_id or record.worker_id
+        record.attempts = max(record.attempts, attempt)
+        record.worker_id = worker_id or record.worker_id
         if status in _STARTED and record.started_at is None:
-            record.started_at = event.at
+            record.started_at = at
         if status.terminal:
             self._count(record, -1)
         record.status = status
         if status.terminal:
-            record.finished_at = event.at
-            record.started_at = record.started_at or event.at
-            record.result = event.result
-            record.error = event.error
-            for waiter in self.waiters.pop(event.job_id, ()):
+            record.finished_at = at
+            record.started_at = record.started_at or at
+            record.result = result
+            record.error = error
+            for waiter in self.waiters.pop(job_id, ()):
                 if not waiter.done():
                     waiter.set_result(record)
-        elif event.error is not None:
-            record.error = event.error
+        elif error is not None:
+            record.error = error
 
     def _insert(self, record: JobResult) -> None:
         self.jobs[record.job_id] = record
