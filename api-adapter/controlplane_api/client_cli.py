@@ -67,10 +67,21 @@ def _refused(response: httpx.Response) -> int:
     return 1
 
 
+def _token() -> str | None:
+    """The bearer token: CPW_API_TOKEN, or the file CPW_API_TOKEN_FILE names (as a Secret is mounted)."""
+    path = os.environ.get("CPW_API_TOKEN_FILE")
+    if path:
+        try:
+            return open(path).read().strip() or None
+        except OSError as exc:
+            raise SystemExit(f"cpw jobs: CPW_API_TOKEN_FILE: cannot read {path}: {exc.strerror}") from None
+    return os.environ.get("CPW_API_TOKEN")
+
+
 def run(args: argparse.Namespace) -> int:
     base = (args.api or os.environ.get("CPW_API_URL") or "http://127.0.0.1:8000").rstrip("/")
     headers = {}
-    token = os.environ.get("CPW_API_TOKEN")
+    token = _token()
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:

@@ -14,8 +14,12 @@ from tests.api.support import ROOT, start_api
 pytestmark = pytest.mark.rabbitmq
 
 
-async def cpw(api, *args: str, token: str = "token-a") -> tuple[int, dict | None, str]:
-    env = {**os.environ, "CPW_API_URL": api.url, "CPW_API_TOKEN": token, "PYTHONPATH": str(ROOT)}
+async def cpw(api, *args: str, token: str = "token-a", token_file=None) -> tuple[int, dict | None, str]:
+    env = {**os.environ, "CPW_API_URL": api.url, "PYTHONPATH": str(ROOT)}
+    if token_file is not None:  # as the chart's helm test pod mounts it
+        env["CPW_API_TOKEN_FILE"] = str(token_file)
+    else:
+        env["CPW_API_TOKEN"] = token
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "controlplane_workers.cli", "jobs", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -47,5 +51,22 @@ async def test_cpw_jobs_submit_get_list_cancel(vhost_url, tmp_path, worker):
         assert code == 1 and "404" in err
         code, _, err = await cpw(api, "list", token="wrong")
         assert code == 1 and "401" in err
+    finally:
+        api.stop()
+
+
+async def test_cpw_jobs_reads_the_token_from_a_mounted_file(vhost_url, tmp_path, worker):
+    api = await start_api(vhost_url, tmp_path)
+    try:
+        good, bad = tmp_path / "good", tmp_path / "bad"
+        good.write_text("token-a\n")
+        bad.write_text("nope\n")
+        code, job, err = await cpw(api, "submit", "Test.Scripted", "things", "create", "--name", "f1",
+                                   "--body", '{"script": "ok"}', "--wait", "10", token_file=good)
+        assert code == 0 and job["status"] == "Succeeded", err
+        code, _, err = await cpw(api, "list", token_file=bad)
+        assert code == 1 and "401" in err
+        code, _, err = await cpw(api, "list", token_file=tmp_path / "missing")
+        assert code != 0 and "CPW_API_TOKEN_FILE: cannot read" in err
     finally:
         api.stop()
