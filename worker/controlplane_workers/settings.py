@@ -46,15 +46,37 @@ class Settings(BaseSettings):
         "classic", validation_alias=_env("QUEUE_TYPE"), description="Type of the job queue."
     )
     queue_delivery_limit: int = Field(
-        20, ge=1, validation_alias=_env("QUEUE_DELIVERY_LIMIT"),
+        20,
+        ge=1,
+        validation_alias=_env("QUEUE_DELIVERY_LIMIT"),
         description="Quorum queues only: deliveries after which a message that keeps crashing workers is "
         "dead-lettered by the broker. A queue argument, so every process must agree on it.",
     )
-    exchange: str = Field("provider.exchange", validation_alias=_env("EXCHANGE"))
-    jobs_queue: str = Field("provider.jobs", validation_alias=_env("JOBS_QUEUE"))
-    results_stream: str = Field("provider.results", validation_alias=_env("RESULTS_STREAM"))
-    control_stream: str = Field("provider.control", validation_alias=_env("CONTROL_STREAM"))
-    heartbeat_exchange: str = Field("provider.heartbeats", validation_alias=_env("HEARTBEAT_EXCHANGE"))
+    exchange: str = Field(
+        "provider.exchange",
+        validation_alias=_env("EXCHANGE"),
+        description="Topic exchange jobs are published to (routing key <namespace>.<type>.<operation>).",
+    )
+    jobs_queue: str = Field(
+        "provider.jobs",
+        validation_alias=_env("JOBS_QUEUE"),
+        description="The job queue workers consume; the chart feeds the same value to KEDA's trigger.",
+    )
+    results_stream: str = Field(
+        "provider.results",
+        validation_alias=_env("RESULTS_STREAM"),
+        description="Stream of Accepted records and job events that every reader replays.",
+    )
+    control_stream: str = Field(
+        "provider.control",
+        validation_alias=_env("CONTROL_STREAM"),
+        description="Stream of cancel requests that workers follow.",
+    )
+    heartbeat_exchange: str = Field(
+        "provider.heartbeats",
+        validation_alias=_env("HEARTBEAT_EXCHANGE"),
+        description="Fanout exchange for worker heartbeats (the fleet view).",
+    )
     results_max_age: str = Field(
         "24h",
         pattern=r"^[0-9]+[YMDhms]$",
@@ -62,7 +84,9 @@ class Settings(BaseSettings):
         description="How long the results stream keeps events (RabbitMQ x-max-age, e.g. 24h, 7D).",
     )
     results_max_bytes: int = Field(
-        2_000_000_000, ge=1_000_000, validation_alias=_env("RESULTS_MAX_BYTES"),
+        2_000_000_000,
+        ge=1_000_000,
+        validation_alias=_env("RESULTS_MAX_BYTES"),
         description="Size cap of the results stream in bytes.",
     )
     accepted_on_stream: bool = Field(
@@ -72,68 +96,167 @@ class Settings(BaseSettings):
         "so every API replica knows the job (batched: one stream message carries many records).",
     )
     publish_timeout: float = Field(
-        10.0, gt=0, validation_alias=_env("PUBLISH_TIMEOUT"),
+        10.0,
+        gt=0,
+        validation_alias=_env("PUBLISH_TIMEOUT"),
         description="Seconds to wait for the broker to confirm a message before giving up.",
     )
 
     # -- worker
-    worker_id: str = Field(default_factory=_default_worker_id, validation_alias=_env("WORKER_ID", "WORKER_ID"))
+    worker_id: str = Field(
+        default_factory=_default_worker_id,
+        validation_alias=_env("WORKER_ID", "WORKER_ID"),
+        description="Name of this process in logs, events and the fleet view (default: hostname-pid).",
+    )
     providers: str | None = Field(
         None,
         validation_alias=_env("PROVIDERS"),
         description="module:attr of a registry, a provider or a factory; entry points are loaded too.",
     )
-    max_concurrent_jobs: int = Field(10, ge=1, le=10_000, validation_alias=_env("MAX_CONCURRENT_JOBS"))
-    max_attempts: int = Field(5, ge=1, le=100, validation_alias=_env("MAX_ATTEMPTS"))
-    job_timeout: float = Field(300.0, gt=0, validation_alias=_env("JOB_TIMEOUT"))
-    drain_timeout: float = Field(30.0, ge=0, validation_alias=_env("DRAIN_TIMEOUT"))
-    retry_base_delay: float = Field(1.0, gt=0, validation_alias=_env("RETRY_BASE_DELAY"))
-    retry_max_delay: float = Field(300.0, gt=0, validation_alias=_env("RETRY_MAX_DELAY"))
-    retry_jitter: float = Field(0.25, ge=0, lt=1, validation_alias=_env("RETRY_JITTER"))
+    max_concurrent_jobs: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("MAX_CONCURRENT_JOBS"),
+        description="Jobs a worker runs at once; also its prefetch.",
+    )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        validation_alias=_env("MAX_ATTEMPTS"),
+        description="Attempts before a failing job is dead-lettered (a job may ask for its own).",
+    )
+    job_timeout: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=_env("JOB_TIMEOUT"),
+        description="Seconds one attempt may take before it is cancelled and retried (a job may set its own).",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=_env("DRAIN_TIMEOUT"),
+        description="Seconds running jobs get to finish after SIGTERM; the rest are requeued.",
+    )
+    retry_base_delay: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=_env("RETRY_BASE_DELAY"),
+        description="Seconds before the second attempt; doubles with each attempt.",
+    )
+    retry_max_delay: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=_env("RETRY_MAX_DELAY"),
+        description="Cap of the retry delay in seconds.",
+    )
+    retry_jitter: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        validation_alias=_env("RETRY_JITTER"),
+        description="Spread of each retry delay, as a fraction (0.25 = +-25%).",
+    )
     running_event_delay: float = Field(
         0.05,
         ge=0,
         validation_alias=_env("RUNNING_EVENT_DELAY"),
         description="A job that ends sooner goes Accepted -> terminal without a Running event.",
     )
-    heartbeat_interval: float = Field(5.0, gt=0, validation_alias=_env("HEARTBEAT_INTERVAL"))
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=_env("HEARTBEAT_INTERVAL"),
+        description="Seconds between worker heartbeats; a worker is dropped after 3 missed.",
+    )
     cancel_window: float = Field(
-        3600.0, gt=0, validation_alias=_env("CANCEL_WINDOW"),
+        3600.0,
+        gt=0,
+        validation_alias=_env("CANCEL_WINDOW"),
         description="How far back a starting worker reads cancel requests.",
     )
 
     # -- ops port and logs
-    health_host: str = Field("0.0.0.0", validation_alias=_env("HEALTH_HOST"))
+    health_host: str = Field(
+        "0.0.0.0",
+        validation_alias=_env("HEALTH_HOST"),
+        description="Address of the ops port (health, status, metrics).",
+    )
     health_port: int = Field(
-        8001, ge=0, le=65535, validation_alias=_env("HEALTH_PORT", "HEALTH_CHECK_PORT")
+        8001,
+        ge=0,
+        le=65535,
+        validation_alias=_env("HEALTH_PORT", "HEALTH_CHECK_PORT"),
+        description="The ops port: /health/live, /health/ready, /health, /status, /metrics.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", validation_alias=_env("LOG_LEVEL", "LOG_LEVEL")
+        "INFO",
+        validation_alias=_env("LOG_LEVEL", "LOG_LEVEL"),
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
     )
-    log_format: Literal["json", "text"] = Field("json", validation_alias=_env("LOG_FORMAT"))
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        validation_alias=_env("LOG_FORMAT"),
+        description="json (one object per line, with job_id and worker_id) or text.",
+    )
 
     # -- API adapter
-    api_host: str = Field("0.0.0.0", validation_alias=_env("API_HOST"))
-    api_port: int = Field(8000, ge=0, le=65535, validation_alias=_env("API_PORT"))
-    api_tokens_file: Path | None = Field(None, validation_alias=_env("API_TOKENS_FILE"))
-    api_max_body_bytes: int = Field(1_048_576, ge=1, validation_alias=_env("API_MAX_BODY_BYTES"))
-    api_retry_after: int = Field(2, ge=1, validation_alias=_env("API_RETRY_AFTER"))
-    api_tenant_max_queued: int = Field(10_000, ge=1, validation_alias=_env("API_TENANT_MAX_QUEUED"))
-    api_index_max_jobs: int = Field(1_000_000, ge=100, validation_alias=_env("API_INDEX_MAX_JOBS"))
+    api_host: str = Field(
+        "0.0.0.0", validation_alias=_env("API_HOST"), description="Address the API listens on."
+    )
+    api_port: int = Field(
+        8000, ge=0, le=65535, validation_alias=_env("API_PORT"), description="The API's public port."
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        validation_alias=_env("API_TOKENS_FILE"),
+        description="JSON or YAML mapping bearer token -> tenant (mounted from a Secret).",
+    )
+    api_max_body_bytes: int = Field(
+        1_048_576,
+        ge=1,
+        validation_alias=_env("API_MAX_BODY_BYTES"),
+        description="Largest request body the API accepts; larger ones get 413.",
+    )
+    api_retry_after: int = Field(
+        2,
+        ge=1,
+        validation_alias=_env("API_RETRY_AFTER"),
+        description="Seconds clients are told to wait before polling again (Retry-After).",
+    )
+    api_tenant_max_queued: int = Field(
+        10_000,
+        ge=1,
+        validation_alias=_env("API_TENANT_MAX_QUEUED"),
+        description="Jobs one tenant may have queued or running; more get 429.",
+    )
+    api_index_max_jobs: int = Field(
+        1_000_000,
+        ge=100,
+        validation_alias=_env("API_INDEX_MAX_JOBS"),
+        description="Jobs the status index keeps in memory (about 2 KB each); the oldest are evicted.",
+    )
     api_idempotency_window: float = Field(
-        86_400.0, gt=0, validation_alias=_env("API_IDEMPOTENCY_WINDOW"),
+        86_400.0,
+        gt=0,
+        validation_alias=_env("API_IDEMPOTENCY_WINDOW"),
         description="Seconds an Idempotency-Key keeps answering with the same operation.",
     )
     api_max_wait: float = Field(
-        60.0, ge=0, validation_alias=_env("API_MAX_WAIT"),
+        60.0,
+        ge=0,
+        validation_alias=_env("API_MAX_WAIT"),
         description="Longest ?wait= / Prefer: wait= the API honours, in seconds.",
     )
     api_public_url: str | None = Field(
-        None, validation_alias=_env("API_PUBLIC_URL"),
+        None,
+        validation_alias=_env("API_PUBLIC_URL"),
         description="Base URL for Location headers (behind an ingress); default: from the request.",
     )
     api_allow_anonymous: bool = Field(
-        False, validation_alias=_env("API_ALLOW_ANONYMOUS"),
+        False,
+        validation_alias=_env("API_ALLOW_ANONYMOUS"),
         description="Serve without tokens when CPW_API_TOKENS_FILE is unset (cpw dev does).",
     )
 
