@@ -1,5 +1,6 @@
-"""From chart values to what KEDA and the worker pods would get: the rendered ScaledObject (as the model's spec),
-the management URL KEDA reads through the TriggerAuthentication, and the worker container's settings."""
+"""From chart values to what KEDA and the worker pods would get: the rendered ScaledObject (as the model's
+spec), the management URL KEDA reads through the TriggerAuthentication, and the worker container's
+settings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from tests.chart.chartlib import render_values
 
 # Env the drill takes from the rendered worker container. The broker URLs come as files in a pod; the drill's
 # processes get the same URLs as env instead (CPW_RABBITMQ_URL), and their own ops port and worker id.
-WORKER_SETTINGS = ("CPW_MAX_CONCURRENT_JOBS", "CPW_DRAIN_TIMEOUT", "CPW_JOB_TIMEOUT", "CPW_MAX_ATTEMPTS",
-                   "CPW_JOBS_QUEUE", "CPW_EXCHANGE", "CPW_RESULTS_STREAM", "CPW_QUEUE_TYPE")
+WORKER_SETTINGS = (
+    "CPW_MAX_CONCURRENT_JOBS",
+    "CPW_DRAIN_TIMEOUT",
+    "CPW_JOB_TIMEOUT",
+    "CPW_MAX_ATTEMPTS",
+    "CPW_JOBS_QUEUE",
+    "CPW_EXCHANGE",
+    "CPW_RESULTS_STREAM",
+    "CPW_QUEUE_TYPE",
+)
 
 
 @dataclass
@@ -27,7 +36,9 @@ class Rendered:
     termination_grace_seconds: int
 
 
-def autoscaling_values(amqp_url: str, management_url: str, autoscaling: dict[str, Any], **workers: Any) -> dict:
+def autoscaling_values(
+    amqp_url: str, management_url: str, autoscaling: dict[str, Any], **workers: Any
+) -> dict:
     """Umbrella values with KEDA on and a chart-made broker Secret holding both URLs."""
     return {
         "global": {"rabbitmq": {"url": amqp_url, "managementUrl": management_url}},

@@ -1,32 +1,33 @@
 """A model of what KEDA and the Kubernetes HPA do with the ScaledObject the chart renders.
 
 Plain code, no cluster: feed it the queue as the RabbitMQ management API reports it and the current replica
-count, and it answers the replica count KEDA or the HPA would set. The drill (drill.py) runs it on a real broker
-against real worker processes; test_model.py checks it against the formula cases of the KEDA and Kubernetes docs.
+count, and it answers the replica count KEDA or the HPA would set. The drill (drill.py) runs it on a real
+broker against real worker processes; test_model.py checks it against the formula cases of the KEDA and
+Kubernetes docs.
 
 What is modelled, and from where:
 
-- KEDA's rabbitmq scaler, `protocol: http`, `mode: QueueLength`: GET /api/queues/{vhost}/{queue}; the metric is
-  `messages` (ready + unacknowledged), or `messages_ready` with `excludeUnacknowledged: "true"`. The trigger is
-  active when the metric is strictly greater than `activationValue` (default 0). The vhost is `vhostName`, else
-  the last path segment of the host URL ("/" when it has none).
-- KEDA's scale executor, every `pollingInterval`: 0 -> max(minReplicaCount, 1) when active; back to 0 (only with
-  minReplicaCount 0) when inactive and `cooldownPeriod` has passed since the last active check; up to min when
-  below it; fallback replicas after more than `fallback.failureThreshold` failed checks. With minReplicaCount >= 1
-  the activation value is ignored (KEDA: "the scaler is always active").
-- The HPA KEDA creates (min = max(minReplicaCount, 1), max = maxReplicaCount), every sync period (kube-controller-
-  manager `--horizontal-pod-autoscaler-sync-period`, 15 s by default; a parameter here): an external metric with
-  an AverageValue target gives desired = ceil(metric / value) unless metric / (value * current) is within the
-  tolerance (0.1) of 1; a Value target gives ceil(current * metric / value) with the same tolerance. Then the
-  behavior: stabilization (the lowest recommendation of the scale-up window, the highest of the scale-down window,
-  current replicas between them), rate limits from the policies (Pods / Percent per periodSeconds, measured from
-  the replica count at the start of the period, selectPolicy Max / Min / Disabled), and the min / max clamp.
-  Missing behavior fields take the Kubernetes defaults. The HPA does nothing while the target has 0 replicas.
+- KEDA's rabbitmq scaler, `protocol: http`, `mode: QueueLength`: GET /api/queues/{vhost}/{queue}; the metric
+  is `messages` (ready + unacknowledged), or `messages_ready` with `excludeUnacknowledged: "true"`. The
+  trigger is active when the metric is strictly greater than `activationValue` (default 0). The vhost is
+  `vhostName`, else the last path segment of the host URL ("/" when it has none).
+- KEDA's scale executor, every `pollingInterval`: 0 -> max(minReplicaCount, 1) when active; back to 0 (only
+  with minReplicaCount 0) when inactive and `cooldownPeriod` has passed since the last active check; up to min
+  when below it; fallback replicas after more than `fallback.failureThreshold` failed checks. With
+  minReplicaCount >= 1 the activation value is ignored (KEDA: "the scaler is always active").
+- The HPA KEDA creates (min = max(minReplicaCount, 1), max = maxReplicaCount), every sync period
+  (kube-controller-manager `--horizontal-pod-autoscaler-sync-period`, 15 s by default; a parameter here): an
+  external metric with an AverageValue target gives desired = ceil(metric / value) unless metric / (value *
+  current) is within the tolerance (0.1) of 1; a Value target gives ceil(current * metric / value) with the
+  same tolerance. Then the behavior: stabilization (the lowest recommendation of the scale-up window, the
+  highest of the scale-down window, current replicas between them), rate limits from the policies (Pods /
+  Percent per periodSeconds, measured from the replica count at the start of the period, selectPolicy Max /
+  Min / Disabled), and the min / max clamp. Missing behavior fields take the Kubernetes defaults. The HPA does
+  nothing while the target has 0 replicas.
 
 Not modelled: the cpu trigger (no CPU offline; `ScaledObjectSpec.other_triggers` names what was ignored),
-MessageRate mode, useRegex, scalingModifiers, idleReplicaCount, pod readiness in the HPA's pod metrics (external
-metrics do not use it).
-"""
+MessageRate mode, useRegex, scalingModifiers, idleReplicaCount, pod readiness in the HPA's pod metrics
+(external metrics do not use it)."""
 
 from __future__ import annotations
 
@@ -77,11 +78,18 @@ class ScalingRules:
         return max((p.period for p in self.policies), default=0.0)
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any] | None, direction: str, *,
-                  downscale_stabilization: float = DEFAULT_DOWNSCALE_STABILIZATION,
-                  tolerance: float = DEFAULT_TOLERANCE) -> ScalingRules:
+    def from_spec(
+        cls,
+        spec: Mapping[str, Any] | None,
+        direction: str,
+        *,
+        downscale_stabilization: float = DEFAULT_DOWNSCALE_STABILIZATION,
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> ScalingRules:
         """Merge a rendered `scaleUp` / `scaleDown` with the Kubernetes defaults, field by field."""
-        default = default_rules(direction, downscale_stabilization=downscale_stabilization, tolerance=tolerance)
+        default = default_rules(
+            direction, downscale_stabilization=downscale_stabilization, tolerance=tolerance
+        )
         if not spec:
             return default
         window = spec.get("stabilizationWindowSeconds")
@@ -89,15 +97,19 @@ class ScalingRules:
         return cls(
             stabilization_window=default.stabilization_window if window is None else float(window),
             select_policy=spec.get("selectPolicy") or "Max",
-            policies=default.policies if policies is None else tuple(
-                Policy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in policies
-            ),
+            policies=default.policies
+            if policies is None
+            else tuple(Policy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in policies),
             tolerance=float(spec["tolerance"]) if spec.get("tolerance") is not None else tolerance,
         )
 
 
-def default_rules(direction: str, *, downscale_stabilization: float = DEFAULT_DOWNSCALE_STABILIZATION,
-                  tolerance: float = DEFAULT_TOLERANCE) -> ScalingRules:
+def default_rules(
+    direction: str,
+    *,
+    downscale_stabilization: float = DEFAULT_DOWNSCALE_STABILIZATION,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ScalingRules:
     """Kubernetes' default behavior: up 100 % or 4 pods per 15 s (the larger), no window; down 100 % per 15 s
     after the downscale stabilization window (300 s)."""
     if direction == "up":
@@ -107,7 +119,8 @@ def default_rules(direction: str, *, downscale_stabilization: float = DEFAULT_DO
     raise ValueError(direction)
 
 
-# -- KEDA's rabbitmq scaler ------------------------------------------------------------------------------------
+# -- KEDA's rabbitmq scaler
+# ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -154,7 +167,8 @@ class RabbitMQTrigger:
         return metric > self.activation_value
 
     def queue_url(self, host: str) -> str:
-        """The management API URL KEDA GETs for this trigger, from the `host` (the TriggerAuthentication's)."""
+        """The management API URL KEDA GETs for this trigger, from the `host` (the
+        TriggerAuthentication's)."""
         parts = urllib.parse.urlsplit(host)
         segments = parts.path.split("/")
         # KEDA: the last path segment is the vhost, what precedes it a path prefix of the management API.
@@ -167,10 +181,13 @@ class RabbitMQTrigger:
         if parts.port:
             netloc += f":{parts.port}"
         q = urllib.parse.quote
-        return f"{parts.scheme}://{netloc}{prefix}/api/queues/{q(vhost, safe='')}/{q(self.queue_name, safe='')}"
+        return (
+            f"{parts.scheme}://{netloc}{prefix}/api/queues/{q(vhost, safe='')}/{q(self.queue_name, safe='')}"
+        )
 
 
-# -- the ScaledObject ------------------------------------------------------------------------------------------
+# -- the ScaledObject
+# ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -200,8 +217,13 @@ class ScaledObjectSpec:
         return max(self.min_replicas, 1)
 
     @classmethod
-    def from_manifest(cls, doc: Mapping[str, Any], *, downscale_stabilization: float = DEFAULT_DOWNSCALE_STABILIZATION,
-                      tolerance: float = DEFAULT_TOLERANCE) -> ScaledObjectSpec:
+    def from_manifest(
+        cls,
+        doc: Mapping[str, Any],
+        *,
+        downscale_stabilization: float = DEFAULT_DOWNSCALE_STABILIZATION,
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> ScaledObjectSpec:
         if doc.get("kind") != "ScaledObject":
             raise ValueError(f"not a ScaledObject: {doc.get('kind')}")
         spec = doc["spec"]
@@ -209,7 +231,9 @@ class ScaledObjectSpec:
         rabbit = [t for t in triggers if t.get("type") == "rabbitmq"]
         if len(rabbit) != 1:
             raise ValueError(f"expected one rabbitmq trigger, found {len(rabbit)}")
-        behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior") or {}
+        behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get(
+            "behavior"
+        ) or {}
         fb = spec.get("fallback")
         return cls(
             trigger=RabbitMQTrigger.from_trigger(rabbit[0]),
@@ -220,18 +244,29 @@ class ScaledObjectSpec:
             fallback=Fallback(int(fb["failureThreshold"]), int(fb["replicas"])) if fb else None,
             scale_up=ScalingRules.from_spec(behavior.get("scaleUp"), "up", tolerance=tolerance),
             scale_down=ScalingRules.from_spec(
-                behavior.get("scaleDown"), "down", downscale_stabilization=downscale_stabilization, tolerance=tolerance
+                behavior.get("scaleDown"),
+                "down",
+                downscale_stabilization=downscale_stabilization,
+                tolerance=tolerance,
             ),
             other_triggers=tuple(str(t.get("type")) for t in triggers if t.get("type") != "rabbitmq"),
             name=str((doc.get("metadata") or {}).get("name", "")),
         )
 
 
-# -- the HPA ---------------------------------------------------------------------------------------------------
+# -- the HPA
+# ---------------------------------------------------------------------------------------------------
 
 
-def replicas_for_metric(metric: float, target: float, current: int, *, metric_type: str = "AverageValue",
-                        tolerance: float = DEFAULT_TOLERANCE, up_tolerance: float | None = None) -> int:
+def replicas_for_metric(
+    metric: float,
+    target: float,
+    current: int,
+    *,
+    metric_type: str = "AverageValue",
+    tolerance: float = DEFAULT_TOLERANCE,
+    up_tolerance: float | None = None,
+) -> int:
     """The HPA's raw recommendation for one external metric (before behavior and min/max).
 
     AverageValue: ratio = metric / (target * current); outside the tolerance, ceil(metric / target).
@@ -349,7 +384,9 @@ class HPA:
             return current
         proposals = []
         for p in rules.policies:
-            start = current - _changed(self.up_events, now, p.period) + _changed(self.down_events, now, p.period)
+            start = (
+                current - _changed(self.up_events, now, p.period) + _changed(self.down_events, now, p.period)
+            )
             if p.type == "Pods":
                 proposals.append(start + p.value)
             else:
@@ -362,7 +399,9 @@ class HPA:
             return current
         proposals = []
         for p in rules.policies:
-            start = current + _changed(self.down_events, now, p.period) - _changed(self.up_events, now, p.period)
+            start = (
+                current + _changed(self.down_events, now, p.period) - _changed(self.up_events, now, p.period)
+            )
             if p.type == "Pods":
                 proposals.append(start - p.value)
             else:
@@ -381,7 +420,8 @@ def _changed(events: list[tuple[float, int]], now: float, period: float) -> int:
     return sum(n for at, n in events if at > now - period)
 
 
-# -- KEDA ------------------------------------------------------------------------------------------------------
+# -- KEDA
+# ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -417,7 +457,7 @@ class Keda:
         if active:
             self.last_active = now
         if current == 0 and active:
-            self.last_reason = "activated: scale from zero"
+            self.last_reason = "active at zero replicas: scale to max(min, 1)"
             return max(spec.min_replicas, 1)
         if not active and metric is None and self.in_fallback and spec.fallback and spec.fallback.replicas:
             self.last_reason = "fallback"
@@ -435,7 +475,8 @@ class Keda:
         return None
 
     def hpa_metric(self, metric: float | None) -> float | None:
-        """What KEDA's metrics server answers the HPA: the metric, or target * fallback replicas in fallback."""
+        """What KEDA's metrics server answers the HPA: the metric, or target * fallback
+        replicas in fallback."""
         if metric is None and self.in_fallback and self.spec.fallback:
             return self.spec.trigger.value * self.spec.fallback.replicas
         return metric
@@ -482,7 +523,13 @@ class Autoscaler:
         raw = None
         if value is not None and current > 0:
             t = self.spec.trigger
-            raw = replicas_for_metric(value, t.value, current, metric_type=t.metric_type,
-                                      tolerance=self.spec.scale_down.tolerance, up_tolerance=self.spec.scale_up.tolerance)
+            raw = replicas_for_metric(
+                value,
+                t.value,
+                current,
+                metric_type=t.metric_type,
+                tolerance=self.spec.scale_down.tolerance,
+                up_tolerance=self.spec.scale_up.tolerance,
+            )
         desired = self.hpa.reconcile(now, current, raw)
         return Decision(now, "hpa", metric, current, desired, self.hpa.last_reason)

@@ -40,31 +40,56 @@ def test_exclude_unacknowledged_counts_ready_only():
 
 
 def test_from_trigger_reads_the_metadata_strings():
-    t = RabbitMQTrigger.from_trigger({"type": "rabbitmq", "name": "q", "metadata": {
-        "protocol": "http", "mode": "QueueLength", "value": "4", "activationValue": "2.5",
-        "queueName": "provider.jobs", "excludeUnacknowledged": "true"}})
-    assert (t.value, t.activation_value, t.exclude_unacknowledged, t.metric_type) == (4.0, 2.5, True, "AverageValue")
+    t = RabbitMQTrigger.from_trigger(
+        {
+            "type": "rabbitmq",
+            "name": "q",
+            "metadata": {
+                "protocol": "http",
+                "mode": "QueueLength",
+                "value": "4",
+                "activationValue": "2.5",
+                "queueName": "provider.jobs",
+                "excludeUnacknowledged": "true",
+            },
+        }
+    )
+    assert (t.value, t.activation_value, t.exclude_unacknowledged, t.metric_type) == (
+        4.0,
+        2.5,
+        True,
+        "AverageValue",
+    )
 
 
 def test_a_queue_not_sampled_yet_reads_zero():
     assert trigger().metric({"name": "provider.jobs"}) == 0
 
 
-@pytest.mark.parametrize(("activation", "metric", "active"), [
-    (0, 0, False), (0, 1, True),  # KEDA: activationValue 0 activates at 1 or more
-    (10.5, 10, False), (10.5, 10.5, False), (10.5, 11, True),  # strictly greater
-])
+@pytest.mark.parametrize(
+    ("activation", "metric", "active"),
+    [
+        (0, 0, False),
+        (0, 1, True),  # KEDA: activationValue 0 activates at 1 or more
+        (10.5, 10, False),
+        (10.5, 10.5, False),
+        (10.5, 11, True),  # strictly greater
+    ],
+)
 def test_activation_is_strictly_greater_than_the_activation_value(activation, metric, active):
     assert trigger(activation_value=activation).is_active(metric) is active
 
 
-@pytest.mark.parametrize(("host", "vhost_name", "url"), [
-    ("http://u:p@rabbit:15672/", None, "http://rabbit:15672/api/queues/%2F/provider.jobs"),
-    ("http://u:p@rabbit:15672/cpw", None, "http://rabbit:15672/api/queues/cpw/provider.jobs"),
-    ("http://u:p@rabbit:15672/mgmt/cpw", None, "http://rabbit:15672/mgmt/api/queues/cpw/provider.jobs"),
-    ("http://u:p@rabbit:15672/cpw", "other", "http://rabbit:15672/api/queues/other/provider.jobs"),
-    ("http://rabbit:15672/", "/", "http://rabbit:15672/api/queues/%2F/provider.jobs"),
-])
+@pytest.mark.parametrize(
+    ("host", "vhost_name", "url"),
+    [
+        ("http://u:p@rabbit:15672/", None, "http://rabbit:15672/api/queues/%2F/provider.jobs"),
+        ("http://u:p@rabbit:15672/cpw", None, "http://rabbit:15672/api/queues/cpw/provider.jobs"),
+        ("http://u:p@rabbit:15672/mgmt/cpw", None, "http://rabbit:15672/mgmt/api/queues/cpw/provider.jobs"),
+        ("http://u:p@rabbit:15672/cpw", "other", "http://rabbit:15672/api/queues/other/provider.jobs"),
+        ("http://rabbit:15672/", "/", "http://rabbit:15672/api/queues/%2F/provider.jobs"),
+    ],
+)
 def test_queue_url_takes_the_vhost_from_the_host_path_or_vhost_name(host, vhost_name, url):
     assert trigger(vhost_name=vhost_name).queue_url(host) == url
 
@@ -76,26 +101,32 @@ def test_keda_doc_example_one_pod_per_ten_messages_thirty_messages_three_pods():
     assert replicas_for_metric(30, 10, current=1) == 3
 
 
-@pytest.mark.parametrize(("metric", "target", "current", "desired"), [
-    (0.2, 0.1, 2, 4),  # Kubernetes doc: 200m against 100m doubles
-    (0.05, 0.1, 4, 2),  # 50m against 100m halves
-    (0.105, 0.1, 4, 4),  # within the 0.1 tolerance: no change
-])
+@pytest.mark.parametrize(
+    ("metric", "target", "current", "desired"),
+    [
+        (0.2, 0.1, 2, 4),  # Kubernetes doc: 200m against 100m doubles
+        (0.05, 0.1, 4, 2),  # 50m against 100m halves
+        (0.105, 0.1, 4, 4),  # within the 0.1 tolerance: no change
+    ],
+)
 def test_value_target_scales_current_replicas_by_the_ratio(metric, target, current, desired):
     assert replicas_for_metric(metric, target, current, metric_type="Value") == desired
 
 
-@pytest.mark.parametrize(("metric", "current", "desired"), [
-    (16, 4, 4),  # exactly on target
-    (17, 4, 4),  # 17/16 = 1.0625, within tolerance: ceil(17/4) = 5 is not taken
-    (17.6, 4, 4),  # 1.1 exactly: the tolerance is inclusive
-    (18, 4, 5),  # 1.125: outside, ceil(18/4)
-    (14.5, 4, 4),  # 0.906: within
-    (14, 4, 4),  # 0.875: outside, ceil(14/4) = 4 anyway
-    (9, 4, 3),
-    (0, 4, 0),  # the raw recommendation may be 0; min clamps it later
-    (2000, 1, 500),
-])
+@pytest.mark.parametrize(
+    ("metric", "current", "desired"),
+    [
+        (16, 4, 4),  # exactly on target
+        (17, 4, 4),  # 17/16 = 1.0625, within tolerance: ceil(17/4) = 5 is not taken
+        (17.6, 4, 4),  # 1.1 exactly: the tolerance is inclusive
+        (18, 4, 5),  # 1.125: outside, ceil(18/4)
+        (14.5, 4, 4),  # 0.906: within
+        (14, 4, 4),  # 0.875: outside, ceil(14/4) = 4 anyway
+        (9, 4, 3),
+        (0, 4, 0),  # the raw recommendation may be 0; min clamps it later
+        (2000, 1, 500),
+    ],
+)
 def test_average_value_target_is_ceil_metric_over_value_outside_the_tolerance(metric, current, desired):
     assert replicas_for_metric(metric, 4, current) == desired
 
@@ -119,20 +150,34 @@ def test_kubernetes_default_behavior():
     up, down = default_rules("up"), default_rules("down")
     assert (up.stabilization_window, up.select_policy) == (0, "Max")
     assert set(up.policies) == {Policy("Percent", 100, 15), Policy("Pods", 4, 15)}
-    assert (down.stabilization_window, down.select_policy, down.policies) == (300, "Max", (Policy("Percent", 100, 15),))
+    assert (down.stabilization_window, down.select_policy, down.policies) == (
+        300,
+        "Max",
+        (Policy("Percent", 100, 15),),
+    )
 
 
 def test_partial_behavior_is_merged_with_the_defaults():
     down = ScalingRules.from_spec({"stabilizationWindowSeconds": 60}, "down")
     assert down.stabilization_window == 60 and down.policies == (Policy("Percent", 100, 15),)
     up = ScalingRules.from_spec({"policies": [{"type": "Pods", "value": 1, "periodSeconds": 5}]}, "up")
-    assert up.stabilization_window == 0 and up.select_policy == "Max" and up.policies == (Policy("Pods", 1, 5),)
+    assert (
+        up.stabilization_window == 0 and up.select_policy == "Max" and up.policies == (Policy("Pods", 1, 5),)
+    )
 
 
 def test_absent_behavior_uses_the_defaults_in_the_scaled_object():
-    s = ScaledObjectSpec.from_manifest({"kind": "ScaledObject", "spec": {
-        "scaleTargetRef": {"name": "w"},
-        "triggers": [{"type": "rabbitmq", "metadata": {"queueName": "q", "value": "5", "protocol": "http"}}]}})
+    s = ScaledObjectSpec.from_manifest(
+        {
+            "kind": "ScaledObject",
+            "spec": {
+                "scaleTargetRef": {"name": "w"},
+                "triggers": [
+                    {"type": "rabbitmq", "metadata": {"queueName": "q", "value": "5", "protocol": "http"}}
+                ],
+            },
+        }
+    )
     assert (s.polling_interval, s.cooldown_period, s.min_replicas, s.max_replicas) == (30, 300, 0, 100)
     assert s.scale_up == default_rules("up") and s.scale_down == default_rules("down")
     assert s.hpa_min_replicas == 1 and s.fallback is None
@@ -167,7 +212,7 @@ def test_kubernetes_doc_scale_down_example_percent_wins_above_forty_pods():
     # 80 -> 72 (8 = 10 %), 72 -> 64 (7.2 rounded up to 8 removed), ... 4 at a time from 40 down
     assert steps[:3] == [72, 64, 57]
     assert steps[5:] == [40, 36, 32, 28, 24, 20, 16, 12, 10]  # 4 pods a minute once 10 % is less than that
-    assert all(a - b >= 4 for a, b in zip([80, *steps], steps[:-1]))
+    assert all(a - b >= 4 for a, b in zip([80, *steps[:-2]], steps[:-1], strict=True))
 
 
 def test_select_policy_min_takes_the_smallest_change():
@@ -291,9 +336,15 @@ def test_errors_never_scale_to_zero():
 
 
 def test_burst_with_the_chart_default_behavior():
-    s = spec(trigger=trigger(value=4), min_replicas=0, max_replicas=4, polling_interval=15, cooldown_period=300,
-             scale_up=ScalingRules(0, "Max", (Policy("Percent", 100, 30), Policy("Pods", 4, 30))),
-             scale_down=ScalingRules(300, "Min", (Policy("Pods", 1, 60), Policy("Percent", 10, 60))))
+    s = spec(
+        trigger=trigger(value=4),
+        min_replicas=0,
+        max_replicas=4,
+        polling_interval=15,
+        cooldown_period=300,
+        scale_up=ScalingRules(0, "Max", (Policy("Percent", 100, 30), Policy("Pods", 4, 30))),
+        scale_down=ScalingRules(300, "Min", (Policy("Pods", 1, 60), Policy("Percent", 10, 60))),
+    )
     auto = Autoscaler(s, hpa_sync_period=15)
     assert auto.hpa_sync(0, 0, 2000).desired == 0  # the HPA is idle at zero
     assert auto.keda_poll(0, 0, 2000).desired == 1

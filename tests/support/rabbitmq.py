@@ -43,8 +43,8 @@ class RabbitMQServer:
     management_port: int = field(default_factory=free_port)
     prometheus_port: int = field(default_factory=free_port)
     consumer_timeout_ms: int = 1_800_000
-    # Extra rabbitmq.conf lines, e.g. ["collect_statistics_interval = 500"] for drills that read the management
-    # API's message counts faster than the default 5 s refresh.
+    # Extra rabbitmq.conf lines, e.g. ["collect_statistics_interval = 500"] for drills that read the
+    # management API's message counts faster than the default 5 s refresh.
     extra_config: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
 
