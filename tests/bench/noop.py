@@ -5,15 +5,25 @@ from __future__ import annotations
 from controlplane_workers import ResourceRequest
 
 
+def resource(subscription_id: str, resource_group: str, resource_name: str) -> dict:
+    """The ~200-byte answer every system's no-op returns."""
+    return {
+        "id": f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}"
+        f"/providers/Bench.Noop/things/{resource_name}",
+        "name": resource_name,
+        "type": "Bench.Noop/things",
+        "properties": {"provisioningState": "Succeeded"},
+    }
+
+
+def noop_result(request: dict) -> dict:
+    """The peers' no-op task body: the same resource from the plain request dict."""
+    return resource(request["subscription_id"], request["resource_group"], request["resource_name"])
+
+
 class NoOp:
     async def create_or_update_resource(self, request: ResourceRequest) -> dict:
-        return {
-            "id": f"/subscriptions/{request.subscription_id}/resourceGroups/{request.resource_group}"
-            f"/providers/Bench.Noop/things/{request.resource_name}",
-            "name": request.resource_name,
-            "type": "Bench.Noop/things",
-            "properties": {"provisioningState": "Succeeded"},
-        }
+        return resource(request.subscription_id, request.resource_group, request.resource_name)
 
 
 registry = NoOp()

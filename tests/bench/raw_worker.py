@@ -22,11 +22,11 @@ async def main(url: str, prefetch: int) -> None:
 
     async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         request = orjson.loads(message.body)
-        result = {"id": request["id"], "status": "Succeeded", "result": {"name": request["request"]["resource_name"],
-                  "type": "Bench.Noop/things", "properties": {"provisioningState": "Succeeded"}}}
-        await publish.default_exchange.publish(
-            aio_pika.Message(orjson.dumps(result), delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "raw.results"
-        )
+        result = {"id": request["id"], "status": "Succeeded",
+                  "result": {"name": request["request"]["resource_name"], "type": "Bench.Noop/things",
+                             "properties": {"provisioningState": "Succeeded"}}}
+        message = aio_pika.Message(orjson.dumps(result), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await publish.default_exchange.publish(message, "raw.results")
         await message.ack()
 
     await jobs.consume(handle)

@@ -18,8 +18,8 @@ import aio_pika
 import httpx
 import orjson
 import pytest
-
 from controlplane_workers import JobQueue
+
 from tests.bench.noop import arm_request
 from tests.support.harness import fast_settings
 from tests.support.processes import ROOT, CpwProcess
@@ -72,13 +72,14 @@ async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True) ->
 
 
 async def raw_round(url: str) -> float:
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - setup, not measured
         [sys.executable, str(Path(__file__).with_name("raw_worker.py")), url, str(CONCURRENCY)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     connection = await aio_pika.connect_robust(url)
     try:
-        assert process.stdout is not None and (await asyncio.to_thread(process.stdout.readline)).strip() == "ready"
+        assert process.stdout is not None
+        assert (await asyncio.to_thread(process.stdout.readline)).strip() == "ready"
         channel = await connection.channel(publisher_confirms=True)
         consume = await connection.channel(publisher_confirms=False)
         await consume.set_qos(prefetch_count=2000)
@@ -100,9 +101,8 @@ async def raw_round(url: str) -> float:
 
         async def submit(i: int) -> None:
             job = {"id": f"{i}", "request": arm_request(i), "operation": "create"}
-            await channel.default_exchange.publish(
-                aio_pika.Message(orjson.dumps(job), delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "raw.jobs"
-            )
+            message = aio_pika.Message(orjson.dumps(job), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await channel.default_exchange.publish(message, "raw.jobs")
 
         await _submit_all(submit, N)
         await asyncio.wait_for(done.wait(), 120)
@@ -151,10 +151,11 @@ def test_core_throughput_against_raw_aio_pika(rabbitmq, tmp_path):
     print()
     print(f"core bench: {N} jobs x {ROUNDS} rounds, one worker process, {CONCURRENCY} jobs in flight")
     for name, values in runs.items():
-        print(f"  {name:26s} jobs/s median {median[name]:7.0f}  (min {min(values):.0f}, max {max(values):.0f})"
-              f"  ratio to raw {median[name] / raw:.2f}")
+        print(f"  {name:26s} jobs/s median {median[name]:7.0f}  "
+              f"(min {min(values):.0f}, max {max(values):.0f})  ratio to raw {median[name] / raw:.2f}")
     print(f"  worker start->ready {start_s:.2f}s   idle RSS {rss_mb:.1f} MB")
     project, lean = median["JobQueue+cpw worker"], median["  without Accepted copy"]
     print(f"bench-core: project_jobs_per_s={project:.0f} project_no_accepted_copy_jobs_per_s={lean:.0f} "
-          f"raw_aio_pika_jobs_per_s={raw:.0f} ratio_raw={project / raw:.2f} ratio_raw_no_copy={lean / raw:.2f} "
+          f"raw_aio_pika_jobs_per_s={raw:.0f} ratio_raw={project / raw:.2f} "
+          f"ratio_raw_no_copy={lean / raw:.2f} "
           f"start_to_ready_s={start_s:.2f} idle_rss_mb={rss_mb:.1f}")
