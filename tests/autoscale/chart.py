@@ -5,6 +5,7 @@ settings."""
 from __future__ import annotations
 
 import copy
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +41,9 @@ def autoscaling_values(
     amqp_url: str, management_url: str, autoscaling: dict[str, Any], **workers: Any
 ) -> dict:
     """Umbrella values with KEDA on and a chart-made broker Secret holding both URLs."""
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).path.lstrip("/")) or "/"
     return {
-        "global": {"rabbitmq": {"url": amqp_url, "managementUrl": management_url}},
+        "global": {"rabbitmq": {"url": amqp_url, "managementUrl": management_url, "vhost": vhost}},
         "workers": {**workers, "autoscaling": {"enabled": True, **autoscaling}},
     }
 

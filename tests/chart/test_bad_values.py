@@ -29,6 +29,10 @@ CASES = {
     "credential as env from a Secret": (
         {"workers": {"extraEnv": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}},
         helm_python.HelmValuesError, ["/extraEnv/0"]),
+    "KEDA watching another vhost than the workers": (
+        {"global": {"rabbitmq": {"url": "amqp://u:p@rabbit:5672/team-a", "managementUrl": "http://u:p@rabbit:15672/"}},
+         "workers": {"autoscaling": {"enabled": True}}},
+        helm_python.HelmRenderError, ["global.rabbitmq.vhost", "team-a", "KEDA would watch"]),
     "KEDA on without a broker Secret": ({"workers": {"autoscaling": {"enabled": True}}}, helm_python.HelmRenderError,
                                         ["workers.autoscaling.enabled", "management", "global.rabbitmq"]),
     "KEDA on with a Secret lacking the management key": (
