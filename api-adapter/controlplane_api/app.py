@@ -25,7 +25,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from controlplane_workers.broker.base import JOB_ID
 from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
 from controlplane_workers.fleet import WorkerRegistry
 from controlplane_workers.models import Job, JobResult, JobStatus, Operation, ResourceRequest

@@ -96,7 +96,7 @@ class ApiProcess:
                 log.warning("api: cannot publish the start marker yet: %s", type(exc).__name__)
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         waiter = asyncio.ensure_future(self.rebuilt.wait())
         stopper = asyncio.ensure_future(stop.wait())

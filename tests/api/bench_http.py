@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from tests.api.support import A, ROOT, RG, V, start_api, start_worker, wait_ready
+from tests.api.support import RG, ROOT, A, V, start_api, start_worker
 from tests.support.rabbitmq import free_port
 
 pytestmark = [pytest.mark.bench, pytest.mark.rabbitmq]

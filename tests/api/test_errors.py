@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tests.api.support import A, B, RG, V, poll, start_api, start_worker
+from tests.api.support import RG, A, B, V, poll, start_api, start_worker
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.support import A, RG, V, poll, start_api
+from tests.api.support import RG, A, V, poll, start_api
 
 pytestmark = pytest.mark.rabbitmq
 

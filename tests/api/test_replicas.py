@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.api.support import A, B, RG, V, poll, start_api
+from tests.api.support import RG, A, B, V, poll, start_api
 
 pytestmark = pytest.mark.rabbitmq
 

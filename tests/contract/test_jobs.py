@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from controlplane_workers import JobStatus, WorkerRegistry

@@ -15,9 +15,9 @@ import orjson
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
 from .errors import BrokerUnavailable
+from .events import EventBatcher
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
-from .events import EventBatcher
 from .status import StatusIndex
 from .topology import Topology
 

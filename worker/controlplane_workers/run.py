@@ -31,7 +31,7 @@ async def connect_with_backoff(start, what: str, stop: asyncio.Event, cap: float
             log.warning("%s: broker unavailable, retrying in %.1fs: %s", what, delay, redact_text(str(exc)))
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 2, cap)
     return False

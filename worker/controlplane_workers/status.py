@@ -207,7 +207,7 @@ class StatusIndex:
         self.waiters.setdefault(job_id, []).append(future)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         finally:
             waiters = self.waiters.get(job_id)

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -26,8 +26,8 @@ from . import __version__, metrics
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
-from .events import EventBatcher
 from .errors import BrokerUnavailable, PermanentError, ProviderError
+from .events import EventBatcher
 from .logs import job_id_var
 from .models import EventType, Job, JobError, JobEvent
 from .providers import ProviderLookup, call_provider, provider_method, to_jsonable
@@ -88,7 +88,7 @@ class ProviderWorker:
 
     async def start(self) -> None:
         await self.broker.connect()
-        since = datetime.now(timezone.utc) - timedelta(seconds=self.settings.cancel_window)
+        since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
         self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
         self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
         self.consuming = True
