@@ -25,8 +25,8 @@ async def main(url: str, prefetch: int) -> None:
         result = {"id": request["id"], "status": "Succeeded",
                   "result": {"name": request["request"]["resource_name"], "type": "Bench.Noop/things",
                              "properties": {"provisioningState": "Succeeded"}}}
-        message = aio_pika.Message(orjson.dumps(result), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        await publish.default_exchange.publish(message, "raw.results")
+        out = aio_pika.Message(orjson.dumps(result), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await publish.default_exchange.publish(out, "raw.results")
         await message.ack()
 
     await jobs.consume(handle)

@@ -18,8 +18,8 @@ import aio_pika
 import httpx
 import orjson
 import pytest
-from controlplane_workers import JobQueue
 
+from controlplane_workers import JobQueue
 from tests.bench.noop import arm_request
 from tests.support.harness import fast_settings
 from tests.support.processes import ROOT, CpwProcess

@@ -23,7 +23,7 @@ from tests.support.processes import ROOT
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(5400)
+@pytest.mark.timeout(5400, method="thread")
 def test_peer_benchmark(bench_broker, tmp_path):
     config = Config.from_env()
     print(f"\npeer bench: {config.jobs} jobs x {config.rounds} rounds, systems {', '.join(config.systems)}; "
@@ -40,7 +40,9 @@ def test_peer_benchmark(bench_broker, tmp_path):
 SMOKE_JOBS = 300
 
 
-@pytest.mark.timeout(120)
+# The asyncio limits below end a stuck run; pytest-timeout's signal cannot reach into the event loop
+# (the loop logs an exception raised in a callback), so its thread method is the last resort.
+@pytest.mark.timeout(180, method="thread")
 @pytest.mark.parametrize("key", list(SYSTEMS))
 def test_smoke_every_system_completes_every_job(key, rabbitmq, tmp_path):
     """Each system through the harness: closed loop, open loop, submit-only, all jobs complete."""
@@ -53,9 +55,9 @@ def test_smoke_every_system_completes_every_job(key, rabbitmq, tmp_path):
         system = CLASSES[key](rabbitmq, vhost, tmp_path)
         try:
             await system.start(1)
-            closed = await system.closed(SMOKE_JOBS, 64)  # asserts every job completed
+            closed = await system.closed(SMOKE_JOBS, 64, limit=60)  # asserts every job completed
             assert closed.jobs == SMOKE_JOBS
-            open_ = await system.open_loop(200, 0.5)
+            open_ = await system.open_loop(200, 0.5, limit=30)
             assert len(open_.latencies) == open_.jobs == 100
         finally:
             await system.stop()
@@ -64,7 +66,7 @@ def test_smoke_every_system_completes_every_job(key, rabbitmq, tmp_path):
         system = CLASSES[key](rabbitmq, vhost, tmp_path)
         try:
             await system.start(0)
-            assert await system.submit_only(50) > 0
+            assert await asyncio.wait_for(system.submit_only(50), 30) > 0
         finally:
             await system.stop()
             rabbitmq.delete_vhost(vhost)
