@@ -1,0 +1,56 @@
+"""Drill fixtures: each drill module gets its own broker node (drills stop and restart it), and the
+run ends with one line per drill and the summary line `make drill` promises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.drills.harness import RESULTS, Cluster
+from tests.support.rabbitmq import RabbitMQServer, installed
+
+
+def node(**options) -> Iterator[RabbitMQServer]:  # noqa: ANN003
+    if not installed():
+        pytest.fail("rabbitmq-server is not installed: run `make system-deps`")
+    server = RabbitMQServer(**options).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def drill_node() -> Iterator[RabbitMQServer]:
+    yield from node()
+
+
+@pytest.fixture
+async def cluster(drill_node, tmp_path):
+    made: list[Cluster] = []
+
+    async def start(apis: int = 2, workers: int = 3, **worker_settings) -> Cluster:  # noqa: ANN003
+        if drill_node.process is None:  # a failed drill may have left the node stopped
+            drill_node.start()
+        c = await Cluster(drill_node, tmp_path).start(apis, workers, **worker_settings)
+        made.append(c)
+        return c
+
+    yield start
+    for c in made:
+        c.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    if not RESULTS:
+        return
+    terminalreporter.section("drill account")
+    for account in RESULTS:
+        terminalreporter.write_line(account.line())
+    total = lambda attr: sum(getattr(a, attr) for a in RESULTS)  # noqa: E731
+    worst = max(a.max_recovery_s for a in RESULTS)
+    terminalreporter.write_line(
+        f"drill: accepted={total('accepted')} terminal={total('terminal')} lost={total('lost')} "
+        f"duplicates={total('duplicates')} redelivered={total('redelivered')} max_recovery_s={worst:.1f}"
+    )
