@@ -78,11 +78,21 @@ OTHER_ENV = [
     ),
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "chart",
+        "worker, api, chart",
         "-",
-        "Set by the chart from `global.tracing.otlpEndpoint`, with `OTEL_EXPORTER_OTLP_PROTOCOL`, "
-        "`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, for OpenTelemetry "
-        "SDKs your providers use.",
+        "Turns tracing on (docs/tracing.md): spans go there over OTLP. Set by the chart from "
+        "`global.tracing.otlpEndpoint`, with `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME`, "
+        "`OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.",
+    ),
+    (
+        "OTEL_TRACES_EXPORTER",
+        "worker, api",
+        "- (off)",
+        "Tracing also turns on when this names an exporter (`otlp`, `console`); `none` keeps it off, as do "
+        "`OTEL_SDK_DISABLED=true` and the absence of both this and an endpoint "
+        "(`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` too). Protocol: `OTEL_EXPORTER_OTLP_PROTOCOL` or "
+        "`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `http/protobuf` (default) or `grpc`. Service: "
+        "`OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`, default `cpw-worker` / `cpw-api`. Needs the `otel` extra.",
     ),
 ]
 

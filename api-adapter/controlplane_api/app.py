@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from controlplane_workers import tracing
 from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
 from controlplane_workers.fleet import WorkerRegistry
 from controlplane_workers.models import Job, JobResult, JobStatus, Operation, ResourceRequest
@@ -278,6 +279,8 @@ class ApiContext:
                 )
             now = time.time()
             job_id = new_job_id(now)
+            if tracing.enabled:  # the HTTP request's span names the job it submitted
+                tracing.set_attributes({"cpw.job.id": job_id})
             job = {
                 "id": job_id, "provider_namespace": namespace, "resource_type": rtype,
                 "operation": operation.value, "request": resource_request, "priority": prio,

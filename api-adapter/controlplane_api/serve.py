@@ -19,6 +19,7 @@ import orjson
 import uvloop
 from starlette.routing import Route
 
+from controlplane_workers import __version__, tracing
 from controlplane_workers.broker.base import KIND
 from controlplane_workers.fleet import WorkerRegistry
 from controlplane_workers.ops import ops_app, server
@@ -54,7 +55,7 @@ class ApiProcess:
         self.started = time.time()
         self.ops = ops_app(is_ready=self.is_ready, status=self.status, identity=self.identity)
         extra = [Route(r.path, r.endpoint) for r in self.ops.routes if isinstance(r, Route)] if dev else None
-        self.app = build_app(self.ctx, extra_routes=extra, openapi=build_openapi(settings))
+        self.app = tracing.instrument_app(build_app(self.ctx, extra_routes=extra, openapi=build_openapi(settings)))
         metrics.INDEX_JOBS.set_function(lambda: len(self.index))
         metrics.INDEX_LAG.set_function(self._lag)
         metrics.READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
@@ -190,11 +191,15 @@ def run_api(settings: Settings) -> int:
         return 2
     if settings.api_tokens_file is None:
         log.warning("api: serving WITHOUT authentication (CPW_API_ALLOW_ANONYMOUS=true)")
+    tracing.setup_from_env("cpw-api", instance_id=settings.worker_id, version=__version__)
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
         await serve_api(settings, stop)
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:
+        tracing.shutdown()  # flush the spans still batched
     return 0

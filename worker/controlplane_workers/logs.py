@@ -9,6 +9,7 @@ import time
 
 import orjson
 
+from . import tracing
 from .redact import redact_text
 
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
@@ -30,6 +31,10 @@ class JsonFormatter(logging.Formatter):
         job_id = job_id_var.get()
         if job_id:
             entry["job_id"] = job_id
+        if tracing.enabled:
+            ids = tracing.current_ids()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = redact_text(value) if isinstance(value, str) else value

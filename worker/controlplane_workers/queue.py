@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
 from .errors import BrokerUnavailable
@@ -115,10 +116,16 @@ class JobQueue:
         Raises BrokerUnavailable or UnroutableJob when the broker did not take the job. Once it did,
         nothing raises: a caller that retried then would submit the job twice.
         """
-        await self.broker.publish_job(
-            body, message_id=job.id, routing_key=job.routing_key, priority=job.priority,
-            headers={JOB_ID: job.id, **(headers or {})},
-        )
+        message_headers = {JOB_ID: job.id, **(headers or {})}
+        # With tracing on, the job's headers carry the trace to the worker (tracing.py).
+        with (
+            tracing.publish_span(self.topology.exchange, message_headers, job_id=job.id, routing_key=job.routing_key)
+            if tracing.enabled else tracing.NO_SPAN
+        ):
+            await self.broker.publish_job(
+                body, message_id=job.id, routing_key=job.routing_key, priority=job.priority,
+                headers=message_headers,
+            )
         # Only a confirmed job gets its Accepted record: a failed publish leaves no phantom behind.
         self.index.accept(job)
         if self.topology.accepted_on_stream:

@@ -9,7 +9,7 @@ import time
 
 import uvloop
 
-from . import metrics
+from . import __version__, metrics, tracing
 from .errors import BrokerUnavailable
 from .ops import ops_app, server
 from .providers import ProviderLookup, load_providers
@@ -69,11 +69,15 @@ async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyn
 
 def run_worker(settings: Settings) -> int:
     providers = load_providers(settings.providers)
+    tracing.setup_from_env("cpw-worker", instance_id=settings.worker_id, version=__version__)
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
         await serve_worker(settings, providers, stop)
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:
+        tracing.shutdown()  # flush the spans still batched
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from . import __version__, metrics
+from . import __version__, metrics, tracing
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
@@ -39,6 +39,9 @@ from .topology import Topology
 log = logging.getLogger(__name__)
 
 CANCEL_MEMORY = 100_000
+# Attempts whose outcome this worker published and acked (or tried to ack): a redelivery of one is
+# settled without running the provider again.
+SETTLED_MEMORY = 10_000
 
 
 @dataclass
@@ -51,6 +54,7 @@ class WorkerStats:
     dead_lettered: int = 0
     redelivered: int = 0
     ack_lost: int = 0
+    redeliveries_settled: int = 0
     started_at: float = field(default_factory=time.time)
 
 
@@ -78,6 +82,11 @@ class ProviderWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._canceled_by_request: set[str] = set()
+        # The broker takes a delivery back when its channel closes (consumer timeout, lost
+        # connection) while the job may still run here: the redelivery waits for that run.
+        self._running_attempt: dict[str, int] = {}
+        self._attached: dict[tuple[str, int], list[Delivery]] = {}
+        self._settled: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.broker.on_reconnect.append(metrics.RECONNECTS.inc)
         metrics.CAPACITY.set(settings.max_concurrent_jobs)
 
@@ -145,6 +154,19 @@ class ProviderWorker:
         if delivery.redelivered:
             self.stats.redelivered += 1
             metrics.REDELIVERED.inc()
+            if await self._redelivery_of_own_attempt(delivery):
+                return
+        if tracing.enabled:  # one span per delivery, in the trace the job's headers carry
+            with tracing.consume_span(
+                self.topology.jobs_queue, delivery.headers, message_id=delivery.message_id,
+                attempt=delivery.attempt, redelivered=delivery.redelivered, worker_id=self.worker_id,
+                routing_key=delivery.routing_key,
+            ):
+                await self._handle(delivery)
+        else:
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
         try:
             job = Job.model_validate_json(delivery.body)
         except ValidationError as exc:
@@ -183,6 +205,7 @@ class ProviderWorker:
         task = asyncio.current_task()
         assert task is not None
         self.running[job.id] = task
+        self._running_attempt[job.id] = attempt
         self._idle.clear()
         metrics.IN_FLIGHT.inc()
         loop = asyncio.get_running_loop()
@@ -193,7 +216,14 @@ class ProviderWorker:
         outcome: str
         try:
             async with asyncio.timeout(job.timeout or self.settings.job_timeout):
-                result = await call_provider(method, job.request)
+                call = call_provider(method, job.request)
+                if tracing.enabled:
+                    call = tracing.provider_span(
+                        call, name=f"provider {labels[0]}/{labels[1]} {labels[2]}",
+                        attributes={"cpw.provider.namespace": labels[0], "cpw.resource.type": labels[1],
+                                    "cpw.operation": labels[2], "cpw.job.attempt": attempt},
+                    )
+                result = await call
         except asyncio.CancelledError:
             running_event.cancel()
             self._untrack(job.id)
@@ -207,6 +237,8 @@ class ProviderWorker:
                 outcome = "requeued"
                 await self._settle(delivery, ack=False, requeue=True)
             metrics.JOBS.labels(*labels, outcome).inc()
+            if tracing.enabled:
+                tracing.set_attributes({"cpw.job.outcome": outcome})
             return
         except TimeoutError:
             outcome = "timeout"
@@ -228,8 +260,28 @@ class ProviderWorker:
             self._untrack(job.id)
         metrics.JOBS.labels(*labels, outcome).inc()
         metrics.JOB_DURATION.labels(*labels, outcome).observe(time.monotonic() - started)
+        if tracing.enabled:
+            tracing.set_attributes({"cpw.job.outcome": outcome})
+
+    async def _redelivery_of_own_attempt(self, delivery: Delivery) -> bool:
+        """True if this redelivery is an attempt this worker runs or has finished; it is then
+        settled with that attempt (the consumer timeout closed the channel of a long job, or the
+        ack was lost), instead of the provider running the job a second time here."""
+        key = _key(delivery)
+        if key is None:
+            return False
+        if key in self._settled:
+            self.stats.redeliveries_settled += 1
+            await self._settle(delivery, ack=True)
+            return True
+        if self._running_attempt.get(key[0]) == key[1]:
+            self.stats.redeliveries_settled += 1
+            self._attached.setdefault(key, []).append(delivery)  # settled when the running attempt is
+            return True
+        return False
 
     def _untrack(self, job_id: str) -> None:
+        self._running_attempt.pop(job_id, None)
         if self.running.pop(job_id, None) is not None:
             metrics.IN_FLIGHT.dec()
             if not self.running:
@@ -254,11 +306,20 @@ class ProviderWorker:
                 jitter=self.settings.retry_jitter,
             )
             queue_attempt = min(attempt + 1, self.topology.max_attempts)
+            headers = {**delivery.headers, ATTEMPT: attempt + 1}
             try:
-                await self.broker.publish_retry(
-                    delivery.body, message_id=job.id, priority=delivery.priority,
-                    headers={**delivery.headers, ATTEMPT: attempt + 1}, attempt=queue_attempt, delay=delay,
-                )
+                # With tracing on, the retry's headers carry this attempt's trace to the next attempt.
+                with (
+                    tracing.publish_span(
+                        self.topology.retry_queue(queue_attempt), headers, job_id=job.id,
+                        attributes={"cpw.job.attempt": attempt + 1, "cpw.retry.delay_seconds": round(delay, 3)},
+                    )
+                    if tracing.enabled else tracing.NO_SPAN
+                ):
+                    await self.broker.publish_retry(
+                        delivery.body, message_id=job.id, priority=delivery.priority,
+                        headers=headers, attempt=queue_attempt, delay=delay,
+                    )
                 await self._publish(
                     JobEvent(job_id=job.id, type=EventType.RETRYING, attempt=attempt, worker_id=self.worker_id,
                              error=error, retry_in=round(delay, 3))
@@ -301,7 +362,14 @@ class ProviderWorker:
         job_id = job.id if job else (delivery.message_id or delivery.headers.get(JOB_ID))
         log.warning("dead-lettering job: %s", reason, extra={"reason": reason, "detail": headers[DETAIL]})
         try:
-            await self.broker.publish_dead_letter(delivery.body, message_id=delivery.message_id, headers=headers)
+            with (
+                tracing.publish_span(
+                    self.topology.dead_letter_exchange, headers, job_id=str(job_id) if job_id else None,
+                    attributes={"cpw.dead_letter.reason": reason},
+                )
+                if tracing.enabled else tracing.NO_SPAN
+            ):
+                await self.broker.publish_dead_letter(delivery.body, message_id=delivery.message_id, headers=headers)
             if job_id:
                 await self._publish(
                     JobEvent(
@@ -321,7 +389,26 @@ class ProviderWorker:
         await self.events.publish(event.model_dump_json(exclude_none=True).encode())
 
     async def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool = False) -> bool:
-        """Ack or reject; False when the channel is gone (the broker redelivers the job)."""
+        """Ack or reject, and the same for redeliveries of this attempt that waited for it.
+
+        False when no delivery of the job could be settled (the channel is gone: the broker
+        redelivers it). An ack comes only after the outcome (or the retry) was confirmed, so the
+        attempt is remembered as settled: a later redelivery of it is acked without a new run.
+        """
+        key = _key(delivery)
+        if ack and key is not None:
+            self._settled[key] = None
+            if len(self._settled) > SETTLED_MEMORY:
+                self._settled.popitem(last=False)
+        settled = await self._settle_one(delivery, ack, requeue)
+        waiting = self._attached.get(key) if key is not None else None
+        while waiting:
+            settled = await self._settle_one(waiting.pop(0), ack, requeue) or settled
+        if key is not None:
+            self._attached.pop(key, None)
+        return settled
+
+    async def _settle_one(self, delivery: Delivery, ack: bool, requeue: bool) -> bool:
         try:
             if ack:
                 await delivery.ack()
@@ -368,6 +455,7 @@ class ProviderWorker:
             "jobs_dead_lettered": self.stats.dead_lettered,
             "redelivered": self.stats.redelivered,
             "ack_lost": self.stats.ack_lost,
+            "redeliveries_settled": self.stats.redeliveries_settled,
             "in_flight": len(self.running),
             "capacity": self.settings.max_concurrent_jobs,
             "started_at": self.stats.started_at,
@@ -387,6 +475,12 @@ class ProviderWorker:
         metrics.LAST_HEARTBEAT.set(beat["at"])
         metrics.BROKER_UP.set(1 if self.broker.connected.is_set() else 0)
         metrics.READY.set(1 if self.ready else 0)
+
+
+def _key(delivery: Delivery) -> tuple[str, int] | None:
+    """(job id, attempt) of a job message: what identifies one attempt across redeliveries."""
+    job_id = delivery.message_id or delivery.headers.get(JOB_ID)
+    return (str(job_id), delivery.attempt) if job_id else None
 
 
 def _error(exc: BaseException) -> JobError:
