@@ -238,8 +238,10 @@ def fleet_overview() -> db.Dashboard:
     succeeded = f'sum(rate(cpw_worker_jobs_total{{{SCOPE}, outcome="succeeded"}}[$__rate_interval]))'
     success_ratio = f"{succeeded} / {finished}"
     saturation = f"sum(cpw_worker_jobs_in_flight{{{SCOPE}}}) / sum(cpw_worker_capacity{{{SCOPE}}})"
+    # `or vector(0)`: with no 5xx answer at all there is no 5xx series; the panel shows 0%, not "No data"
+    # (tests/observability/test_prometheus_e2e.py queries every panel on a live Prometheus).
     api_5xx = (
-        f'sum(rate(cpw_api_requests_total{{{SCOPE}, code=~"5.."}}[$__rate_interval]))'
+        f'(sum(rate(cpw_api_requests_total{{{SCOPE}, code=~"5.."}}[$__rate_interval])) or vector(0))'
         f" / sum(rate(cpw_api_requests_total{{{SCOPE}}}[$__rate_interval]))"
     )
     ratio_steps = steps((None, "red"), (0.9, "orange"), (0.99, "green"))
@@ -298,7 +300,9 @@ def fleet_overview() -> db.Dashboard:
         Panel("timeseries", "Failure ratio by operation", "Share of finished attempts that failed (failed, error, "
               "timeout), per provider namespace / resource type / operation. Alert: CPWJobFailureRatioHigh "
               "(10% warning, 50% critical).",
-              [(f"sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FAILED}}}[$__rate_interval]))"
+              # An operation without failures has no failed series: `or <all> * 0` shows it at 0%.
+              [(f"(sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FAILED}}}[$__rate_interval]))"
+                f" or sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval])) * 0)"
                 f" / sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
                 "{{provider_namespace}}/{{resource_type}} {{operation}}")],
               "percentunit", steps((None, "green"), (0.1, "orange"), (0.5, "red")), threshold_lines=True,
