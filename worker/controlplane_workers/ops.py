@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,4 +64,7 @@ def server(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvi
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn >= 0.29 captures SIGTERM/SIGINT in serve() through capture_signals() instead: the ops
+    # port then closed on SIGTERM, so a draining worker answered neither /health/ready nor /status.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     return server

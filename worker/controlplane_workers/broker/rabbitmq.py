@@ -147,6 +147,7 @@ class RabbitMQBroker(Broker):
         self.heartbeats: aio_pika.abc.AbstractExchange | None = None
         self.followers: list[_StreamFollower] = []
         self._consume_channel: AbstractRobustChannel | None = None
+        self._jobs: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker({redact_url(self.url)})"
@@ -286,17 +287,23 @@ class RabbitMQBroker(Broker):
                 else:
                     await message.reject(requeue=requeue)
 
-            await handler(
-                Delivery(
-                    body=message.body,
-                    headers=dict(message.headers or {}),
-                    message_id=message.message_id,
-                    priority=message.priority or 0,
-                    redelivered=bool(message.redelivered),
-                    routing_key=message.routing_key or "",
-                    _settle=settle,
-                )
+            delivery = Delivery(
+                body=message.body,
+                headers=dict(message.headers or {}),
+                message_id=message.message_id,
+                priority=message.priority or 0,
+                redelivered=bool(message.redelivered),
+                routing_key=message.routing_key or "",
+                _settle=settle,
             )
+            # The job runs in a task of its own: closing the channel (the broker's consumer timeout,
+            # a lost connection) cancels aio-pika's consumer task, and a job cancelled with it would
+            # be cut off, requeued and cut off again, forever if it outlasts the consumer timeout.
+            # Shielded, it finishes and publishes its outcome; its redelivery is settled by the worker.
+            job = asyncio.ensure_future(handler(delivery))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+            await asyncio.shield(job)
 
         tag = await queue.consume(on_message)
         return _Consumer(queue, tag)

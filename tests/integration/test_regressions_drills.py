@@ -1,0 +1,93 @@
+"""Regressions found by the fault drills (tests/drills), each reduced to its smallest failing case."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from controlplane_workers import JobStatus
+from tests.support.harness import client, eventually, request
+from tests.support.processes import CpwProcess, worker_env
+from tests.support.rabbitmq import RabbitMQServer, installed
+
+NS, TYPE = "Test.Scripted", "things"
+
+
+@pytest.fixture(scope="module")
+def short_consumer_timeout() -> Iterator[RabbitMQServer]:
+    """A node whose consumer timeout (2 s) is checked every 0.5 s instead of once a minute."""
+    if not installed():
+        pytest.fail("rabbitmq-server is not installed")
+    server = RabbitMQServer(consumer_timeout_ms=2000).start()
+    try:
+        server.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.timeout(120)
+async def test_job_longer_than_consumer_timeout_ends_once_and_worker_survives(short_consumer_timeout, tmp_path):
+    """Drill `consumer timeout exceeded`: a 5 s job on a node with a 2 s consumer timeout never ended.
+
+    The broker closed the consuming channel at 2 s; aio-pika cancelled the job with its channel;
+    the worker requeued it, got it back, and the same happened again, forever (the job stayed
+    Running, `redelivered` and `ack_lost` grew every 2 s). Now the job runs to its end, its outcome
+    is published, and the redeliveries of that attempt are settled without running it again.
+    """
+    url = short_consumer_timeout.amqp_url
+    worker = CpwProcess("worker", worker_env(url, CPW_WORKER_ID="long", CPW_JOB_TIMEOUT="60"),
+                        tmp_path / "worker.log").start()
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        async with client(url) as queue:
+            long_job = await queue.submit_job(NS, TYPE, "create", request("long", "sleep:5"))
+            short = [await queue.submit_job(NS, TYPE, "create", request(f"s{i}", "sleep:0.1")) for i in range(5)]
+            result = await queue.get_job_result(long_job, timeout=40)
+            assert result is not None, f"the long job never ended:\n{worker.tail()}"
+            assert result.status is JobStatus.SUCCEEDED
+            for job_id in short:
+                assert (await queue.get_job_result(job_id, timeout=20)).status is JobStatus.SUCCEEDED
+            # the broker did take the delivery back, and the worker settled it without a second run
+            await eventually(lambda: worker.status()["redeliveries_settled"] >= 1, timeout=10)
+            await eventually(lambda: worker.status()["in_flight"] == 0, timeout=10)
+            status = worker.status()
+            assert status["ready"] and worker.process.poll() is None
+            assert status["jobs_succeeded"] == 6, status
+            assert queue.index.duplicates == 0  # the long job ran once
+    finally:
+        worker.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_ops_port_answers_through_the_sigterm_drain(vhost_url, tmp_path):
+    """Drill `SIGTERM scale-in`: the ops port closed the moment SIGTERM arrived.
+
+    uvicorn (>= 0.29) captures SIGTERM in `serve()` through `capture_signals()`, which ops.py did not
+    turn off (it only replaced the older `install_signal_handlers`), so a draining worker answered
+    /health/ready and /status with connection refused for its whole drain window.
+    """
+    import signal
+
+    import httpx
+
+    worker = CpwProcess("worker", worker_env(vhost_url, CPW_WORKER_ID="drain", CPW_DRAIN_TIMEOUT="20"),
+                        tmp_path / "worker.log").start()
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        async with client(vhost_url) as queue:
+            job_id = await queue.submit_job(NS, TYPE, "create", request("drain", "sleep:3"))
+            await eventually(lambda: worker.status()["in_flight"] == 1)
+            worker.signal(signal.SIGTERM)
+            async with httpx.AsyncClient(timeout=2) as http:
+                for _ in range(10):  # about a second of the three the job still runs
+                    ready = await http.get(f"{worker.ops_url}/health/ready")
+                    assert ready.status_code == 503
+                    assert (await http.get(f"{worker.ops_url}/status")).json()["status"] == "draining"
+                    await asyncio.sleep(0.1)
+            assert await asyncio.to_thread(worker.wait, 30) == 0
+            assert (await queue.get_job_result(job_id, timeout=5)).status is JobStatus.SUCCEEDED
+    finally:
+        worker.stop()
