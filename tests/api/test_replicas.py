@@ -48,10 +48,12 @@ async def test_a_restarted_api_rebuilds_its_index_before_ready(vhost_url, tmp_pa
     try:
         # Until it is ready, API routes say 503 rather than a wrong 404.
         probe = httpx.AsyncClient(timeout=5)
+        first_id, first_tenant = ids[0]
+        first_headers = A if first_tenant == "tenant-a" else B  # its own tenant: another would rightly get 404
         while True:
             try:
                 ready = await probe.get(f"{restarted.ops_url}/health/ready")
-                early = await probe.get(f"{restarted.url}/operations/{ids[0][0]}", headers=A)
+                early = await probe.get(f"{restarted.url}/operations/{first_id}", headers=first_headers)
             except httpx.TransportError:
                 await asyncio.sleep(0.02)
                 continue

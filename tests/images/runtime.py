@@ -77,7 +77,8 @@ def build_runtime_venv(work: Path) -> Path:
     venv = work / "venv"
     base_python = Path(getattr(sys, "_base_executable", sys.executable))
     subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    wheels = sorted(str(p) for p in (work / "dist").glob("*.whl"))
+    # as the Dockerfile: the wheel with its `otel` extra, so the chart's tracing settings take effect
+    wheels = sorted(f"{p}[otel]" for p in (work / "dist").glob("*.whl"))
     subprocess.run(
         [*pip, "--python", str(venv / "bin" / "python"), "install", "--compile", *wheels],
         check=True,

@@ -147,7 +147,7 @@ Sources of the broker Secret, in order (global.rabbitmq):
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $t.otlpEndpoint | quote }}
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
-  value: {{ $t.protocol | default "grpc" | quote }}
+  value: {{ $t.protocol | default "http/protobuf" | quote }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "controlplane-workers-%s" .component | quote }}
 - name: OTEL_TRACES_SAMPLER
