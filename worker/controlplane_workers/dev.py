@@ -8,6 +8,7 @@ import logging
 
 import uvloop
 
+from . import __version__, tracing
 from .logs import setup_logging
 from .providers import load_providers
 from .run import install_stop_handlers, serve_worker
@@ -25,6 +26,7 @@ def run_dev(args: argparse.Namespace) -> int:
     )
     setup_logging(settings.log_level, settings.log_format, settings.worker_id)
     providers = load_providers(settings.providers, use_entry_points=False)
+    tracing.setup_from_env("cpw-dev", instance_id=settings.worker_id, version=__version__)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -38,5 +40,8 @@ def run_dev(args: argparse.Namespace) -> int:
             tasks.append(asyncio.create_task(serve_api(settings, stop, banner=True)))
         await asyncio.gather(*tasks)
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:
+        tracing.shutdown()  # flush the spans still batched
     return 0
