@@ -90,6 +90,11 @@ def conditions(endpoint: Any) -> dict[str, Any]:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "worker", "api-adapter"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    if dirty:  # the processes run from the work tree: say when it is not the commit
+        commit += " + uncommitted changes in worker/ or api-adapter/"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpus": os.cpu_count(),
@@ -133,12 +138,16 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
             async def throughput(system: System) -> dict[str, float]:
                 if config.warmup:
                     await system.closed(config.warmup, 64)
+                before = system.cpu()
                 closed = await system.closed(config.jobs)
+                after = system.cpu()
                 row = {"jobs_per_s": closed.jobs_per_s, "seconds": closed.seconds,
                        "submit_phase_jobs_per_s": closed.jobs / closed.submit_seconds,
                        "worker_peak_rss_mb": system.peak_rss_mb()}
                 if isinstance(system, ProjectHTTP):
                     row["api_peak_rss_mb"] = system.api_peak_rss_mb()
+                for part in after:  # CPU ms per job of each process: where the 2 cores go
+                    row[f"cpu_ms_per_job_{part}"] = 1000 * (after[part] - before[part]) / closed.jobs
                 return row
 
             row = await _with_system(endpoint, tmp, key, 1, throughput)
@@ -166,6 +175,8 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
                         "jobs": run_.jobs,
                         "p50_ms": run_.percentile(50) * 1000, "p95_ms": run_.percentile(95) * 1000,
                         "p99_ms": run_.percentile(99) * 1000, "max_ms": run_.latencies[-1] * 1000,
+                        "completed_per_s": run_.completed_per_s,
+                        "kept_up": run_.completed_per_s >= 0.95 * rate,
                     }
                     say(f"  latency {key:8s} @{rate:5d}/s p50 {out[str(rate)]['p50_ms']:7.1f} "
                         f"p95 {out[str(rate)]['p95_ms']:7.1f} p99 {out[str(rate)]['p99_ms']:7.1f} ms")
@@ -213,6 +224,9 @@ def summary(results: Results) -> dict[str, Any]:
         }
         if key == "http":
             entry["api_peak_rss_mb"] = median_of(rows, "api_peak_rss_mb")
+        for part in ("broker", "worker", "client", "api"):
+            if rows and f"cpu_ms_per_job_{part}" in rows[0]:
+                entry[f"cpu_ms_per_job_{part}"] = median_of(rows, f"cpu_ms_per_job_{part}")
         if results.submit_only.get(key):
             entry["submit_only_jobs_per_s_median"] = statistics.median(results.submit_only[key])
         if key in results.latency:
@@ -265,6 +279,7 @@ def markdown(results: Results, result_summary: dict[str, Any]) -> str:
         lat = e.get("latency", {})
         cells = [
             f"{_ms(lat[r]['p50_ms'])} / {_ms(lat[r]['p95_ms'])} / {_ms(lat[r]['p99_ms'])}"
+            + ("" if lat[r]["kept_up"] else f" (fell behind: {lat[r]['completed_per_s']:,.0f}/s)")
             if r in lat else "-" for r in rates
         ]
         rss = f"{e['worker_peak_rss_mb']:.0f}"
@@ -276,6 +291,14 @@ def markdown(results: Results, result_summary: dict[str, Any]) -> str:
             f"({e['jobs_per_s_min']:,.0f}-{e['jobs_per_s_max']:,.0f}) | "
             f"{e.get('submit_only_jobs_per_s_median', math.nan):,.0f} | " + " | ".join(cells) + f" | {rss} |"
         )
+    lines += ["", "CPU per completed job (ms, median of the rounds; `/proc` user+system time during the "
+              "throughput run; the submitter is the benchmark process):", "",
+              "| system | broker | worker | submitter | API | total |", "| --- | --- | --- | --- | --- | --- |"]
+    for e in result_summary["systems"].values():
+        parts = [e.get(f"cpu_ms_per_job_{p}") for p in ("broker", "worker", "client", "api")]
+        total = sum(p for p in parts if p is not None)
+        lines.append(f"| {e['label']} | " + " | ".join("-" if p is None else f"{p:.3f}" for p in parts)
+                     + f" | {total:.3f} |")
     lines += ["", "Ratios (the SDK path's median over the peer's, same run): " + ", ".join(
         f"{name.replace('ratio_', '')} {result_summary[name]:.2f}"
         for name in ("ratio_raw", "ratio_taskiq", "ratio_celery", "ratio_http")

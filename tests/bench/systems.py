@@ -65,6 +65,12 @@ class Open:
     jobs: int
     seconds: float  # first due -> last due, i.e. the offered schedule
     latencies: list[float] = field(default_factory=list)  # seconds, completed jobs only, sorted
+    span: float = 0.0  # first due -> last completion
+
+    @property
+    def completed_per_s(self) -> float:
+        """Completions per second over the run; below the offered rate = the system fell behind."""
+        return self.jobs / self.span if self.span > 0 else float("nan")
 
     def percentile(self, p: float) -> float:
         values = self.latencies
@@ -73,22 +79,45 @@ class Open:
         return values[min(len(values) - 1, int(round(p / 100 * len(values) + 0.5)) - 1)]
 
 
+def _tree(pid: int) -> list[int]:
+    """A process and its live descendants."""
+    out, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        if current in out:
+            continue
+        out.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU seconds of a process (all its threads) and, with `tree`, its live descendants."""
+    total = 0
+    for current in _tree(pid) if tree else [pid]:
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
+
+
 def peak_rss_bytes(pid: int) -> int:
     """VmHWM (peak resident set) of a process and all its descendants, summed."""
     total = 0
-    pids, seen = [pid], set()
-    while pids:
-        current = pids.pop()
-        if current in seen:
-            continue
-        seen.add(current)
+    for current in _tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                pids.extend(int(c) for c in children)
         except OSError:
             continue
     return total
@@ -123,6 +152,19 @@ class System:
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: broker node, worker processes, this (submitting) process, API."""
+        server = getattr(self.endpoint, "server", None)
+        out = {
+            "broker": cpu_seconds(server.process.pid) if server is not None and server.process else 0.0,
+            "worker": sum(cpu_seconds(pid) for pid in self.worker_pids()),
+            "client": cpu_seconds(os.getpid(), tree=False),
+        }
+        api = getattr(self, "api", None)
+        if api is not None and api.process is not None:
+            out["api"] = cpu_seconds(api.process.pid)
+        return out
 
     def peak_rss_mb(self) -> float:
         """Peak RSS of the (first) worker process and its children, in MB."""
@@ -218,9 +260,14 @@ class System:
         tasks = []
         loop_start = time.perf_counter() + 0.01
 
+        last = loop_start
+
         async def one(i: int, due: float) -> None:
+            nonlocal last
             await self.job(i, _nothing)
-            latencies.append(time.perf_counter() - due)
+            now = time.perf_counter()
+            latencies.append(now - due)
+            last = max(last, now)
 
         for k in range(n):
             due = loop_start + k / rate
@@ -230,7 +277,7 @@ class System:
             tasks.append(asyncio.ensure_future(one(self.next_index(), due)))
         await asyncio.wait_for(asyncio.gather(*tasks), limit)
         assert len(latencies) == n, f"{self.key}: {len(latencies)} of {n} jobs completed"
-        return Open(rate, n, (n - 1) / rate, sorted(latencies))
+        return Open(rate, n, (n - 1) / rate, sorted(latencies), last - loop_start)
 
     async def submit_only(self, n: int, window: int = WINDOW) -> float:
         """Seconds to have n submissions confirmed (no worker consuming)."""
@@ -547,7 +594,8 @@ class Celery(System):
         dues = [t0 + k / rate for k in range(n)]
         rows = await self._threads(indices, dues, True, limit)
         assert len(rows) == n, f"celery: {len(rows)} of {n} jobs completed"
-        return Open(rate, n, (n - 1) / rate, sorted(done - due for due, _, done in rows))
+        return Open(rate, n, (n - 1) / rate, sorted(done - due for due, _, done in rows),
+                    max(done for _, _, done in rows) - t0)
 
     async def submit_only(self, n: int, window: int = WINDOW) -> float:
         indices = [self.next_index() for _ in range(n)]
