@@ -325,7 +325,7 @@ class ProviderWorker:
                              error=error, retry_in=round(delay, 3))
                 )
             except BrokerUnavailable:
-                self._lost(delivery)
+                await self._outcome_lost(delivery)
                 return
             self.stats.retried += 1
             metrics.RETRIES.labels(job.provider_namespace, job.resource_type, job.operation.value).inc()
@@ -342,7 +342,7 @@ class ProviderWorker:
         try:
             await self._publish(event)
         except BrokerUnavailable:
-            self._lost(delivery)
+            await self._outcome_lost(delivery)
             return
         if await self._settle(delivery, ack=True):
             self._count(kind)
@@ -378,7 +378,7 @@ class ProviderWorker:
                     )
                 )
         except BrokerUnavailable:
-            self._lost(delivery)
+            await self._outcome_lost(delivery)
             return
         if await self._settle(delivery, ack=True):
             self.stats.dead_lettered += 1
@@ -418,6 +418,15 @@ class ProviderWorker:
         except Exception:
             self._lost(delivery)
             return False
+
+    async def _outcome_lost(self, delivery: Delivery) -> None:
+        """The outcome could not be published (broker gone): nothing is settled, the broker redelivers
+        the job. Redeliveries of this attempt that waited for it are handed back to run afresh; held
+        here, they would stay unacked on a live channel and the job would never end."""
+        self._lost(delivery)
+        key = _key(delivery)
+        for waiting in self._attached.pop(key, []) if key is not None else []:
+            await self._settle_one(waiting, False, True)
 
     def _lost(self, delivery: Delivery) -> None:
         self.stats.ack_lost += 1
