@@ -96,6 +96,19 @@ async def test_cancel_queued_job_is_skipped(broker_url):
     assert calls_for("queued") == []
 
 
+async def test_worker_reads_the_cancel_backlog_before_it_consumes(broker_url):
+    # Regression (found by the drills): a starting worker consumed before it had read the cancel
+    # requests already on the control stream, and ran a job canceled while it sat in the queue.
+    async with client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("late"))
+        for i in range(2000):  # a backlog in front of the request that matters
+            await queue.cancel_job(f"other-{i}")
+        await queue.cancel_job(job_id)
+        async with running_worker(broker_url, providers.registry):
+            result = await queue.get_job_result(job_id, timeout=10)
+    assert result.status is JobStatus.CANCELED and calls_for("late") == []
+
+
 async def test_cancel_running_job_stops_it(broker_url):
     async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
         job_id = await queue.submit_job(NS, TYPE, "create", request("long", "hang"))

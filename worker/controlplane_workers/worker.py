@@ -82,6 +82,8 @@ class ProviderWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._canceled_by_request: set[str] = set()
+        self._marker: str | None = None
+        self._caught_up = asyncio.Event()
         # The broker takes a delivery back when its channel closes (consumer timeout, lost
         # connection) while the job may still run here: the redelivery waits for that run.
         self._running_attempt: dict[str, int] = {}
@@ -99,6 +101,7 @@ class ProviderWorker:
         await self.broker.connect()
         since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
         self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
+        await self._read_cancel_backlog()
         self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
         self.consuming = True
         self._heartbeat = asyncio.create_task(self._heartbeats())
@@ -131,12 +134,28 @@ class ProviderWorker:
         log.info("worker stopped", extra={"processed": self.stats.processed})
 
     # -- control stream: cancel requests
+    async def _read_cancel_backlog(self, timeout: float = 10.0) -> None:
+        """Consume jobs only once the cancel requests already on the stream are read: a worker that
+        started consuming first could run a job that was canceled while it sat in the queue. A marker
+        of our own, appended now, tells when the reader has caught up."""
+        marker = f"{self.worker_id}:{time.time_ns()}"
+        self._marker, self._caught_up = marker, asyncio.Event()
+        await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker}), {})
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), timeout)
+        except TimeoutError:
+            log.warning("cancel requests not caught up in %.0fs; consuming anyway", timeout)
+
     def _on_control(self, messages: Sequence[StreamMessage]) -> None:
         for message in messages:
             try:
                 request = orjson.loads(message.body)
+                if request.get("type") == "marker":
+                    if request.get("marker") == self._marker:
+                        self._caught_up.set()
+                    continue
                 job_id = str(request["job_id"])
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 continue
             self.cancel_requests[job_id] = str(request.get("reason") or "canceled by request")
             if len(self.cancel_requests) > CANCEL_MEMORY:
