@@ -47,12 +47,13 @@ test: $(VENV)/.installed system-deps tools ## run every test (real RabbitMQ, Hel
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff and mypy
-	$(VENV)/bin/ruff check worker api-adapter tests
+	$(VENV)/bin/ruff check worker api-adapter tests dashboards docs/generate.py
+	$(VENV)/bin/ruff format --check worker api-adapter tests dashboards docs/generate.py
 	$(VENV)/bin/mypy worker/controlplane_workers api-adapter/controlplane_api
 
 fmt: $(VENV)/.installed ## format the code
-	$(VENV)/bin/ruff format worker api-adapter tests
-	$(VENV)/bin/ruff check --fix worker api-adapter tests
+	$(VENV)/bin/ruff format worker api-adapter tests dashboards docs/generate.py
+	$(VENV)/bin/ruff check --fix worker api-adapter tests dashboards docs/generate.py
 
 chart: $(VENV)/.installed ## render the umbrella chart through the Helm engine (VALUES=file SET="k=v ...")
 	$(PY) tests/chart/render.py $(if $(VALUES),-f $(VALUES)) $(foreach s,$(SET),--set $(s))

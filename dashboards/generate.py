@@ -72,8 +72,10 @@ def quantiles(metric: str, selector: str, by: str = "") -> list[tuple[str, str]]
 
 
 def steps(*pairs: tuple[float | None, str]) -> db.ThresholdsConfig:
-    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
-        [dm.Threshold(value=value, color=color) for value, color in pairs]
+    return (
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=value, color=color) for value, color in pairs])
     )
 
 
@@ -162,7 +164,9 @@ def up_down(up: str, down: str) -> list[dm.ValueMapping]:
 
 def variables(*, with_pod: bool) -> list[db.QueryVariable | db.DatasourceVariable]:
     result: list[db.QueryVariable | db.DatasourceVariable] = [
-        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        db.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
         .description("The Prometheus that scrapes the workers, the API, RabbitMQ, kube-state-metrics and KEDA."),
         db.QueryVariable("namespace")
         .label("Namespace")
@@ -198,7 +202,9 @@ def variables(*, with_pod: bool) -> list[db.QueryVariable | db.DatasourceVariabl
     return result
 
 
-def dashboard(uid: str, title: str, description: str, rows: Iterable[tuple[str, list[Panel]]], *, with_pod: bool) -> db.Dashboard:
+def dashboard(
+    uid: str, title: str, description: str, rows: Iterable[tuple[str, list[Panel]]], *, with_pod: bool
+) -> db.Dashboard:
     builder = (
         db.Dashboard(title)
         .uid(uid)
@@ -233,6 +239,7 @@ def dashboard(uid: str, title: str, description: str, rows: Iterable[tuple[str, 
 # Fleet overview
 # ---------------------------------------------------------------------------------------------------------
 
+
 def fleet_overview() -> db.Dashboard:
     finished = f"sum(rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))"
     succeeded = f'sum(rate(cpw_worker_jobs_total{{{SCOPE}, outcome="succeeded"}}[$__rate_interval]))'
@@ -248,146 +255,341 @@ def fleet_overview() -> db.Dashboard:
     saturation_steps = steps((None, "green"), (0.7, "orange"), (0.9, "red"))
 
     summary = [
-        Panel("stat", "Success ratio", "Share of finished job attempts that succeeded (failed, error and timeout "
-              "count against it; requeued and canceled attempts are left out). Alert: CPWJobFailureRatioHigh.",
-              [(success_ratio, "success")], "percentunit", ratio_steps, width=4, height=5, min=0, max=1),
-        Panel("stat", "Throughput", "Job attempts finished per second, all outcomes.",
-              [(finished, "attempts/s")], "ops", width=4, height=5),
-        Panel("stat", "Saturation", "Jobs running / job slots of the running workers (cpw_worker_jobs_in_flight / "
-              "cpw_worker_capacity). Alert: CPWWorkersSaturated at 90%.",
-              [(saturation, "saturation")], "percentunit", saturation_steps, width=4, height=5, min=0, max=1),
-        Panel("stat", "Ready jobs", "Jobs waiting on the job queue (RabbitMQ messages_ready). "
-              "Alerts: CPWJobBacklogGrowing, CPWJobsWaitingWithoutConsumers.",
-              [(f"sum(rabbitmq_detailed_queue_messages_ready{{{RABBIT}, {JOBS_QUEUE}}})", "ready")], "short",
-              steps((None, "green"), (25, "orange"), (100, "red")), width=4, height=5),
-        Panel("stat", "Dead-lettered jobs", "Messages in the dead-letter queue; `cpw dlq list` shows them. "
-              "Alert: CPWDeadLetterQueueNotEmpty.",
-              [(f"sum(rabbitmq_detailed_queue_messages{{{RABBIT}, {DLQ}}})", "dlq")], "short",
-              steps((None, "green"), (1, "red")), width=4, height=5),
-        Panel("stat", "Ready workers", "Worker pods that accept jobs (cpw_worker_ready). "
-              "Alert: CPWNoReadyWorkers.",
-              [(f"sum(cpw_worker_ready{{{SCOPE}}})", "ready")], "short",
-              steps((None, "red"), (1, "green")), width=4, height=5),
+        Panel(
+            "stat",
+            "Success ratio",
+            "Share of finished job attempts that succeeded (failed, error and timeout "
+            "count against it; requeued and canceled attempts are left out). Alert: CPWJobFailureRatioHigh.",
+            [(success_ratio, "success")],
+            "percentunit",
+            ratio_steps,
+            width=4,
+            height=5,
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "stat",
+            "Throughput",
+            "Job attempts finished per second, all outcomes.",
+            [(finished, "attempts/s")],
+            "ops",
+            width=4,
+            height=5,
+        ),
+        Panel(
+            "stat",
+            "Saturation",
+            "Jobs running / job slots of the running workers (cpw_worker_jobs_in_flight / "
+            "cpw_worker_capacity). Alert: CPWWorkersSaturated at 90%.",
+            [(saturation, "saturation")],
+            "percentunit",
+            saturation_steps,
+            width=4,
+            height=5,
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "stat",
+            "Ready jobs",
+            "Jobs waiting on the job queue (RabbitMQ messages_ready). "
+            "Alerts: CPWJobBacklogGrowing, CPWJobsWaitingWithoutConsumers.",
+            [(f"sum(rabbitmq_detailed_queue_messages_ready{{{RABBIT}, {JOBS_QUEUE}}})", "ready")],
+            "short",
+            steps((None, "green"), (25, "orange"), (100, "red")),
+            width=4,
+            height=5,
+        ),
+        Panel(
+            "stat",
+            "Dead-lettered jobs",
+            "Messages in the dead-letter queue; `cpw dlq list` shows them. Alert: CPWDeadLetterQueueNotEmpty.",
+            [(f"sum(rabbitmq_detailed_queue_messages{{{RABBIT}, {DLQ}}})", "dlq")],
+            "short",
+            steps((None, "green"), (1, "red")),
+            width=4,
+            height=5,
+        ),
+        Panel(
+            "stat",
+            "Ready workers",
+            "Worker pods that accept jobs (cpw_worker_ready). Alert: CPWNoReadyWorkers.",
+            [(f"sum(cpw_worker_ready{{{SCOPE}}})", "ready")],
+            "short",
+            steps((None, "red"), (1, "green")),
+            width=4,
+            height=5,
+        ),
     ]
     throughput = [
-        Panel("timeseries", "Job attempts by outcome", "Attempts finished per second by outcome: succeeded; failed "
-              "(PermanentError); error (other exceptions, retried); timeout; canceled (on request); requeued "
-              "(handed back on shutdown).",
-              [(f"sum by (outcome) (rate(cpw_worker_jobs_total{{{SCOPE}}}[$__rate_interval]))", "{{outcome}}")],
-              "ops", stack=True),
-        Panel("timeseries", "Success ratio", "Share of finished attempts that succeeded, overall and per operation. "
-              "The dashed lines mark 90% and 99%.",
-              [(success_ratio, "all"),
-               (f'sum by (operation) (rate(cpw_worker_jobs_total{{{SCOPE}, outcome="succeeded"}}[$__rate_interval]))'
-                f" / sum by (operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
-                "{{operation}}")],
-              "percentunit", ratio_steps, threshold_lines=True, min=0, max=1),
-        Panel("timeseries", "Job duration", "p50 / p95 / p99 of one attempt's duration (provider time), finished "
-              "attempts. Alert: CPWJobDurationHigh (p95 above 15 minutes).",
-              quantiles("cpw_worker_job_duration_seconds", f"{SCOPE}, {FINISHED}"), "s",
-              steps((None, "green"), (900, "red")), threshold_lines=True),
-        Panel("timeseries", "Queue wait", "p50 / p95 / p99 of the time from submission to the start of the first "
-              "attempt. Alert: CPWQueueWaitHigh (p95 above 2 minutes).",
-              quantiles("cpw_worker_queue_wait_seconds", SCOPE), "s",
-              steps((None, "green"), (120, "red")), threshold_lines=True),
-        Panel("timeseries", "Retries, dead letters, cancellations", "Attempts scheduled again (retries), jobs sent "
-              "to the dead-letter queue by reason, jobs canceled on request — per second.",
-              [(f"sum(rate(cpw_worker_retries_total{{{SCOPE}}}[$__rate_interval]))", "retries"),
-               (f"sum by (reason) (rate(cpw_worker_dead_lettered_total{{{SCOPE}}}[$__rate_interval]))",
-                "dead-lettered {{reason}}"),
-               (f"sum(rate(cpw_worker_canceled_total{{{SCOPE}}}[$__rate_interval]))", "canceled")],
-              "ops"),
-        Panel("timeseries", "Failure ratio by operation", "Share of finished attempts that failed (failed, error, "
-              "timeout), per provider namespace / resource type / operation. Alert: CPWJobFailureRatioHigh "
-              "(10% warning, 50% critical).",
-              # An operation without failures has no failed series: `or <all> * 0` shows it at 0%.
-              [(f"(sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FAILED}}}[$__rate_interval]))"
-                f" or sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval])) * 0)"
-                f" / sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
-                "{{provider_namespace}}/{{resource_type}} {{operation}}")],
-              "percentunit", steps((None, "green"), (0.1, "orange"), (0.5, "red")), threshold_lines=True,
-              min=0, max=1),
+        Panel(
+            "timeseries",
+            "Job attempts by outcome",
+            "Attempts finished per second by outcome: succeeded; failed "
+            "(PermanentError); error (other exceptions, retried); timeout; canceled (on request); requeued "
+            "(handed back on shutdown).",
+            [(f"sum by (outcome) (rate(cpw_worker_jobs_total{{{SCOPE}}}[$__rate_interval]))", "{{outcome}}")],
+            "ops",
+            stack=True,
+        ),
+        Panel(
+            "timeseries",
+            "Success ratio",
+            "Share of finished attempts that succeeded, overall and per operation. The dashed lines mark 90% and 99%.",
+            [
+                (success_ratio, "all"),
+                (
+                    f'sum by (operation) (rate(cpw_worker_jobs_total{{{SCOPE}, outcome="succeeded"}}[$__rate_interval]))'
+                    f" / sum by (operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
+                    "{{operation}}",
+                ),
+            ],
+            "percentunit",
+            ratio_steps,
+            threshold_lines=True,
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "timeseries",
+            "Job duration",
+            "p50 / p95 / p99 of one attempt's duration (provider time), finished "
+            "attempts. Alert: CPWJobDurationHigh (p95 above 15 minutes).",
+            quantiles("cpw_worker_job_duration_seconds", f"{SCOPE}, {FINISHED}"),
+            "s",
+            steps((None, "green"), (900, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "Queue wait",
+            "p50 / p95 / p99 of the time from submission to the start of the first "
+            "attempt. Alert: CPWQueueWaitHigh (p95 above 2 minutes).",
+            quantiles("cpw_worker_queue_wait_seconds", SCOPE),
+            "s",
+            steps((None, "green"), (120, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "Retries, dead letters, cancellations",
+            "Attempts scheduled again (retries), jobs sent "
+            "to the dead-letter queue by reason, jobs canceled on request — per second.",
+            [
+                (f"sum(rate(cpw_worker_retries_total{{{SCOPE}}}[$__rate_interval]))", "retries"),
+                (
+                    f"sum by (reason) (rate(cpw_worker_dead_lettered_total{{{SCOPE}}}[$__rate_interval]))",
+                    "dead-lettered {{reason}}",
+                ),
+                (f"sum(rate(cpw_worker_canceled_total{{{SCOPE}}}[$__rate_interval]))", "canceled"),
+            ],
+            "ops",
+        ),
+        Panel(
+            "timeseries",
+            "Failure ratio by operation",
+            "Share of finished attempts that failed (failed, error, "
+            "timeout), per provider namespace / resource type / operation. Alert: CPWJobFailureRatioHigh "
+            "(10% warning, 50% critical).",
+            # An operation without failures has no failed series: `or <all> * 0` shows it at 0%.
+            [
+                (
+                    f"(sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FAILED}}}[$__rate_interval]))"
+                    f" or sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval])) * 0)"
+                    f" / sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
+                    "{{provider_namespace}}/{{resource_type}} {{operation}}",
+                )
+            ],
+            "percentunit",
+            steps((None, "green"), (0.1, "orange"), (0.5, "red")),
+            threshold_lines=True,
+            min=0,
+            max=1,
+        ),
     ]
     queue = [
-        Panel("timeseries", "Job queue depth", "Messages on the job queue from RabbitMQ's exporter: ready (waiting "
-              "for a worker) and unacked (delivered to a worker, running). KEDA scales on ready + unacked.",
-              [(f"sum by (queue) (rabbitmq_detailed_queue_messages_ready{{{RABBIT}, {JOBS_QUEUE}}})", "ready {{queue}}"),
-               (f"sum by (queue) (rabbitmq_detailed_queue_messages_unacked{{{RABBIT}, {JOBS_QUEUE}}})",
-                "unacked {{queue}}")],
-              "short", stack=True),
-        Panel("timeseries", "Dead-letter queue", "Messages in the dead-letter queue; they stay until redriven "
-              "(`cpw dlq redrive`) or purged.",
-              [(f"sum by (queue) (rabbitmq_detailed_queue_messages{{{RABBIT}, {DLQ}}})", "{{queue}}")], "short",
-              steps((None, "green"), (1, "red"))),
-        Panel("timeseries", "Consumers on the job queue", "Consumers RabbitMQ counts on the job queue (one per worker "
-              "process). Zero with ready jobs fires CPWJobsWaitingWithoutConsumers.",
-              [(f"sum by (queue) (rabbitmq_detailed_queue_consumers{{{RABBIT}, {JOBS_QUEUE}}})", "{{queue}}")], "short",
-              steps((None, "red"), (1, "green"))),
-        Panel("timeseries", "Arrivals vs. completions", "Jobs accepted by the API per second vs. job attempts the "
-              "workers finished per second: arrivals above completions grow the backlog.",
-              [(f"sum(rate(cpw_api_submissions_total{{{SCOPE}}}[$__rate_interval]))", "submitted"),
-               (finished, "finished attempts")],
-              "ops"),
+        Panel(
+            "timeseries",
+            "Job queue depth",
+            "Messages on the job queue from RabbitMQ's exporter: ready (waiting "
+            "for a worker) and unacked (delivered to a worker, running). KEDA scales on ready + unacked.",
+            [
+                (
+                    f"sum by (queue) (rabbitmq_detailed_queue_messages_ready{{{RABBIT}, {JOBS_QUEUE}}})",
+                    "ready {{queue}}",
+                ),
+                (
+                    f"sum by (queue) (rabbitmq_detailed_queue_messages_unacked{{{RABBIT}, {JOBS_QUEUE}}})",
+                    "unacked {{queue}}",
+                ),
+            ],
+            "short",
+            stack=True,
+        ),
+        Panel(
+            "timeseries",
+            "Dead-letter queue",
+            "Messages in the dead-letter queue; they stay until redriven (`cpw dlq redrive`) or purged.",
+            [(f"sum by (queue) (rabbitmq_detailed_queue_messages{{{RABBIT}, {DLQ}}})", "{{queue}}")],
+            "short",
+            steps((None, "green"), (1, "red")),
+        ),
+        Panel(
+            "timeseries",
+            "Consumers on the job queue",
+            "Consumers RabbitMQ counts on the job queue (one per worker "
+            "process). Zero with ready jobs fires CPWJobsWaitingWithoutConsumers.",
+            [(f"sum by (queue) (rabbitmq_detailed_queue_consumers{{{RABBIT}, {JOBS_QUEUE}}})", "{{queue}}")],
+            "short",
+            steps((None, "red"), (1, "green")),
+        ),
+        Panel(
+            "timeseries",
+            "Arrivals vs. completions",
+            "Jobs accepted by the API per second vs. job attempts the "
+            "workers finished per second: arrivals above completions grow the backlog.",
+            [
+                (f"sum(rate(cpw_api_submissions_total{{{SCOPE}}}[$__rate_interval]))", "submitted"),
+                (finished, "finished attempts"),
+            ],
+            "ops",
+        ),
     ]
     scaling = [
-        Panel("timeseries", "Workers and KEDA replicas", "Worker pods scraped and ready, and the KEDA-made HPA's "
-              "desired / current / maximum replicas (kube-state-metrics). Alert: CPWWorkersAtMaxReplicas.",
-              [(f"count(cpw_worker_ready{{{SCOPE}}})", "worker pods"),
-               (f"sum(cpw_worker_ready{{{SCOPE}}})", "ready"),
-               (f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_desired_replicas{{{HPA}}})",
-                "desired ({{horizontalpodautoscaler}})"),
-               (f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_current_replicas{{{HPA}}})",
-                "current ({{horizontalpodautoscaler}})"),
-               (f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_spec_max_replicas{{{HPA}}})",
-                "max ({{horizontalpodautoscaler}})")],
-              "short"),
-        Panel("timeseries", "Job slots", "Jobs running vs. job slots over all workers. "
-              "Alert: CPWWorkersSaturated when in flight reaches 90% of capacity for 15 minutes.",
-              [(f"sum(cpw_worker_jobs_in_flight{{{SCOPE}}})", "in flight"),
-               (f"sum(cpw_worker_capacity{{{SCOPE}}})", "capacity")],
-              "short"),
-        Panel("timeseries", "KEDA scaler", "The queue length KEDA reads for the workers' ScaledObject and its "
-              "errors per second (KEDA operator metrics). Alert: CPWKedaScalerErrors.",
-              [(keda("sum by (scaledObject) (keda_scaler_metrics_value{sel})"), "metric {{scaledObject}}"),
-               (keda("sum by (scaledObject) (rate(keda_scaled_object_errors_total{sel}[$__rate_interval]))"),
-                "errors/s {{scaledObject}}")],
-              "short"),
-        Panel("timeseries", "Broker connection", "Workers connected to RabbitMQ out of those scraped, and broker "
-              "reconnects per second. Alert: CPWBrokerUnreachable.",
-              [(f"sum(cpw_worker_broker_connected{{{SCOPE}}})", "connected"),
-               (f"count(cpw_worker_broker_connected{{{SCOPE}}})", "workers"),
-               (f"sum(rate(cpw_worker_broker_reconnects_total{{{SCOPE}}}[$__rate_interval]))", "reconnects/s")],
-              "short"),
+        Panel(
+            "timeseries",
+            "Workers and KEDA replicas",
+            "Worker pods scraped and ready, and the KEDA-made HPA's "
+            "desired / current / maximum replicas (kube-state-metrics). Alert: CPWWorkersAtMaxReplicas.",
+            [
+                (f"count(cpw_worker_ready{{{SCOPE}}})", "worker pods"),
+                (f"sum(cpw_worker_ready{{{SCOPE}}})", "ready"),
+                (
+                    f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_desired_replicas{{{HPA}}})",
+                    "desired ({{horizontalpodautoscaler}})",
+                ),
+                (
+                    f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_current_replicas{{{HPA}}})",
+                    "current ({{horizontalpodautoscaler}})",
+                ),
+                (
+                    f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_spec_max_replicas{{{HPA}}})",
+                    "max ({{horizontalpodautoscaler}})",
+                ),
+            ],
+            "short",
+        ),
+        Panel(
+            "timeseries",
+            "Job slots",
+            "Jobs running vs. job slots over all workers. "
+            "Alert: CPWWorkersSaturated when in flight reaches 90% of capacity for 15 minutes.",
+            [
+                (f"sum(cpw_worker_jobs_in_flight{{{SCOPE}}})", "in flight"),
+                (f"sum(cpw_worker_capacity{{{SCOPE}}})", "capacity"),
+            ],
+            "short",
+        ),
+        Panel(
+            "timeseries",
+            "KEDA scaler",
+            "The queue length KEDA reads for the workers' ScaledObject and its "
+            "errors per second (KEDA operator metrics). Alert: CPWKedaScalerErrors.",
+            [
+                (keda("sum by (scaledObject) (keda_scaler_metrics_value{sel})"), "metric {{scaledObject}}"),
+                (
+                    keda("sum by (scaledObject) (rate(keda_scaled_object_errors_total{sel}[$__rate_interval]))"),
+                    "errors/s {{scaledObject}}",
+                ),
+            ],
+            "short",
+        ),
+        Panel(
+            "timeseries",
+            "Broker connection",
+            "Workers connected to RabbitMQ out of those scraped, and broker "
+            "reconnects per second. Alert: CPWBrokerUnreachable.",
+            [
+                (f"sum(cpw_worker_broker_connected{{{SCOPE}}})", "connected"),
+                (f"count(cpw_worker_broker_connected{{{SCOPE}}})", "workers"),
+                (f"sum(rate(cpw_worker_broker_reconnects_total{{{SCOPE}}}[$__rate_interval]))", "reconnects/s"),
+            ],
+            "short",
+        ),
     ]
     api = [
-        Panel("timeseries", "API requests by code", "HTTP requests the API answered per second, by status code.",
-              [(f"sum by (code) (rate(cpw_api_requests_total{{{SCOPE}}}[$__rate_interval]))", "{{code}}")],
-              "reqps", stack=True),
-        Panel("timeseries", "API latency", "p50 / p95 / p99 of write requests (submissions answer 202 once the "
-              "broker confirmed), and p95 of reads (may long-poll with ?wait=). Alert: CPWApiLatencyHigh (write "
-              "p95 above 1s).",
-              [*quantiles("cpw_api_request_duration_seconds", f"{SCOPE}, {WRITES}"),
-               (f'histogram_quantile(0.95, sum by (le) (rate(cpw_api_request_duration_seconds_bucket{{{SCOPE}, method="GET"}}[$__rate_interval])))',
-                "reads p95")],
-              "s", steps((None, "green"), (1, "red")), threshold_lines=True),
-        Panel("timeseries", "API errors", "Share of 5xx answers (503: the broker did not confirm) and refusals per "
-              "second by reason (401 unauthorized, 413 too large, 429 rate limited, 503 broker unavailable, ...). "
-              "Alert: CPWApiErrorRatioHigh (1% warning, 5% critical).",
-              [(api_5xx, "5xx ratio"),
-               (f"sum by (reason) (rate(cpw_api_rejections_total{{{SCOPE}}}[$__rate_interval]))", "{{reason}}/s")],
-              "percentunit", steps((None, "green"), (0.01, "orange"), (0.05, "red"))),
-        Panel("timeseries", "Submissions by priority", "Jobs accepted (confirmed by the broker) per second, by "
-              "priority (9 is the most urgent).",
-              [(f"sum by (priority) (rate(cpw_api_submissions_total{{{SCOPE}}}[$__rate_interval]))", "priority {{priority}}")],
-              "ops", stack=True),
-        Panel("timeseries", "Status index", "Jobs held in each API replica's status index, and the age of the last "
-              "event it applied from the results stream (grows while no job changes state).",
-              [(f"sum by (pod) (cpw_api_index_jobs{{{SCOPE}}})", "jobs {{pod}}"),
-               (f"max by (pod) (cpw_api_index_lag_seconds{{{SCOPE}}})", "lag {{pod}}")],
-              "short"),
-        Panel("stat", "API replicas ready", "API pods connected with their index rebuilt (cpw_api_ready). "
-              "Alert: CPWApiNotReady.",
-              [(f"sum(cpw_api_ready{{{SCOPE}}})", "ready")], "short", steps((None, "red"), (1, "green")), width=12),
+        Panel(
+            "timeseries",
+            "API requests by code",
+            "HTTP requests the API answered per second, by status code.",
+            [(f"sum by (code) (rate(cpw_api_requests_total{{{SCOPE}}}[$__rate_interval]))", "{{code}}")],
+            "reqps",
+            stack=True,
+        ),
+        Panel(
+            "timeseries",
+            "API latency",
+            "p50 / p95 / p99 of write requests (submissions answer 202 once the "
+            "broker confirmed), and p95 of reads (may long-poll with ?wait=). Alert: CPWApiLatencyHigh (write "
+            "p95 above 1s).",
+            [
+                *quantiles("cpw_api_request_duration_seconds", f"{SCOPE}, {WRITES}"),
+                (
+                    f'histogram_quantile(0.95, sum by (le) (rate(cpw_api_request_duration_seconds_bucket{{{SCOPE}, method="GET"}}[$__rate_interval])))',
+                    "reads p95",
+                ),
+            ],
+            "s",
+            steps((None, "green"), (1, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "API errors",
+            "Share of 5xx answers (503: the broker did not confirm) and refusals per "
+            "second by reason (401 unauthorized, 413 too large, 429 rate limited, 503 broker unavailable, ...). "
+            "Alert: CPWApiErrorRatioHigh (1% warning, 5% critical).",
+            [
+                (api_5xx, "5xx ratio"),
+                (f"sum by (reason) (rate(cpw_api_rejections_total{{{SCOPE}}}[$__rate_interval]))", "{{reason}}/s"),
+            ],
+            "percentunit",
+            steps((None, "green"), (0.01, "orange"), (0.05, "red")),
+        ),
+        Panel(
+            "timeseries",
+            "Submissions by priority",
+            "Jobs accepted (confirmed by the broker) per second, by priority (9 is the most urgent).",
+            [
+                (
+                    f"sum by (priority) (rate(cpw_api_submissions_total{{{SCOPE}}}[$__rate_interval]))",
+                    "priority {{priority}}",
+                )
+            ],
+            "ops",
+            stack=True,
+        ),
+        Panel(
+            "timeseries",
+            "Status index",
+            "Jobs held in each API replica's status index, and the age of the last "
+            "event it applied from the results stream (grows while no job changes state).",
+            [
+                (f"sum by (pod) (cpw_api_index_jobs{{{SCOPE}}})", "jobs {{pod}}"),
+                (f"max by (pod) (cpw_api_index_lag_seconds{{{SCOPE}}})", "lag {{pod}}"),
+            ],
+            "short",
+        ),
+        Panel(
+            "stat",
+            "API replicas ready",
+            "API pods connected with their index rebuilt (cpw_api_ready). Alert: CPWApiNotReady.",
+            [(f"sum(cpw_api_ready{{{SCOPE}}})", "ready")],
+            "short",
+            steps((None, "red"), (1, "green")),
+            width=12,
+        ),
     ]
     return dashboard(
         "cpw-fleet-overview",
@@ -403,75 +605,190 @@ def fleet_overview() -> db.Dashboard:
 # Worker detail (per pod)
 # ---------------------------------------------------------------------------------------------------------
 
+
 def worker_detail() -> db.Dashboard:
     rate = "[$__rate_interval]"
     state = [
-        Panel("stat", "Ready", "Whether each selected worker accepts jobs (cpw_worker_ready).",
-              [(f"cpw_worker_ready{{{WORKER_POD}}}", "{{pod}}")], "none", steps((None, "red"), (1, "green")),
-              width=6, height=5, mappings=up_down("ready", "not ready")),
-        Panel("stat", "Broker", "Whether each selected worker is connected to RabbitMQ (cpw_worker_broker_connected).",
-              [(f"cpw_worker_broker_connected{{{WORKER_POD}}}", "{{pod}}")], "none", steps((None, "red"), (1, "green")),
-              width=6, height=5, mappings=up_down("connected", "disconnected")),
-        Panel("stat", "Heartbeat age", "Seconds since each worker's last heartbeat (sent every 5s). "
-              "Alert: CPWWorkerHeartbeatMissing above 60s.",
-              [(f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{WORKER_POD}}}", "{{pod}}")], "s",
-              steps((None, "green"), (15, "orange"), (60, "red")), width=6, height=5),
-        Panel("stat", "Uptime", "Seconds since each worker process started (the seed's worker_uptime_seconds).",
-              [(f"worker_uptime_seconds{{{WORKER_POD}}}", "{{pod}}")], "s", width=6, height=5),
+        Panel(
+            "stat",
+            "Ready",
+            "Whether each selected worker accepts jobs (cpw_worker_ready).",
+            [(f"cpw_worker_ready{{{WORKER_POD}}}", "{{pod}}")],
+            "none",
+            steps((None, "red"), (1, "green")),
+            width=6,
+            height=5,
+            mappings=up_down("ready", "not ready"),
+        ),
+        Panel(
+            "stat",
+            "Broker",
+            "Whether each selected worker is connected to RabbitMQ (cpw_worker_broker_connected).",
+            [(f"cpw_worker_broker_connected{{{WORKER_POD}}}", "{{pod}}")],
+            "none",
+            steps((None, "red"), (1, "green")),
+            width=6,
+            height=5,
+            mappings=up_down("connected", "disconnected"),
+        ),
+        Panel(
+            "stat",
+            "Heartbeat age",
+            "Seconds since each worker's last heartbeat (sent every 5s). Alert: CPWWorkerHeartbeatMissing above 60s.",
+            [(f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{WORKER_POD}}}", "{{pod}}")],
+            "s",
+            steps((None, "green"), (15, "orange"), (60, "red")),
+            width=6,
+            height=5,
+        ),
+        Panel(
+            "stat",
+            "Uptime",
+            "Seconds since each worker process started (the seed's worker_uptime_seconds).",
+            [(f"worker_uptime_seconds{{{WORKER_POD}}}", "{{pod}}")],
+            "s",
+            width=6,
+            height=5,
+        ),
     ]
     jobs = [
-        Panel("timeseries", "In flight vs. capacity", "Jobs each worker runs now and the jobs it runs at once "
-              "(CPW_MAX_CONCURRENT_JOBS).",
-              [(f"sum by (pod) (cpw_worker_jobs_in_flight{{{WORKER_POD}}})", "in flight {{pod}}"),
-               (f"sum by (pod) (cpw_worker_capacity{{{WORKER_POD}}})", "capacity {{pod}}")], "short"),
-        Panel("timeseries", "Attempts by outcome", "Job attempts each worker finished per second, by outcome.",
-              [(f"sum by (pod, outcome) (rate(cpw_worker_jobs_total{{{WORKER_POD}}}{rate}))", "{{pod}} {{outcome}}")],
-              "ops"),
-        Panel("timeseries", "Job duration p95 by pod", "95th percentile of an attempt's duration per worker "
-              "(finished attempts). One slow pod points at its node or a stuck dependency connection.",
-              [(f"histogram_quantile(0.95, sum by (pod, le) (rate(cpw_worker_job_duration_seconds_bucket{{{WORKER_POD}, {FINISHED}}}{rate})))",
-                "{{pod}}")], "s", steps((None, "green"), (900, "red")), threshold_lines=True),
-        Panel("timeseries", "Job duration p95 by operation", "95th percentile of an attempt's duration per provider "
-              "namespace / resource type / operation, on the selected workers.",
-              [(f"histogram_quantile(0.95, sum by (provider_namespace, resource_type, operation, le) "
-                f"(rate(cpw_worker_job_duration_seconds_bucket{{{WORKER_POD}, {FINISHED}}}{rate})))",
-                "{{provider_namespace}}/{{resource_type}} {{operation}}")],
-              "s", steps((None, "green"), (900, "red")), threshold_lines=True),
-        Panel("timeseries", "Queue wait p95 by pod", "95th percentile of the wait from submission to the first "
-              "attempt, for the jobs each worker started.",
-              [(f"histogram_quantile(0.95, sum by (pod, le) (rate(cpw_worker_queue_wait_seconds_bucket{{{WORKER_POD}}}{rate})))",
-                "{{pod}}")], "s", steps((None, "green"), (120, "red")), threshold_lines=True),
-        Panel("timeseries", "Finished jobs (seed counters)", "The seed's counters per worker: jobs finished (any "
-              "terminal outcome) and jobs finished as Failed, per second.",
-              [(f"sum by (pod) (rate(worker_jobs_processed_total{{{WORKER_POD}}}{rate}))", "processed {{pod}}"),
-               (f"sum by (pod) (rate(worker_jobs_failed_total{{{WORKER_POD}}}{rate}))", "failed {{pod}}")], "ops"),
+        Panel(
+            "timeseries",
+            "In flight vs. capacity",
+            "Jobs each worker runs now and the jobs it runs at once (CPW_MAX_CONCURRENT_JOBS).",
+            [
+                (f"sum by (pod) (cpw_worker_jobs_in_flight{{{WORKER_POD}}})", "in flight {{pod}}"),
+                (f"sum by (pod) (cpw_worker_capacity{{{WORKER_POD}}})", "capacity {{pod}}"),
+            ],
+            "short",
+        ),
+        Panel(
+            "timeseries",
+            "Attempts by outcome",
+            "Job attempts each worker finished per second, by outcome.",
+            [(f"sum by (pod, outcome) (rate(cpw_worker_jobs_total{{{WORKER_POD}}}{rate}))", "{{pod}} {{outcome}}")],
+            "ops",
+        ),
+        Panel(
+            "timeseries",
+            "Job duration p95 by pod",
+            "95th percentile of an attempt's duration per worker "
+            "(finished attempts). One slow pod points at its node or a stuck dependency connection.",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (pod, le) (rate(cpw_worker_job_duration_seconds_bucket{{{WORKER_POD}, {FINISHED}}}{rate})))",
+                    "{{pod}}",
+                )
+            ],
+            "s",
+            steps((None, "green"), (900, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "Job duration p95 by operation",
+            "95th percentile of an attempt's duration per provider "
+            "namespace / resource type / operation, on the selected workers.",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (provider_namespace, resource_type, operation, le) "
+                    f"(rate(cpw_worker_job_duration_seconds_bucket{{{WORKER_POD}, {FINISHED}}}{rate})))",
+                    "{{provider_namespace}}/{{resource_type}} {{operation}}",
+                )
+            ],
+            "s",
+            steps((None, "green"), (900, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "Queue wait p95 by pod",
+            "95th percentile of the wait from submission to the first attempt, for the jobs each worker started.",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (pod, le) (rate(cpw_worker_queue_wait_seconds_bucket{{{WORKER_POD}}}{rate})))",
+                    "{{pod}}",
+                )
+            ],
+            "s",
+            steps((None, "green"), (120, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "Finished jobs (seed counters)",
+            "The seed's counters per worker: jobs finished (any "
+            "terminal outcome) and jobs finished as Failed, per second.",
+            [
+                (f"sum by (pod) (rate(worker_jobs_processed_total{{{WORKER_POD}}}{rate}))", "processed {{pod}}"),
+                (f"sum by (pod) (rate(worker_jobs_failed_total{{{WORKER_POD}}}{rate}))", "failed {{pod}}"),
+            ],
+            "ops",
+        ),
     ]
     delivery = [
-        Panel("timeseries", "Retries, dead letters, cancellations", "Per worker and second: attempts scheduled "
-              "again, messages dead-lettered (by reason), jobs canceled on request.",
-              [(f"sum by (pod) (rate(cpw_worker_retries_total{{{WORKER_POD}}}{rate}))", "retries {{pod}}"),
-               (f"sum by (pod, reason) (rate(cpw_worker_dead_lettered_total{{{WORKER_POD}}}{rate}))",
-                "dead-lettered {{reason}} {{pod}}"),
-               (f"sum by (pod) (rate(cpw_worker_canceled_total{{{WORKER_POD}}}{rate}))", "canceled {{pod}}")], "ops"),
-        Panel("timeseries", "Broker events", "Per worker and second: reconnects to RabbitMQ, deliveries flagged "
-              "redelivered, acks lost on a dropped channel (the broker redelivers those jobs).",
-              [(f"sum by (pod) (rate(cpw_worker_broker_reconnects_total{{{WORKER_POD}}}{rate}))", "reconnects {{pod}}"),
-               (f"sum by (pod) (rate(cpw_worker_redelivered_total{{{WORKER_POD}}}{rate}))", "redelivered {{pod}}"),
-               (f"sum by (pod) (rate(cpw_worker_ack_lost_total{{{WORKER_POD}}}{rate}))", "ack lost {{pod}}")], "ops"),
-        Panel("timeseries", "Heartbeat age", "Seconds since each worker's last heartbeat over time; a saw-tooth "
-              "up to the heartbeat interval is normal.",
-              [(f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{WORKER_POD}}}", "{{pod}}")], "s",
-              steps((None, "green"), (15, "orange"), (60, "red")), threshold_lines=True),
-        Panel("timeseries", "Version", "The controlplane-workers version each worker runs (cpw_build_info); two "
-              "lines during a rollout.",
-              [(f"count by (version) (cpw_build_info{{{WORKER_POD}}})", "{{version}}")], "short"),
+        Panel(
+            "timeseries",
+            "Retries, dead letters, cancellations",
+            "Per worker and second: attempts scheduled "
+            "again, messages dead-lettered (by reason), jobs canceled on request.",
+            [
+                (f"sum by (pod) (rate(cpw_worker_retries_total{{{WORKER_POD}}}{rate}))", "retries {{pod}}"),
+                (
+                    f"sum by (pod, reason) (rate(cpw_worker_dead_lettered_total{{{WORKER_POD}}}{rate}))",
+                    "dead-lettered {{reason}} {{pod}}",
+                ),
+                (f"sum by (pod) (rate(cpw_worker_canceled_total{{{WORKER_POD}}}{rate}))", "canceled {{pod}}"),
+            ],
+            "ops",
+        ),
+        Panel(
+            "timeseries",
+            "Broker events",
+            "Per worker and second: reconnects to RabbitMQ, deliveries flagged "
+            "redelivered, acks lost on a dropped channel (the broker redelivers those jobs).",
+            [
+                (
+                    f"sum by (pod) (rate(cpw_worker_broker_reconnects_total{{{WORKER_POD}}}{rate}))",
+                    "reconnects {{pod}}",
+                ),
+                (f"sum by (pod) (rate(cpw_worker_redelivered_total{{{WORKER_POD}}}{rate}))", "redelivered {{pod}}"),
+                (f"sum by (pod) (rate(cpw_worker_ack_lost_total{{{WORKER_POD}}}{rate}))", "ack lost {{pod}}"),
+            ],
+            "ops",
+        ),
+        Panel(
+            "timeseries",
+            "Heartbeat age",
+            "Seconds since each worker's last heartbeat over time; a saw-tooth up to the heartbeat interval is normal.",
+            [(f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{WORKER_POD}}}", "{{pod}}")],
+            "s",
+            steps((None, "green"), (15, "orange"), (60, "red")),
+            threshold_lines=True,
+        ),
+        Panel(
+            "timeseries",
+            "Version",
+            "The controlplane-workers version each worker runs (cpw_build_info); two lines during a rollout.",
+            [(f"count by (version) (cpw_build_info{{{WORKER_POD}}})", "{{version}}")],
+            "short",
+        ),
     ]
     process = [
-        Panel("timeseries", "CPU", "CPU seconds per second each worker process uses (prometheus-client's process "
-              "collector).",
-              [(f"sum by (pod) (rate(process_cpu_seconds_total{{{WORKER_POD}}}{rate}))", "{{pod}}")], "percentunit"),
-        Panel("timeseries", "Memory", "Resident memory of each worker process.",
-              [(f"sum by (pod) (process_resident_memory_bytes{{{WORKER_POD}}})", "{{pod}}")], "bytes"),
+        Panel(
+            "timeseries",
+            "CPU",
+            "CPU seconds per second each worker process uses (prometheus-client's process collector).",
+            [(f"sum by (pod) (rate(process_cpu_seconds_total{{{WORKER_POD}}}{rate}))", "{{pod}}")],
+            "percentunit",
+        ),
+        Panel(
+            "timeseries",
+            "Memory",
+            "Resident memory of each worker process.",
+            [(f"sum by (pod) (process_resident_memory_bytes{{{WORKER_POD}}})", "{{pod}}")],
+            "bytes",
+        ),
     ]
     return dashboard(
         "cpw-worker-detail",

@@ -29,9 +29,9 @@ for _path in (ROOT, ROOT / "worker", ROOT / "api-adapter"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from controlplane_workers import settings as settings_module  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
+from controlplane_workers import settings as settings_module  # noqa: E402
 from tests.chart import docs_gen  # noqa: E402
 
 DOC = ROOT / "docs" / "configuration.md"
@@ -198,9 +198,7 @@ def chart_env() -> dict[str, set[str]]:
             continue
         parts = path.relative_to(CHART).parts
         who = (
-            component.get(parts[1], "?")
-            if parts[0] == "charts"
-            else ("helm test" if "tests" in parts else "umbrella")
+            component.get(parts[1], "?") if parts[0] == "charts" else ("helm test" if "tests" in parts else "umbrella")
         )
         for name in re.findall(r"-\s+name:\s+((?:CPW|OTEL)_\w+)", path.read_text()):
             out.setdefault(name, set()).update(w.strip() for w in who.split(","))
@@ -408,8 +406,7 @@ def render() -> str:
         "Types and allowed values come from the charts' `values.schema.json` (Helm refuses values that do "
         "not match), defaults and descriptions from the `# --` comments of the values files. "
         "[chart.md](chart.md) explains them by topic; the seed's `rabbitmq.*` keys live under "
-        "`global.rabbitmq.*`.\n\n"
-        + values_section(tables)
+        "`global.rabbitmq.*`.\n\n" + values_section(tables)
     ).rstrip("\n") + "\n"
 
 

@@ -66,7 +66,9 @@ class BrokerEndpoint:
 def rabbitmq() -> Iterator[BrokerEndpoint]:
     url = os.environ.get("CPW_TEST_RABBITMQ_URL")
     if url:
-        yield BrokerEndpoint(url, os.environ.get("CPW_TEST_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"))
+        yield BrokerEndpoint(
+            url, os.environ.get("CPW_TEST_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+        )
         return
     if not installed():
         pytest.fail("rabbitmq-server is not installed: run `make test` (it installs it) or set CPW_TEST_RABBITMQ_URL")

@@ -54,9 +54,18 @@ _PAGE_MAX = 1000
 
 # The HTTP status of a failed operation's final answer, by the ARM error code the provider chose.
 ERROR_STATUS = {
-    "ResourceNotFound": 404, "NotFound": 404, "InvalidRequest": 400, "BadRequest": 400,
-    "InvalidAction": 400, "InvalidParameter": 400, "Conflict": 409, "Forbidden": 403,
-    "Canceled": 409, "UnknownProvider": 400, "Malformed": 400, "PoisonMessage": 400,
+    "ResourceNotFound": 404,
+    "NotFound": 404,
+    "InvalidRequest": 400,
+    "BadRequest": 400,
+    "InvalidAction": 400,
+    "InvalidParameter": 400,
+    "Conflict": 409,
+    "Forbidden": 403,
+    "Canceled": 409,
+    "UnknownProvider": 400,
+    "Malformed": 400,
+    "PoisonMessage": 400,
 }
 
 
@@ -120,7 +129,11 @@ class ApiContext:
     """What the routes share: settings, the queue, the store, the fleet view and the token map."""
 
     def __init__(
-        self, settings: Settings, queue: JobQueue, store: OperationStore, fleet: WorkerRegistry,
+        self,
+        settings: Settings,
+        queue: JobQueue,
+        store: OperationStore,
+        fleet: WorkerRegistry,
         auth: TokenAuth | None,
     ) -> None:
         self.settings = settings
@@ -139,8 +152,11 @@ class ApiContext:
         tenant = self.auth.tenant_for(request.headers.get("authorization"))
         if tenant is None:
             raise ApiError(
-                401, "AuthenticationFailed", "A valid bearer token is required.",
-                reason="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="cpw"'},
+                401,
+                "AuthenticationFailed",
+                "A valid bearer token is required.",
+                reason="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="cpw"'},
             )
         return tenant
 
@@ -234,8 +250,15 @@ class ApiContext:
 
     # -- submission
     async def submit(
-        self, request: Request, tenant: str | None, operation: Operation, namespace: str, rtype: str,
-        resource_request: dict[str, Any], raw_body: bytes, answer: Callable[[str, float], Awaitable[Response]],
+        self,
+        request: Request,
+        tenant: str | None,
+        operation: Operation,
+        namespace: str,
+        rtype: str,
+        resource_request: dict[str, Any],
+        raw_body: bytes,
+        answer: Callable[[str, float], Awaitable[Response]],
         priority: int | None = None,
     ) -> Response:
         """Publish a job (confirmed), then answer; Idempotency-Key replays the first success."""
@@ -256,53 +279,78 @@ class ApiContext:
                     break
                 if entry.fingerprint != fingerprint:
                     raise ApiError(
-                        422, "IdempotencyKeyReused",
+                        422,
+                        "IdempotencyKeyReused",
                         "This Idempotency-Key was used with another request; use a new key.",
-                        details=[{"code": "IdempotencyKeyReused", "target": "Idempotency-Key",
-                                  "message": "the same key came with another method, path or body"}],
+                        details=[
+                            {
+                                "code": "IdempotencyKeyReused",
+                                "target": "Idempotency-Key",
+                                "message": "the same key came with another method, path or body",
+                            }
+                        ],
                         reason="conflict",
                     )
                 if entry.response is None:
                     await entry.done.wait()  # the first request with this key is still in progress
                     continue
                 status, body, headers = entry.response
-                return Response(body, status_code=status, headers={**headers, "Idempotent-Replayed": "true"},
-                                media_type=JSON)
+                return Response(
+                    body, status_code=status, headers={**headers, "Idempotent-Replayed": "true"}, media_type=JSON
+                )
         try:
             prio = self.priority(request, operation) if priority is None else priority
             wait = self.wait_for(request)
             cap = self.settings.api_tenant_max_queued
             if self.store.active_count(tenant) >= cap:
                 raise ApiError(
-                    429, "TooManyRequests", f"This tenant has {cap} jobs queued or running; retry later.",
-                    reason="rate_limited", headers={"Retry-After": self.retry_after},
+                    429,
+                    "TooManyRequests",
+                    f"This tenant has {cap} jobs queued or running; retry later.",
+                    reason="rate_limited",
+                    headers={"Retry-After": self.retry_after},
                 )
             now = time.time()
             job_id = new_job_id(now)
             if tracing.enabled:  # the HTTP request's span names the job it submitted
                 tracing.set_attributes({"cpw.job.id": job_id})
             job = {
-                "id": job_id, "provider_namespace": namespace, "resource_type": rtype,
-                "operation": operation.value, "request": resource_request, "priority": prio,
-                "submitted_at": now, "tenant": tenant,
+                "id": job_id,
+                "provider_namespace": namespace,
+                "resource_type": rtype,
+                "operation": operation.value,
+                "request": resource_request,
+                "priority": prio,
+                "submitted_at": now,
+                "tenant": tenant,
             }
             accepted = Job.model_construct(
-                id=job_id, provider_namespace=namespace, resource_type=rtype, operation=operation,
+                id=job_id,
+                provider_namespace=namespace,
+                resource_type=rtype,
+                operation=operation,
                 request=ResourceRequest.model_construct(resource_name=resource_request.get("resource_name", "")),
-                priority=prio, submitted_at=now, tenant=tenant,
+                priority=prio,
+                submitted_at=now,
+                tenant=tenant,
             )
             try:
                 await self.queue.submit_encoded(orjson.dumps(job), accepted)
             except (BrokerUnavailable, UnroutableJob):
                 raise ApiError(
-                    503, "ServiceUnavailable", "The job broker is unavailable; nothing was accepted. Retry later.",
-                    reason="broker_unavailable", headers={"Retry-After": self.retry_after},
+                    503,
+                    "ServiceUnavailable",
+                    "The job broker is unavailable; nothing was accepted. Retry later.",
+                    reason="broker_unavailable",
+                    headers={"Retry-After": self.retry_after},
                 ) from None
             self.store.accept(accepted)  # a no-op for the stream-fed index; a write for another store
             metrics.count_submission(operation.value, prio)
             response = await answer(job_id, wait)
             if entry is not None and response.status_code < 300:
-                headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+                headers = {
+                    k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
+                }
                 entry.response = (response.status_code, bytes(response.body), headers)
                 entry.done.set()
             return response
@@ -354,37 +402,54 @@ def segment(request: Request, name: str) -> str:
 def api_version(request: Request) -> str:
     value = request.query_params.get("api-version")
     if value is None:
-        raise invalid("The 'api-version' query parameter is required (YYYY-MM-DD).", "api-version",
-                      "MissingApiVersionParameter")
+        raise invalid(
+            "The 'api-version' query parameter is required (YYYY-MM-DD).", "api-version", "MissingApiVersionParameter"
+        )
     if not _API_VERSION.fullmatch(value):
-        raise invalid(f"'api-version' must be YYYY-MM-DD, not {value[:40]!r}.", "api-version",
-                      "InvalidApiVersionParameter")
+        raise invalid(
+            f"'api-version' must be YYYY-MM-DD, not {value[:40]!r}.", "api-version", "InvalidApiVersionParameter"
+        )
     return value
 
 
 def operation_status(record: JobResult) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "operation": record.operation.value if record.operation else None,
-        "namespace": record.provider_namespace, "type": record.resource_type,
-        "resourceName": record.resource_name, "attempts": record.attempts, "workerId": record.worker_id,
+        "namespace": record.provider_namespace,
+        "type": record.resource_type,
+        "resourceName": record.resource_name,
+        "attempts": record.attempts,
+        "workerId": record.worker_id,
     }
     if record.status is JobStatus.SUCCEEDED:
         properties["output"] = record.result
     return {
-        "id": f"/operations/{record.job_id}", "name": record.job_id, "status": record.status.value,
-        "startTime": iso(record.submitted_at), "endTime": iso(record.finished_at),
-        "percentComplete": _PERCENT.get(record.status, 100.0), "properties": properties,
+        "id": f"/operations/{record.job_id}",
+        "name": record.job_id,
+        "status": record.status.value,
+        "startTime": iso(record.submitted_at),
+        "endTime": iso(record.finished_at),
+        "percentComplete": _PERCENT.get(record.status, 100.0),
+        "properties": properties,
         "error": error_of(record) if record.status in (JobStatus.FAILED, JobStatus.CANCELED) else None,
     }
 
 
 def job_view(record: JobResult) -> dict[str, Any]:
     return {
-        "id": record.job_id, "status": record.status.value, "namespace": record.provider_namespace,
-        "type": record.resource_type, "operation": record.operation.value if record.operation else None,
-        "resourceName": record.resource_name, "tenant": record.tenant, "priority": record.priority,
-        "attempts": record.attempts, "workerId": record.worker_id, "submittedAt": iso(record.submitted_at),
-        "startedAt": iso(record.started_at), "finishedAt": iso(record.finished_at),
+        "id": record.job_id,
+        "status": record.status.value,
+        "namespace": record.provider_namespace,
+        "type": record.resource_type,
+        "operation": record.operation.value if record.operation else None,
+        "resourceName": record.resource_name,
+        "tenant": record.tenant,
+        "priority": record.priority,
+        "attempts": record.attempts,
+        "workerId": record.worker_id,
+        "submittedAt": iso(record.submitted_at),
+        "startedAt": iso(record.started_at),
+        "finishedAt": iso(record.finished_at),
         "result": record.result if record.status is JobStatus.SUCCEEDED else None,
         "error": error_of(record) if record.status in (JobStatus.FAILED, JobStatus.CANCELED) else None,
     }
@@ -403,8 +468,11 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
                 tenant = None if public else ctx.authenticate(request)
                 if not public and not ctx.store.ready:
                     raise ApiError(
-                        503, "ServiceUnavailable", "The API is starting: its status index is being rebuilt.",
-                        reason="broker_unavailable", headers={"Retry-After": ctx.retry_after},
+                        503,
+                        "ServiceUnavailable",
+                        "The API is starting: its status index is being rebuilt.",
+                        reason="broker_unavailable",
+                        headers={"Retry-After": ctx.retry_after},
                     )
                 response = await handler(request, tenant)
             except ApiError as exc:
@@ -426,8 +494,14 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
         ns, rtype, name = segment(request, "namespace"), segment(request, "type"), segment(request, "name")
         body, raw = await ctx.read_json(request, ResourceBody, required=True)
         resource_request = {
-            "subscription_id": sub, "resource_group": rg, "provider_namespace": ns, "resource_type": rtype,
-            "resource_name": name, "location": body.get("location"), "body": body, "action": None,
+            "subscription_id": sub,
+            "resource_group": rg,
+            "provider_namespace": ns,
+            "resource_type": rtype,
+            "resource_name": name,
+            "location": body.get("location"),
+            "body": body,
+            "action": None,
             "api_version": version,
         }
         resource_id = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{rtype}/{name}"
@@ -438,7 +512,10 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
                 if record is not None:
                     return ctx.final_response(record, Operation.CREATE)
             accepted = {
-                "id": resource_id, "name": name, "type": f"{ns}/{rtype}", "location": body.get("location"),
+                "id": resource_id,
+                "name": name,
+                "type": f"{ns}/{rtype}",
+                "location": body.get("location"),
                 "properties": {**(body.get("properties") or {}), "provisioningState": "Accepted"},
                 "jobId": job_id,
             }
@@ -460,8 +537,15 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
             if has_action:
                 body, raw = await ctx.read_json(request, ActionBody, required=False)
             resource_request = {
-                "subscription_id": sub, "resource_group": rg, "provider_namespace": ns, "resource_type": rtype,
-                "resource_name": name, "location": None, "body": body, "action": action, "api_version": version,
+                "subscription_id": sub,
+                "resource_group": rg,
+                "provider_namespace": ns,
+                "resource_type": rtype,
+                "resource_name": name,
+                "location": None,
+                "body": body,
+                "action": action,
+                "api_version": version,
             }
 
             async def answer(job_id: str, wait: float) -> Response:
@@ -470,7 +554,8 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
                     if record is not None:
                         return ctx.final_response(record, operation)
                 return json_response(
-                    {"jobId": job_id, "status": "Accepted", "operation": operation.value}, 202,
+                    {"jobId": job_id, "status": "Accepted", "operation": operation.value},
+                    202,
                     ctx.poll_headers(request, job_id, version),
                 )
 
@@ -494,7 +579,8 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
             return ctx.final_response(record, record.operation)
         return json_response(
             {"jobId": job_id, "status": record.status.value, "operation": (record.operation or Operation.ACTION).value},
-            202, ctx.poll_headers(request, job_id, request.query_params.get("api-version")),
+            202,
+            ctx.poll_headers(request, job_id, request.query_params.get("api-version")),
         )
 
     # -- jobs
@@ -502,9 +588,18 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
         data, raw = await ctx.read_json(request, JobSubmission, required=True)
         operation = Operation(data["operation"])
         ns, rtype = data["namespace"], data["type"]
-        req = {"subscription_id": "", "resource_group": "", "resource_name": "", "location": None, "body": {},
-               "action": None, "api_version": None, **(data.get("request") or {}),
-               "provider_namespace": ns, "resource_type": rtype}
+        req = {
+            "subscription_id": "",
+            "resource_group": "",
+            "resource_name": "",
+            "location": None,
+            "body": {},
+            "action": None,
+            "api_version": None,
+            **(data.get("request") or {}),
+            "provider_namespace": ns,
+            "resource_type": rtype,
+        }
         priority = data.get("priority")
 
         async def answer(job_id: str, wait: float) -> Response:
@@ -528,7 +623,9 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
         record = ctx.lookup(job_id, tenant)
         if record.terminal:
             raise ApiError(
-                409, "Conflict", f"The job '{job_id}' has already finished as {record.status.value}.",
+                409,
+                "Conflict",
+                f"The job '{job_id}' has already finished as {record.status.value}.",
                 reason="conflict",
             )
         wait = ctx.wait_for(request)
@@ -536,8 +633,11 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
             await ctx.queue.cancel_job(job_id, reason="canceled through the API")
         except BrokerUnavailable:
             raise ApiError(
-                503, "ServiceUnavailable", "The job broker is unavailable; the cancel was not sent. Retry later.",
-                reason="broker_unavailable", headers={"Retry-After": ctx.retry_after},
+                503,
+                "ServiceUnavailable",
+                "The job broker is unavailable; the cancel was not sent. Retry later.",
+                reason="broker_unavailable",
+                headers={"Retry-After": ctx.retry_after},
             ) from None
         if wait:
             record = await ctx.store.wait(job_id, wait) or record
@@ -550,8 +650,9 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
             try:
                 status = JobStatus(params["status"])
             except ValueError:
-                raise invalid("'status' must be one of Accepted, Running, Succeeded, Failed, Canceled.",
-                              "status") from None
+                raise invalid(
+                    "'status' must be one of Accepted, Running, Succeeded, Failed, Canceled.", "status"
+                ) from None
         top_raw = params.get("top", "100")
         if not top_raw.isdigit() or not 1 <= int(top_raw) <= _PAGE_MAX:
             raise invalid(f"'top' must be an integer from 1 to {_PAGE_MAX}.", "top")
@@ -573,15 +674,25 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
             q = await ctx.queue.get_queue_stats()
         except Exception:
             raise ApiError(
-                503, "ServiceUnavailable", "The job broker is unavailable; queue statistics cannot be read.",
-                reason="broker_unavailable", headers={"Retry-After": ctx.retry_after},
+                503,
+                "ServiceUnavailable",
+                "The job broker is unavailable; queue statistics cannot be read.",
+                reason="broker_unavailable",
+                headers={"Retry-After": ctx.retry_after},
             ) from None
         fleet = ctx.fleet.get_registry_status()
-        return json_response({
-            "ready": q.ready, "unacked": max(q.unacked, int(fleet["in_flight"])), "deadLetters": q.dead_letters,
-            "retrying": q.retrying, "consumers": q.consumers, "inFlight": int(fleet["in_flight"]),
-            "jobs": ctx.store.counts(tenant), "index": ctx.store.info(),
-        })
+        return json_response(
+            {
+                "ready": q.ready,
+                "unacked": max(q.unacked, int(fleet["in_flight"])),
+                "deadLetters": q.dead_letters,
+                "retrying": q.retrying,
+                "consumers": q.consumers,
+                "inFlight": int(fleet["in_flight"]),
+                "jobs": ctx.store.counts(tenant),
+                "index": ctx.store.info(),
+            }
+        )
 
     async def openapi_route(request: Request, tenant: str | None) -> Response:
         return json_response(openapi or {})
@@ -616,8 +727,12 @@ def build_app(ctx: ApiContext, *, extra_routes: list[Route] | None = None, opena
         if exc.status_code == 404:
             metrics.count_rejection("not_found")
         metrics.observe_request("<unmatched>", request.method, exc.status_code, 0.0)
-        return Response(orjson.dumps(arm_error_body(code, message)), status_code=exc.status_code,
-                        headers=dict(exc.headers or {}), media_type=JSON)
+        return Response(
+            orjson.dumps(arm_error_body(code, message)),
+            status_code=exc.status_code,
+            headers=dict(exc.headers or {}),
+            media_type=JSON,
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error: %s", type(exc).__name__)

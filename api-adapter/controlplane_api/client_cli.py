@@ -19,7 +19,9 @@ OPERATIONS = ("create", "get", "delete", "list", "action")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    jobs = subparsers.add_parser("jobs", help="submit, inspect and cancel jobs through the API (CPW_API_URL, CPW_API_TOKEN)")
+    jobs = subparsers.add_parser(
+        "jobs", help="submit, inspect and cancel jobs through the API (CPW_API_URL, CPW_API_TOKEN)"
+    )
     jobs.add_argument("--api", default=None, help="API base URL (CPW_API_URL, default http://127.0.0.1:8000)")
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
 
@@ -105,9 +107,16 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
             print(f"cpw jobs submit: --body is not JSON: {exc}", file=sys.stderr)
             return 2
         payload: dict[str, Any] = {
-            "namespace": args.namespace, "type": args.type, "operation": args.operation,
-            "request": {"subscription_id": args.subscription, "resource_group": args.resource_group,
-                        "resource_name": args.name, "action": args.action, "body": body},
+            "namespace": args.namespace,
+            "type": args.type,
+            "operation": args.operation,
+            "request": {
+                "subscription_id": args.subscription,
+                "resource_group": args.resource_group,
+                "resource_name": args.name,
+                "action": args.action,
+                "body": body,
+            },
         }
         if args.priority is not None:
             payload["priority"] = args.priority

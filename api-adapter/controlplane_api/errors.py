@@ -39,7 +39,9 @@ class ApiError(Exception):
     def response(self) -> Response:
         return Response(
             orjson.dumps(arm_error_body(self.code, self.message, self.details)),
-            status_code=self.status, headers=self.headers, media_type=JSON,
+            status_code=self.status,
+            headers=self.headers,
+            media_type=JSON,
         )
 
 
@@ -57,5 +59,6 @@ def not_found(message: str, code: str = "NotFound") -> ApiError:
 def internal_error() -> Response:
     return Response(
         orjson.dumps(arm_error_body("InternalServerError", "The server failed to answer the request.")),
-        status_code=500, media_type=JSON,
+        status_code=500,
+        media_type=JSON,
     )

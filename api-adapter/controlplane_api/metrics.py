@@ -9,26 +9,34 @@ from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REJECTION_REASONS = (
-    "unauthorized", "too_large", "rate_limited", "broker_unavailable", "invalid", "not_found", "conflict",
+    "unauthorized",
+    "too_large",
+    "rate_limited",
+    "broker_unavailable",
+    "invalid",
+    "not_found",
+    "conflict",
 )
 
 REQUESTS = Counter(
-    "cpw_api_requests", "HTTP requests answered, by route template, method and status code.",
+    "cpw_api_requests",
+    "HTTP requests answered, by route template, method and status code.",
     ("route", "method", "code"),
 )
 REQUEST_DURATION = Histogram(
-    "cpw_api_request_duration_seconds", "Time to answer an HTTP request, by route template.",
-    ("route", "method"), buckets=REQUEST_BUCKETS,
+    "cpw_api_request_duration_seconds",
+    "Time to answer an HTTP request, by route template.",
+    ("route", "method"),
+    buckets=REQUEST_BUCKETS,
 )
 SUBMISSIONS = Counter(
-    "cpw_api_submissions", "Jobs accepted (confirmed by the broker), by operation and priority.",
+    "cpw_api_submissions",
+    "Jobs accepted (confirmed by the broker), by operation and priority.",
     ("operation", "priority"),
 )
 REJECTIONS = Counter("cpw_api_rejections", "Requests refused, by reason.", ("reason",))
 INDEX_JOBS = Gauge("cpw_api_index_jobs", "Jobs held in this process's status index.")
-INDEX_LAG = Gauge(
-    "cpw_api_index_lag_seconds", "Seconds since the time of the last event applied to the status index."
-)
+INDEX_LAG = Gauge("cpw_api_index_lag_seconds", "Seconds since the time of the last event applied to the status index.")
 READY = Gauge("cpw_api_ready", "1 while this API process is connected and its index is rebuilt.")
 
 for _reason in REJECTION_REASONS:  # every reason exists from the start, so rate() sees the first one

@@ -15,8 +15,14 @@ from .app import ACTION, COLLECTION, RESOURCE
 REF = "#/components/schemas/{model}"
 _INPUT = (schemas.ResourceBody, schemas.ActionBody, schemas.JobSubmission)
 _OUTPUT = (
-    schemas.ArmError, schemas.OperationStatusResource, schemas.AcceptedResource, schemas.AcceptedOperation,
-    schemas.JobView, schemas.JobPage, schemas.Stats, schemas.Fleet,
+    schemas.ArmError,
+    schemas.OperationStatusResource,
+    schemas.AcceptedResource,
+    schemas.AcceptedOperation,
+    schemas.JobView,
+    schemas.JobPage,
+    schemas.Stats,
+    schemas.Fleet,
 )
 
 
@@ -38,32 +44,61 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     components = top["$defs"]
 
     retry_after = {"description": "Seconds to wait before polling or retrying.", "schema": {"type": "integer"}}
-    location = {"description": "Poll this URL: 202 while running, then the operation's final answer.",
-                "schema": {"type": "string"}}
-    async_op = {"description": "The operation status resource (always 200 while it exists).",
-                "schema": {"type": "string"}}
+    location = {
+        "description": "Poll this URL: 202 while running, then the operation's final answer.",
+        "schema": {"type": "string"},
+    }
+    async_op = {
+        "description": "The operation status resource (always 200 while it exists).",
+        "schema": {"type": "string"},
+    }
     poll_headers = {"Location": location, "Azure-AsyncOperation": async_op, "Retry-After": retry_after}
 
     segment = {"type": "string", "pattern": schemas.SEGMENT}
-    api_version = {"name": "api-version", "in": "query", "required": True,
-                   "schema": {"type": "string", "pattern": schemas.API_VERSION},
-                   "description": "ARM API version, YYYY-MM-DD."}
-    wait = {"name": "wait", "in": "query", "required": False,
-            "schema": {"type": "number", "minimum": 0, "maximum": settings.api_max_wait},
-            "description": "Wait up to this many seconds and answer like the synchronous call if the job ends "
-                           "in time (also `Prefer: wait=N`)."}
-    prefer = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string",
-              "pattern": r"^wait=[0-9]{1,2}$"}, "description": "RFC 7240 `wait=N`, as ?wait=N."}
-    priority_header = {"name": "x-ms-priority", "in": "header", "required": False,
-                       "schema": {"type": "string", "pattern": "^[0-9]$"},
-                       "description": "Job priority 0-9 (9 most urgent); default per operation: "
-                                      "get 8, create 7, delete 6, list and action 5. Also ?priority=."}
-    priority_query = {"name": "priority", "in": "query", "required": False,
-                      "schema": {"type": "integer", "minimum": 0, "maximum": 9}}
-    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False,
-                   "schema": {"type": "string", "pattern": schemas.IDEMPOTENCY_KEY},
-                   "description": f"The same key and request within {settings.api_idempotency_window:g} s answers "
-                                  "the first success again (Idempotent-Replayed: true); another request: 422."}
+    api_version = {
+        "name": "api-version",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string", "pattern": schemas.API_VERSION},
+        "description": "ARM API version, YYYY-MM-DD.",
+    }
+    wait = {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": settings.api_max_wait},
+        "description": "Wait up to this many seconds and answer like the synchronous call if the job ends "
+        "in time (also `Prefer: wait=N`).",
+    }
+    prefer = {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": r"^wait=[0-9]{1,2}$"},
+        "description": "RFC 7240 `wait=N`, as ?wait=N.",
+    }
+    priority_header = {
+        "name": "x-ms-priority",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]$"},
+        "description": "Job priority 0-9 (9 most urgent); default per operation: "
+        "get 8, create 7, delete 6, list and action 5. Also ?priority=.",
+    }
+    priority_query = {
+        "name": "priority",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0, "maximum": 9},
+    }
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": schemas.IDEMPOTENCY_KEY},
+        "description": f"The same key and request within {settings.api_idempotency_window:g} s answers "
+        "the first success again (Idempotent-Replayed: true); another request: 422.",
+    }
     job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
 
     def path_params(*names: str) -> list[dict[str, Any]]:
@@ -72,8 +107,9 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     common = {
         "401": _error("No or an unknown bearer token.", {"WWW-Authenticate": {"schema": {"type": "string"}}}),
         "500": _error("An internal error; no detail is given."),
-        "503": _error("The broker is unreachable or the index is rebuilding: nothing was done.",
-                      {"Retry-After": retry_after}),
+        "503": _error(
+            "The broker is unreachable or the index is rebuilding: nothing was done.", {"Retry-After": retry_after}
+        ),
     }
     submit_errors = {
         "400": _error("Malformed JSON, an invalid field (named in details), or a bad parameter."),
@@ -86,15 +122,20 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     lookup_errors = {"404": _error("Not found, or expired (code OperationExpired), or another tenant's."), **common}
 
     final = {
-        "200": {"description": "The operation finished in time: the resource or the action's result.",
-                "content": {"application/json": {"schema": {"type": "object"}}}},
+        "200": {
+            "description": "The operation finished in time: the resource or the action's result.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
         "400": _error("The operation failed with a client error, or a bad parameter."),
         "403": _error("The operation failed: forbidden."),
         "404": _error("The operation failed: not found."),
         "409": _error("The operation was canceled or conflicted."),
     }
-    accepted_op = {"description": "Accepted: the broker confirmed the job; poll Location.", "headers": poll_headers,
-                   "content": {"application/json": {"schema": _ref("AcceptedOperation")}}}
+    accepted_op = {
+        "description": "Accepted: the broker confirmed the job; poll Location.",
+        "headers": poll_headers,
+        "content": {"application/json": {"schema": _ref("AcceptedOperation")}},
+    }
     submit_params = [api_version, wait, prefer, priority_header, priority_query, idempotency]
     resource_params = path_params("subscription", "resourceGroup", "namespace", "type", "name")
 
@@ -102,118 +143,192 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         RESOURCE: {
             "parameters": resource_params,
             "put": {
-                "operationId": "Resources_CreateOrUpdate", "summary": "create_or_update, offloaded",
+                "operationId": "Resources_CreateOrUpdate",
+                "summary": "create_or_update, offloaded",
                 "parameters": submit_params,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ResourceBody")}}},
                 "responses": {
-                    "201": {"description": "Accepted: provisioningState Accepted, the job id in jobId.",
-                            "headers": poll_headers,
-                            "content": {"application/json": {"schema": _ref("AcceptedResource")}}},
-                    **final, **submit_errors,
+                    "201": {
+                        "description": "Accepted: provisioningState Accepted, the job id in jobId.",
+                        "headers": poll_headers,
+                        "content": {"application/json": {"schema": _ref("AcceptedResource")}},
+                    },
+                    **final,
+                    **submit_errors,
                 },
             },
-            "get": {"operationId": "Resources_Get", "summary": "get, offloaded", "parameters": submit_params,
-                    "responses": {"202": accepted_op, **final, **submit_errors}},
-            "delete": {"operationId": "Resources_Delete", "summary": "delete, offloaded",
-                       "parameters": submit_params,
-                       "responses": {"202": accepted_op, "204": {"description": "Deleted in time."},
-                                     **final, **submit_errors}},
+            "get": {
+                "operationId": "Resources_Get",
+                "summary": "get, offloaded",
+                "parameters": submit_params,
+                "responses": {"202": accepted_op, **final, **submit_errors},
+            },
+            "delete": {
+                "operationId": "Resources_Delete",
+                "summary": "delete, offloaded",
+                "parameters": submit_params,
+                "responses": {"202": accepted_op, "204": {"description": "Deleted in time."}, **final, **submit_errors},
+            },
         },
         ACTION: {
             "parameters": path_params("subscription", "resourceGroup", "namespace", "type", "name", "action"),
             "post": {
-                "operationId": "Resources_Action", "summary": "action, offloaded", "parameters": submit_params,
+                "operationId": "Resources_Action",
+                "summary": "action, offloaded",
+                "parameters": submit_params,
                 "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ActionBody")}}},
                 "responses": {"202": accepted_op, **final, **submit_errors},
             },
         },
         COLLECTION: {
             "parameters": path_params("subscription", "resourceGroup", "namespace", "type"),
-            "get": {"operationId": "Resources_List", "summary": "list, offloaded", "parameters": submit_params,
-                    "responses": {"202": accepted_op, **final, **submit_errors}},
+            "get": {
+                "operationId": "Resources_List",
+                "summary": "list, offloaded",
+                "parameters": submit_params,
+                "responses": {"202": accepted_op, **final, **submit_errors},
+            },
         },
         "/operations/{id}": {
             "get": {
-                "operationId": "Operations_Get", "summary": "The operation status resource.",
+                "operationId": "Operations_Get",
+                "summary": "The operation status resource.",
                 "parameters": [job_id],
-                "responses": {"200": {"description": "The operation.",
-                                      "content": {"application/json": {"schema": _ref("OperationStatusResource")}}},
-                              **lookup_errors},
+                "responses": {
+                    "200": {
+                        "description": "The operation.",
+                        "content": {"application/json": {"schema": _ref("OperationStatusResource")}},
+                    },
+                    **lookup_errors,
+                },
             }
         },
         "/operationResults/{id}": {
             "get": {
-                "operationId": "Operations_Result", "summary": "202 while running, then the final answer.",
+                "operationId": "Operations_Result",
+                "summary": "202 while running, then the final answer.",
                 "parameters": [job_id, wait, prefer],
-                "responses": {"202": accepted_op, "204": {"description": "A delete finished."}, **final,
-                              "400": _error("A bad parameter, or the operation failed with a client error."),
-                              **lookup_errors},
+                "responses": {
+                    "202": accepted_op,
+                    "204": {"description": "A delete finished."},
+                    **final,
+                    "400": _error("A bad parameter, or the operation failed with a client error."),
+                    **lookup_errors,
+                },
             }
         },
         "/jobs": {
             "post": {
-                "operationId": "Jobs_Submit", "summary": "Submit a job for any provider.",
+                "operationId": "Jobs_Submit",
+                "summary": "Submit a job for any provider.",
                 "parameters": [wait, prefer, idempotency],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSubmission")}}},
                 "responses": {
-                    "202": {"description": "Accepted.", "headers": poll_headers,
-                            "content": {"application/json": {"schema": _ref("JobView")}}},
-                    "200": {"description": "Finished within ?wait.",
-                            "content": {"application/json": {"schema": _ref("JobView")}}},
+                    "202": {
+                        "description": "Accepted.",
+                        "headers": poll_headers,
+                        "content": {"application/json": {"schema": _ref("JobView")}},
+                    },
+                    "200": {
+                        "description": "Finished within ?wait.",
+                        "content": {"application/json": {"schema": _ref("JobView")}},
+                    },
                     **submit_errors,
                 },
             },
             "get": {
-                "operationId": "Jobs_List", "summary": "This tenant's jobs, newest first, paged.",
+                "operationId": "Jobs_List",
+                "summary": "This tenant's jobs, newest first, paged.",
                 "parameters": [
-                    {"name": "status", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": [s.value for s in schemas.JobStatus]}},
-                    {"name": "top", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": [s.value for s in schemas.JobStatus]},
+                    },
+                    {
+                        "name": "top",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
                     {"name": "skipToken", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
-                "responses": {"200": {"description": "A page.",
-                                      "content": {"application/json": {"schema": _ref("JobPage")}}},
-                              "400": _error("A bad parameter."), **common},
-            },
-        },
-        "/jobs/{id}": {
-            "get": {"operationId": "Jobs_Get", "parameters": [job_id],
-                    "responses": {"200": {"description": "The job.",
-                                          "content": {"application/json": {"schema": _ref("JobView")}}},
-                                  **lookup_errors}},
-            "delete": {
-                "operationId": "Jobs_Cancel", "summary": "Cancel (idempotent); 409 once the job has ended.",
-                "parameters": [job_id, wait, prefer],
                 "responses": {
-                    "202": {"description": "Cancel requested.", "headers": {"Retry-After": retry_after},
-                            "content": {"application/json": {"schema": _ref("JobView")}}},
-                    "200": {"description": "Canceled within ?wait.",
-                            "content": {"application/json": {"schema": _ref("JobView")}}},
+                    "200": {"description": "A page.", "content": {"application/json": {"schema": _ref("JobPage")}}},
                     "400": _error("A bad parameter."),
-                    "409": _error("The job has already ended."), **lookup_errors,
+                    **common,
                 },
             },
         },
-        "/workers": {"get": {"operationId": "Fleet_Get", "summary": "Workers heard through heartbeats.",
-                             "responses": {"200": {"description": "The fleet.",
-                                                   "content": {"application/json": {"schema": _ref("Fleet")}}},
-                                           **common}}},
-        "/stats": {"get": {"operationId": "Stats_Get", "summary": "Queue depth, DLQ, consumers, jobs by state.",
-                           "responses": {"200": {"description": "Statistics.",
-                                                 "content": {"application/json": {"schema": _ref("Stats")}}},
-                                         **common}}},
+        "/jobs/{id}": {
+            "get": {
+                "operationId": "Jobs_Get",
+                "parameters": [job_id],
+                "responses": {
+                    "200": {"description": "The job.", "content": {"application/json": {"schema": _ref("JobView")}}},
+                    **lookup_errors,
+                },
+            },
+            "delete": {
+                "operationId": "Jobs_Cancel",
+                "summary": "Cancel (idempotent); 409 once the job has ended.",
+                "parameters": [job_id, wait, prefer],
+                "responses": {
+                    "202": {
+                        "description": "Cancel requested.",
+                        "headers": {"Retry-After": retry_after},
+                        "content": {"application/json": {"schema": _ref("JobView")}},
+                    },
+                    "200": {
+                        "description": "Canceled within ?wait.",
+                        "content": {"application/json": {"schema": _ref("JobView")}},
+                    },
+                    "400": _error("A bad parameter."),
+                    "409": _error("The job has already ended."),
+                    **lookup_errors,
+                },
+            },
+        },
+        "/workers": {
+            "get": {
+                "operationId": "Fleet_Get",
+                "summary": "Workers heard through heartbeats.",
+                "responses": {
+                    "200": {"description": "The fleet.", "content": {"application/json": {"schema": _ref("Fleet")}}},
+                    **common,
+                },
+            }
+        },
+        "/stats": {
+            "get": {
+                "operationId": "Stats_Get",
+                "summary": "Queue depth, DLQ, consumers, jobs by state.",
+                "responses": {
+                    "200": {"description": "Statistics.", "content": {"application/json": {"schema": _ref("Stats")}}},
+                    **common,
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "controlplane-workers API adapter", "version": __version__,
-                 "description": "ARM-style long-running operations answered by a worker fleet. See docs/api.md."},
+        "info": {
+            "title": "controlplane-workers API adapter",
+            "version": __version__,
+            "description": "ARM-style long-running operations answered by a worker fleet. See docs/api.md.",
+        },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "A token from CPW_API_TOKENS_FILE; it names the tenant."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from CPW_API_TOKENS_FILE; it names the tenant.",
+                }
+            },
         },
     }

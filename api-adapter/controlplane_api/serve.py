@@ -74,9 +74,13 @@ class ApiProcess:
 
     def status(self) -> dict[str, Any]:
         return {
-            "role": "api", "ready": self.is_ready(), "broker_connected": self.queue.broker.connected.is_set(),
-            "rebuild_seconds": self.rebuild_seconds, "auth": self.auth is not None,
-            "index": self.store.info(), "uptime_seconds": round(time.time() - self.started, 3),
+            "role": "api",
+            "ready": self.is_ready(),
+            "broker_connected": self.queue.broker.connected.is_set(),
+            "rebuild_seconds": self.rebuild_seconds,
+            "auth": self.auth is not None,
+            "index": self.store.info(),
+            "uptime_seconds": round(time.time() - self.started, 3),
         }
 
     async def start(self, stop: asyncio.Event) -> bool:
@@ -111,7 +115,10 @@ class ApiProcess:
         rate = self.index.events / self.rebuild_seconds if self.rebuild_seconds else 0.0
         log.info(
             "api ready: index rebuilt from %d events (%d jobs) in %.3fs, %.0f events/s",
-            self.index.events, len(self.index), self.rebuild_seconds, rate,
+            self.index.events,
+            len(self.index),
+            self.rebuild_seconds,
+            rate,
         )
         return True
 
@@ -131,22 +138,24 @@ def dev_banner(settings: Settings, process: ApiProcess) -> str:
     )
     header = "" if process.auth is None else " -H 'Authorization: Bearer <token>'"
     resource = "/subscriptions/demo/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1"
-    return "\n".join([
-        "",
-        f"  controlplane-workers dev platform: API on {base} (broker {settings.rabbitmq_url})",
-        f"  {auth}",
-        f"  ops routes on the same port: {base}/health/ready, {base}/metrics;  OpenAPI: {base}/openapi.json",
-        "",
-        "  create a demo VM (201 + Location), then poll its operation:",
-        f"    curl -si -X PUT{header} -H 'Content-Type: application/json' \\",
-        f"      '{base}{resource}?api-version=2024-01-01' \\",
-        "      -d '{\"location\": \"westeurope\", \"properties\": {\"vmSize\": \"Standard_D2s_v5\"}}'",
-        f"    curl -s{header} '{base}/operations/<jobId from the answer>?api-version=2024-01-01'",
-        "  or wait for it in one call:",
-        f"    curl -s -X PUT{header} -H 'Content-Type: application/json' \\",
-        f"      '{base}{resource}?api-version=2024-01-01&wait=10' -d '{{\"location\": \"westeurope\"}}'",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"  controlplane-workers dev platform: API on {base} (broker {settings.rabbitmq_url})",
+            f"  {auth}",
+            f"  ops routes on the same port: {base}/health/ready, {base}/metrics;  OpenAPI: {base}/openapi.json",
+            "",
+            "  create a demo VM (201 + Location), then poll its operation:",
+            f"    curl -si -X PUT{header} -H 'Content-Type: application/json' \\",
+            f"      '{base}{resource}?api-version=2024-01-01' \\",
+            '      -d \'{"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}}\'',
+            f"    curl -s{header} '{base}/operations/<jobId from the answer>?api-version=2024-01-01'",
+            "  or wait for it in one call:",
+            f"    curl -s -X PUT{header} -H 'Content-Type: application/json' \\",
+            f"      '{base}{resource}?api-version=2024-01-01&wait=10' -d '{{\"location\": \"westeurope\"}}'",
+            "",
+        ]
+    )
 
 
 async def serve_api(settings: Settings, stop: asyncio.Event, *, banner: bool = False) -> ApiProcess:
@@ -170,8 +179,6 @@ async def serve_api(settings: Settings, stop: asyncio.Event, *, banner: bool = F
         await asyncio.gather(*tasks, return_exceptions=True)
         await process.stop()
     return process
-
-
 
 
 def run_api(settings: Settings) -> int:

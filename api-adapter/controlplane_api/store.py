@@ -152,7 +152,12 @@ class IndexStore:
     def info(self) -> dict[str, object]:
         index = self.index
         return {
-            "jobs": len(index), "events": index.events, "duplicates": index.duplicates,
-            "evicted": index.evicted, "malformed": index.malformed, "maxJobs": index.max_jobs,
-            "lastOffset": index.last_offset, "retentionSeconds": self.retention,
+            "jobs": len(index),
+            "events": index.events,
+            "duplicates": index.duplicates,
+            "evicted": index.evicted,
+            "malformed": index.malformed,
+            "maxJobs": index.max_jobs,
+            "lastOffset": index.last_offset,
+            "retentionSeconds": self.retention,
         }

@@ -22,7 +22,9 @@ def tool(name: str) -> str:
     """A Debian tool the Makefile installs (`make system-deps`); missing means the setup is broken."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run `make system-deps` (Debian packages prometheus, prometheus-alertmanager)")
+        pytest.fail(
+            f"{name} is not installed: run `make system-deps` (Debian packages prometheus, prometheus-alertmanager)"
+        )
     return path
 
 

@@ -28,7 +28,9 @@ def test_amtool_check_config() -> None:
 def _route(*labels: str) -> str:
     result = subprocess.run(
         [tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_EXAMPLE}", *labels],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
@@ -62,7 +64,8 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
         ],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,12 +96,21 @@ def test_a_critical_inhibits_the_warning_of_the_same_alert_and_namespace(alertma
     window = {"startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat()}
 
     def alert(severity: str, namespace: str) -> dict:
-        return {"labels": {"alertname": "CPWJobFailureRatioHigh", "severity": severity, "namespace": namespace,
-                           "operation": "create"}, **window}
+        return {
+            "labels": {
+                "alertname": "CPWJobFailureRatioHigh",
+                "severity": severity,
+                "namespace": namespace,
+                "operation": "create",
+            },
+            **window,
+        }
 
     posted = [alert("critical", "cpw"), alert("warning", "cpw"), alert("warning", "other")]
     request = urllib.request.Request(
-        f"{alertmanager}/api/v2/alerts", data=json.dumps(posted).encode(), method="POST",
+        f"{alertmanager}/api/v2/alerts",
+        data=json.dumps(posted).encode(),
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:

@@ -54,8 +54,21 @@ KEDA = {
     "keda_scaled_object_errors_total": {"namespace", "exported_namespace", "scaledObject"},
 }
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-             "offset", "inf", "nan"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"' r"|'(?:[^'\\]|\\.)*'")
 
@@ -98,13 +111,13 @@ def selectors(expr: str) -> Iterator[Selector]:
                 selector = Selector(name)
                 if following == "{":
                     end = _matcher_end(expr, j)
-                    selector.labels = _matcher_labels(expr[j + 1:end])
+                    selector.labels = _matcher_labels(expr[j + 1 : end])
                     j = end + 1
                 yield selector
                 i = j
         elif c == "{":  # a selector without a metric name
             end = _matcher_end(expr, i)
-            raise AssertionError(f"selector without a metric name: {expr[i:end + 1]}")
+            raise AssertionError(f"selector without a metric name: {expr[i : end + 1]}")
         else:
             i += 1
 
@@ -134,11 +147,16 @@ def test_the_selector_parser() -> None:
         )
     )
     assert [(s.metric, s.labels) for s in found] == [
-        ("a_bucket", {"x", "y"}), ("b_seconds", set()), ("c", set()), ("cpw:rule:sum", set()), ("d_total", set()),
+        ("a_bucket", {"x", "y"}),
+        ("b_seconds", set()),
+        ("c", set()),
+        ("cpw:rule:sum", set()),
+        ("d_total", set()),
     ]
 
 
 # --- what the sources export -------------------------------------------------------------------------------
+
 
 def _names_by_type(metric: MetricWrapperBase) -> dict[str, set[str]]:
     name, labels = metric._name, set(metric._labelnames)  # noqa: SLF001 - the registry's own description
@@ -146,8 +164,12 @@ def _names_by_type(metric: MetricWrapperBase) -> dict[str, set[str]]:
     if kind == "counter":
         return {f"{name}_total": labels, f"{name}_created": labels}
     if kind == "histogram":
-        return {f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels,
-                f"{name}_created": labels}
+        return {
+            f"{name}_bucket": labels | {"le"},
+            f"{name}_sum": labels,
+            f"{name}_count": labels,
+            f"{name}_created": labels,
+        }
     if kind == "summary":
         return {name: labels | {"quantile"}, f"{name}_sum": labels, f"{name}_count": labels}
     if kind == "info":
@@ -216,6 +238,7 @@ def rabbitmq_metrics(rabbitmq) -> dict[str, set[str]]:  # noqa: ANN001 - the ses
 
 
 # --- what the alerts, dashboards and promtool tests use ------------------------------------------------------
+
 
 def used() -> Iterator[tuple[str, Selector]]:
     for rule in load_rules():

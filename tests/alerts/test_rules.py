@@ -14,7 +14,9 @@ from .conftest import ALERTS, PROMTOOL_TESTS, RULES, RUNBOOK_BASE, RUNBOOKS, ale
 
 
 def test_promtool_check_rules_is_clean() -> None:
-    result = subprocess.run([tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "WARNING" not in result.stdout + result.stderr
@@ -71,7 +73,9 @@ def _variants() -> set[tuple[str, str]]:
 def test_every_alert_variant_is_tested_firing_and_not_firing(alertname: str, severity: str) -> None:
     cases = [case for case in _promtool_cases() if case["alertname"] == alertname]
     firing = [
-        alert for case in cases for alert in case.get("exp_alerts") or []
+        alert
+        for case in cases
+        for alert in case.get("exp_alerts") or []
         if alert["exp_labels"].get("severity") == severity
     ]
     quiet = [case for case in cases if not case.get("exp_alerts")]

@@ -58,8 +58,12 @@ def percentiles(out: str) -> dict[str, float]:
 
 
 def wrk(url: str, script: str, seconds: int = 5, connections: int = 64) -> tuple[float, str]:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\\d+)", out)
     assert errors is None, out
@@ -91,16 +95,20 @@ async def test_http_benchmark(vhost_url, tmp_path):
     try:
         api_rate, out = wrk(f"{api.url}{RG}/vm?api-version=2024-01-01", str(script))
         print(f"\nbare Starlette 202 route: {bare_rate:,.0f} req/s (wrk -t1 -c64, uvicorn+httptools+uvloop)")
-        print(f"API PUT -> 201, broker-confirmed: {api_rate:,.0f} submissions/s = "
-              f"{100 * api_rate / bare_rate:.0f}% of the bare route")
+        print(
+            f"API PUT -> 201, broker-confirmed: {api_rate:,.0f} submissions/s = "
+            f"{100 * api_rate / bare_rate:.0f}% of the bare route"
+        )
 
         # fixed rate: 500 req/s for 10 s from wrk in its own process
         paced = tmp_path / "paced.lua"
         paced.write_text(PACED)
         rate, out = wrk(f"{api.url}{RG}/lat?api-version=2024-01-01", str(paced), seconds=10, connections=50)
         p = percentiles(out)
-        print(f"submit latency at {rate:,.0f} req/s (wrk, 50 connections paced at 10 req/s each, 10 s): "
-              f"p50 {p['50'] * 1000:.1f} ms, p90 {p['90'] * 1000:.1f} ms, p99 {p['99'] * 1000:.1f} ms")
+        print(
+            f"submit latency at {rate:,.0f} req/s (wrk, 50 connections paced at 10 req/s each, 10 s): "
+            f"p50 {p['50'] * 1000:.1f} ms, p90 {p['90'] * 1000:.1f} ms, p99 {p['99'] * 1000:.1f} ms"
+        )
     finally:
         api.stop()
 
@@ -116,8 +124,12 @@ async def test_http_benchmark(vhost_url, tmp_path):
 
             async def submit(i: int) -> None:
                 async with sem:
-                    r = await http.put(f"{api.url}/subscriptions/s/resourceGroups/r/providers/Test.Scripted/e2e/"
-                                       f"j{i}", params=V, headers=A, json={"script": "ok"})
+                    r = await http.put(
+                        f"{api.url}/subscriptions/s/resourceGroups/r/providers/Test.Scripted/e2e/j{i}",
+                        params=V,
+                        headers=A,
+                        json={"script": "ok"},
+                    )
                     assert r.status_code == 201
 
             await asyncio.gather(*(submit(i) for i in range(n)))
@@ -125,8 +137,10 @@ async def test_http_benchmark(vhost_url, tmp_path):
             while (await http.get(f"{api.url}/stats", headers=A)).json()["jobs"]["Succeeded"] < before + n:
                 await asyncio.sleep(0.05)
             seconds = time.perf_counter() - started
-        print(f"end to end: {n} jobs HTTP submit -> Succeeded in {seconds:.2f}s = {n / seconds:,.0f} jobs/s "
-              f"(submitting took {submitted:.2f}s), one API and one worker process")
+        print(
+            f"end to end: {n} jobs HTTP submit -> Succeeded in {seconds:.2f}s = {n / seconds:,.0f} jobs/s "
+            f"(submitting took {submitted:.2f}s), one API and one worker process"
+        )
     finally:
         worker.stop()
         api.stop()

@@ -36,15 +36,32 @@ def job_events(i: int) -> list[bytes]:
     """One job as the stream holds it: its Accepted record, then its terminal event."""
     job_id = uuid.uuid4().hex
     job = {
-        "id": job_id, "provider_namespace": "Demo.Compute", "resource_type": "virtualMachines",
-        "operation": "create", "priority": 7, "submitted_at": time.time(), "tenant": f"tenant-{i % 10}",
-        "request": {"subscription_id": "sub", "resource_group": "rg", "resource_name": f"vm{i}",
-                    "provider_namespace": "Demo.Compute", "resource_type": "virtualMachines",
-                    "location": "westeurope", "body": {"location": "westeurope", "properties": {"vmSize": "S"}},
-                    "api_version": "2024-01-01"},
+        "id": job_id,
+        "provider_namespace": "Demo.Compute",
+        "resource_type": "virtualMachines",
+        "operation": "create",
+        "priority": 7,
+        "submitted_at": time.time(),
+        "tenant": f"tenant-{i % 10}",
+        "request": {
+            "subscription_id": "sub",
+            "resource_group": "rg",
+            "resource_name": f"vm{i}",
+            "provider_namespace": "Demo.Compute",
+            "resource_type": "virtualMachines",
+            "location": "westeurope",
+            "body": {"location": "westeurope", "properties": {"vmSize": "S"}},
+            "api_version": "2024-01-01",
+        },
     }
-    done = {"job_id": job_id, "type": "succeeded", "at": time.time(), "attempt": 1, "worker_id": "w-1",
-            "result": {"id": f"/vm{i}", "name": f"vm{i}", "properties": {"provisioningState": "Succeeded"}}}
+    done = {
+        "job_id": job_id,
+        "type": "succeeded",
+        "at": time.time(),
+        "attempt": 1,
+        "worker_id": "w-1",
+        "result": {"id": f"/vm{i}", "name": f"vm{i}", "properties": {"provisioningState": "Succeeded"}},
+    }
     accepted = {"job_id": job_id, "type": "accepted", "at": job["submitted_at"], "job": job}
     return [orjson.dumps(accepted), orjson.dumps(done)]
 
@@ -53,8 +70,7 @@ def stream_messages(jobs: int) -> list[tuple[bytes, dict]]:
     """Events grouped BATCH_SIZE to a stream message, as the workers' group commit writes them."""
     events = [event for i in range(jobs) for event in job_events(i)]
     return [
-        (b"[" + b",".join(events[k:k + BATCH_SIZE]) + b"]", {KIND: BATCH})
-        for k in range(0, len(events), BATCH_SIZE)
+        (b"[" + b",".join(events[k : k + BATCH_SIZE]) + b"]", {KIND: BATCH}) for k in range(0, len(events), BATCH_SIZE)
     ]
 
 
@@ -64,8 +80,10 @@ def test_index_alone_and_memory_per_job():
     started = time.perf_counter()
     index.apply_batch(messages)
     seconds = time.perf_counter() - started
-    print(f"\nindex alone: {index.events} events in {seconds:.2f}s = {index.events / seconds:,.0f} events/s "
-          f"({BATCH_SIZE} events per stream message)")
+    print(
+        f"\nindex alone: {index.events} events in {seconds:.2f}s = {index.events / seconds:,.0f} events/s "
+        f"({BATCH_SIZE} events per stream message)"
+    )
 
     gc.collect()
     tracemalloc.start()
@@ -76,8 +94,10 @@ def test_index_alone_and_memory_per_job():
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    print(f"index memory: {held / len(measured):,.0f} bytes per job (succeeded, small result; "
-          f"{len(measured)} jobs, tracemalloc)")
+    print(
+        f"index memory: {held / len(measured):,.0f} bytes per job (succeeded, small result; "
+        f"{len(measured)} jobs, tracemalloc)"
+    )
 
 
 async def test_replay_from_a_real_stream(vhost_url):
@@ -89,7 +109,7 @@ async def test_replay_from_a_real_stream(vhost_url):
     started = time.perf_counter()
     messages = stream_messages(jobs)
     for k in range(0, len(messages), 500):
-        await publisher.publish_events(messages[k:k + 500])
+        await publisher.publish_events(messages[k : k + 500])
     print(f"\npublished {jobs * 2} events in {time.perf_counter() - started:.1f}s")
     await publisher.close()
 
@@ -111,6 +131,8 @@ async def test_replay_from_a_real_stream(vhost_url):
         await subscription.cancel()
         await reader.close()
         assert len(index) == jobs and index.malformed == 0
-        print(f"replay run {run}: {index.events:,} events ({len(index):,} jobs) in {seconds:.2f}s = "
-              f"{index.events / seconds:,.0f} events/s; 1,000,000 events would take "
-              f"{1_000_000 / (index.events / seconds):.1f}s")
+        print(
+            f"replay run {run}: {index.events:,} events ({len(index):,} jobs) in {seconds:.2f}s = "
+            f"{index.events / seconds:,.0f} events/s; 1,000,000 events would take "
+            f"{1_000_000 / (index.events / seconds):.1f}s"
+        )

@@ -32,14 +32,17 @@ def write_tokens(directory: Path, tokens: dict[str, str] | None = None) -> Path:
 
 
 def _env(broker_url: str, extra: dict[str, Any]) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith("CPW_") or k.startswith("CPW_TEST_")
-    }
-    env.update({
-        "PYTHONPATH": str(ROOT), "CPW_RABBITMQ_URL": broker_url, "CPW_LOG_FORMAT": "text",
-        "CPW_LOG_LEVEL": "WARNING", "CPW_API_HOST": "127.0.0.1", "CPW_HEALTH_HOST": "127.0.0.1",
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CPW_") or k.startswith("CPW_TEST_")}
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "CPW_RABBITMQ_URL": broker_url,
+            "CPW_LOG_FORMAT": "text",
+            "CPW_LOG_LEVEL": "WARNING",
+            "CPW_API_HOST": "127.0.0.1",
+            "CPW_HEALTH_HOST": "127.0.0.1",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -76,8 +79,11 @@ class Proc:
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "controlplane_workers.cli", *args], env=env, cwd=ROOT,
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "controlplane_workers.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -115,9 +121,13 @@ async def start_api(broker_url: str, tmp: Path, *, ready: bool = True, **setting
 async def start_worker(broker_url: str, tmp: Path, **settings: Any) -> Proc:
     ops_port = free_port()
     extra = {
-        "CPW_PROVIDERS": "tests.support.providers:registry", "CPW_HEALTH_PORT": ops_port,
-        "CPW_RUNNING_EVENT_DELAY": 0, "CPW_HEARTBEAT_INTERVAL": 0.2, "CPW_RETRY_BASE_DELAY": 0.05,
-        "CPW_MAX_CONCURRENT_JOBS": 50, **settings,
+        "CPW_PROVIDERS": "tests.support.providers:registry",
+        "CPW_HEALTH_PORT": ops_port,
+        "CPW_RUNNING_EVENT_DELAY": 0,
+        "CPW_HEARTBEAT_INTERVAL": 0.2,
+        "CPW_RETRY_BASE_DELAY": 0.05,
+        "CPW_MAX_CONCURRENT_JOBS": 50,
+        **settings,
     }
     log = tmp / f"worker-{ops_port}.log"
     proc = Proc(spawn(["worker"], _env(broker_url, extra), log), log, 0, ops_port)

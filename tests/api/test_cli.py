@@ -21,8 +21,14 @@ async def cpw(api, *args: str, token: str = "token-a", token_file=None) -> tuple
     else:
         env["CPW_API_TOKEN"] = token
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "controlplane_workers.cli", "jobs", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "controlplane_workers.cli",
+        "jobs",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     return proc.returncode, (json.loads(out) if out.strip() else None), err.decode()
@@ -31,13 +37,37 @@ async def cpw(api, *args: str, token: str = "token-a", token_file=None) -> tuple
 async def test_cpw_jobs_submit_get_list_cancel(vhost_url, tmp_path, worker):
     api = await start_api(vhost_url, tmp_path)
     try:
-        code, job, _ = await cpw(api, "submit", "Test.Scripted", "things", "create", "--name", "c1",
-                                 "--body", '{"script": "ok"}', "--priority", "9", "--wait", "10")
+        code, job, _ = await cpw(
+            api,
+            "submit",
+            "Test.Scripted",
+            "things",
+            "create",
+            "--name",
+            "c1",
+            "--body",
+            '{"script": "ok"}',
+            "--priority",
+            "9",
+            "--wait",
+            "10",
+        )
         assert code == 0 and job["status"] == "Succeeded" and job["priority"] == 9
         code, shown, _ = await cpw(api, "get", job["id"])
         assert code == 0 and shown["id"] == job["id"] and shown["result"]["name"] == "c1"
-        code, hung, _ = await cpw(api, "submit", "Test.Scripted", "things", "action", "--name", "h",
-                                  "--action", "go", "--body", '{"script": "hang"}')
+        code, hung, _ = await cpw(
+            api,
+            "submit",
+            "Test.Scripted",
+            "things",
+            "action",
+            "--name",
+            "h",
+            "--action",
+            "go",
+            "--body",
+            '{"script": "hang"}',
+        )
         assert code == 0 and hung["status"] in ("Accepted", "Running")
         code, canceled, _ = await cpw(api, "cancel", hung["id"], "--wait", "10")
         assert code == 0 and canceled["status"] == "Canceled"
@@ -61,8 +91,20 @@ async def test_cpw_jobs_reads_the_token_from_a_mounted_file(vhost_url, tmp_path,
         good, bad = tmp_path / "good", tmp_path / "bad"
         good.write_text("token-a\n")
         bad.write_text("nope\n")
-        code, job, err = await cpw(api, "submit", "Test.Scripted", "things", "create", "--name", "f1",
-                                   "--body", '{"script": "ok"}', "--wait", "10", token_file=good)
+        code, job, err = await cpw(
+            api,
+            "submit",
+            "Test.Scripted",
+            "things",
+            "create",
+            "--name",
+            "f1",
+            "--body",
+            '{"script": "ok"}',
+            "--wait",
+            "10",
+            token_file=good,
+        )
         assert code == 0 and job["status"] == "Succeeded", err
         code, _, err = await cpw(api, "list", token_file=bad)
         assert code == 1 and "401" in err

@@ -17,8 +17,12 @@ async def api(vhost_url, tmp_path, worker):
 
 
 async def test_put_201_then_operation_polls_to_succeeded(api, http):
-    response = await http.put(f"{api.url}{RG}/vm1", params=V, headers=A,
-                              json={"location": "westeurope", "properties": {"size": "S"}, "script": "sleep:0.2"})
+    response = await http.put(
+        f"{api.url}{RG}/vm1",
+        params=V,
+        headers=A,
+        json={"location": "westeurope", "properties": {"size": "S"}, "script": "sleep:0.2"},
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["properties"] == {"size": "S", "provisioningState": "Accepted"}
@@ -80,8 +84,7 @@ async def test_get_and_list_are_offloaded_and_wait_answers_synchronously(api, ht
     assert response.status_code == 204
 
     # too slow for the wait: the asynchronous answer, then the operation ends anyway
-    response = await http.put(f"{api.url}{RG}/slow", params={**V, "wait": "0.1"}, headers=A,
-                              json={"script": "sleep:1"})
+    response = await http.put(f"{api.url}{RG}/slow", params={**V, "wait": "0.1"}, headers=A, json={"script": "sleep:1"})
     assert response.status_code == 201 and response.json()["properties"]["provisioningState"] == "Accepted"
     final = await poll(http, response.headers["Location"], lambda r: r.status_code != 202, A)
     assert final.status_code == 200
@@ -90,8 +93,9 @@ async def test_get_and_list_are_offloaded_and_wait_answers_synchronously(api, ht
 async def test_failed_operation_ends_with_the_arm_error(api, http):
     response = await http.put(f"{api.url}{RG}/bad", params=V, headers=A, json={"script": "permanent"})
     assert response.status_code == 201
-    status = (await poll(http, response.headers["Azure-AsyncOperation"],
-                         lambda r: r.json()["status"] == "Failed", A)).json()
+    status = (
+        await poll(http, response.headers["Azure-AsyncOperation"], lambda r: r.json()["status"] == "Failed", A)
+    ).json()
     assert status["error"]["code"] == "InvalidRequest" and status["error"]["message"]
     final = await http.get(response.headers["Location"], headers=A)
     assert final.status_code == 400
@@ -103,10 +107,17 @@ async def test_priority_header_and_jobs_routes(api, http):
     job_id = response.json()["jobId"]
     job = (await http.get(f"{api.url}/jobs/{job_id}", headers=A)).json()
     assert job["priority"] == 9 and job["operation"] == "create" and job["tenant"] == "tenant-a"
-    response = await http.post(f"{api.url}/jobs", headers=A, params={"wait": "10"}, json={
-        "namespace": "Test.Scripted", "type": "things", "operation": "action",
-        "request": {"resource_name": "j1", "action": "go", "body": {"script": "ok"}},
-    })
+    response = await http.post(
+        f"{api.url}/jobs",
+        headers=A,
+        params={"wait": "10"},
+        json={
+            "namespace": "Test.Scripted",
+            "type": "things",
+            "operation": "action",
+            "request": {"resource_name": "j1", "action": "go", "body": {"script": "ok"}},
+        },
+    )
     assert response.status_code == 200 and response.json()["status"] == "Succeeded"
     assert response.json()["priority"] == 5  # the default for an action
     await poll(http, f"{api.url}/jobs/{job_id}", lambda r: r.json()["status"] == "Succeeded", A)

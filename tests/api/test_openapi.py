@@ -21,8 +21,11 @@ from tests.api.support import A, start_api, start_worker
 pytestmark = pytest.mark.rabbitmq
 
 CHECKS = [
-    not_a_server_error, status_code_conformance, content_type_conformance,
-    response_headers_conformance, response_schema_conformance,
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
 ]
 MIN_CASES = 500
 
@@ -31,8 +34,9 @@ MIN_CASES = 500
 def processes(vhost_url, tmp_path):
     loop = asyncio.new_event_loop()
     try:
-        api = loop.run_until_complete(start_api(vhost_url, tmp_path, CPW_API_MAX_WAIT=0.05,
-                                                CPW_API_TENANT_MAX_QUEUED=100_000))
+        api = loop.run_until_complete(
+            start_api(vhost_url, tmp_path, CPW_API_MAX_WAIT=0.05, CPW_API_TENANT_MAX_QUEUED=100_000)
+        )
         worker = loop.run_until_complete(start_worker(vhost_url, tmp_path))
     finally:
         loop.close()
@@ -57,8 +61,12 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(processes):
     for operation in operations:
 
         @hypothesis.settings(
-            max_examples=60, deadline=None, database=None, derandomize=True,
-            suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+            max_examples=60,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
         )
         @hypothesis.given(case=operation.as_strategy())
         def run(case):  # noqa: ANN001

@@ -17,14 +17,18 @@ async def test_two_api_processes_answer_the_same_job(vhost_url, tmp_path, worker
     try:
         response = await http.put(f"{one.url}{RG}/shared", params=V, headers=A, json={"script": "sleep:0.2"})
         job_id = response.json()["jobId"]
-        status = await poll(http, f"{two.url}/operations/{job_id}", lambda r: r.status_code == 200
-                            and r.json()["status"] == "Succeeded", A)
+        status = await poll(
+            http,
+            f"{two.url}/operations/{job_id}",
+            lambda r: r.status_code == 200 and r.json()["status"] == "Succeeded",
+            A,
+        )
         assert status.json()["properties"]["resourceName"] == "shared"
         assert (await http.get(f"{two.url}/operations/{job_id}", headers=B)).status_code == 404  # tenants hold
         final = await http.get(f"{two.url}/operationResults/{job_id}", headers=A)
         assert final.status_code == 200 and final.json()["name"] == "shared"
         # and the other way round
-        other = (await http.put(f"{two.url}{RG}/back", params={**V, "wait": "10"}, headers=A, json={}))
+        other = await http.put(f"{two.url}{RG}/back", params={**V, "wait": "10"}, headers=A, json={})
         assert other.status_code == 200
         jobs = (await http.get(f"{one.url}/jobs", headers=A)).json()["value"]
         assert {j["resourceName"] for j in jobs} >= {"shared"}
@@ -36,9 +40,9 @@ async def test_two_api_processes_answer_the_same_job(vhost_url, tmp_path, worker
 async def test_a_restarted_api_rebuilds_its_index_before_ready(vhost_url, tmp_path, worker, http):
     api = await start_api(vhost_url, tmp_path)
     try:
-        ids = await asyncio.gather(*(
-            http.put(f"{api.url}{RG}/r{i}", params=V, headers=A if i % 2 else B, json={}) for i in range(200)
-        ))
+        ids = await asyncio.gather(
+            *(http.put(f"{api.url}{RG}/r{i}", params=V, headers=A if i % 2 else B, json={}) for i in range(200))
+        )
         ids = [(r.json()["jobId"], "tenant-a" if i % 2 else "tenant-b") for i, r in enumerate(ids)]
         await poll(http, f"{api.url}/stats", lambda r: r.json()["jobs"]["Succeeded"] == 100, A)
         await poll(http, f"{api.url}/stats", lambda r: r.json()["jobs"]["Succeeded"] == 100, B)

@@ -37,9 +37,7 @@ class Rendered:
     termination_grace_seconds: int
 
 
-def autoscaling_values(
-    amqp_url: str, management_url: str, autoscaling: dict[str, Any], **workers: Any
-) -> dict:
+def autoscaling_values(amqp_url: str, management_url: str, autoscaling: dict[str, Any], **workers: Any) -> dict:
     """Umbrella values with KEDA on and a chart-made broker Secret holding both URLs."""
     vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).path.lstrip("/")) or "/"
     return {

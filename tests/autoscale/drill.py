@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from controlplane_workers import JobStatus
 
+from controlplane_workers import JobStatus
 from tests.autoscale.chart import Rendered, autoscaling_values, render
 from tests.autoscale.model import Autoscaler, Decision
 from tests.support.harness import client, request
@@ -550,9 +550,7 @@ class LiveView:
             )
             table.add_row("jobs", f"{s.done} / {self.total} terminal")
             table.add_row("depth", _spark([h.messages or 0 for h in self.history[-60:]]))
-            table.add_row(
-                "replicas", _spark([h.running for h in self.history[-60:]], top=self.spec.max_replicas)
-            )
+            table.add_row("replicas", _spark([h.running for h in self.history[-60:]], top=self.spec.max_replicas))
         if self.last is not None:
             d = self.last
             table.add_row("last", f"{d.by} at {d.at:.1f}s: {d.current} -> {d.desired} ({d.reason})")
@@ -578,9 +576,7 @@ def save_timeline(outcome: Outcome, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = [s.t - outcome.load_started_s for s in outcome.samples]
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
-    )
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     top.plot(
         ts,
         [s.messages or 0 for s in outcome.samples],

@@ -87,9 +87,7 @@ class ScalingRules:
         tolerance: float = DEFAULT_TOLERANCE,
     ) -> ScalingRules:
         """Merge a rendered `scaleUp` / `scaleDown` with the Kubernetes defaults, field by field."""
-        default = default_rules(
-            direction, downscale_stabilization=downscale_stabilization, tolerance=tolerance
-        )
+        default = default_rules(direction, downscale_stabilization=downscale_stabilization, tolerance=tolerance)
         if not spec:
             return default
         window = spec.get("stabilizationWindowSeconds")
@@ -181,9 +179,7 @@ class RabbitMQTrigger:
         if parts.port:
             netloc += f":{parts.port}"
         q = urllib.parse.quote
-        return (
-            f"{parts.scheme}://{netloc}{prefix}/api/queues/{q(vhost, safe='')}/{q(self.queue_name, safe='')}"
-        )
+        return f"{parts.scheme}://{netloc}{prefix}/api/queues/{q(vhost, safe='')}/{q(self.queue_name, safe='')}"
 
 
 # -- the ScaledObject
@@ -231,9 +227,7 @@ class ScaledObjectSpec:
         rabbit = [t for t in triggers if t.get("type") == "rabbitmq"]
         if len(rabbit) != 1:
             raise ValueError(f"expected one rabbitmq trigger, found {len(rabbit)}")
-        behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get(
-            "behavior"
-        ) or {}
+        behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior") or {}
         fb = spec.get("fallback")
         return cls(
             trigger=RabbitMQTrigger.from_trigger(rabbit[0]),
@@ -384,9 +378,7 @@ class HPA:
             return current
         proposals = []
         for p in rules.policies:
-            start = (
-                current - _changed(self.up_events, now, p.period) + _changed(self.down_events, now, p.period)
-            )
+            start = current - _changed(self.up_events, now, p.period) + _changed(self.down_events, now, p.period)
             if p.type == "Pods":
                 proposals.append(start + p.value)
             else:
@@ -399,9 +391,7 @@ class HPA:
             return current
         proposals = []
         for p in rules.policies:
-            start = (
-                current + _changed(self.down_events, now, p.period) - _changed(self.up_events, now, p.period)
-            )
+            start = current + _changed(self.down_events, now, p.period) - _changed(self.up_events, now, p.period)
             if p.type == "Pods":
                 proposals.append(start - p.value)
             else:

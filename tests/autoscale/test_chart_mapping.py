@@ -18,9 +18,7 @@ def test_chart_defaults_map_to_keda_and_hpa():
     t = s.trigger
     assert (t.protocol, t.mode, t.queue_name) == ("http", "QueueLength", "provider.jobs")
     assert not t.exclude_unacknowledged, "the chart must count unacknowledged messages (jobs being run)"
-    assert (
-        t.value == 4 == int(r.worker_env["CPW_MAX_CONCURRENT_JOBS"])
-    )  # jobsPerReplica defaults to the prefetch
+    assert t.value == 4 == int(r.worker_env["CPW_MAX_CONCURRENT_JOBS"])  # jobsPerReplica defaults to the prefetch
     assert t.activation_value == 0 and t.metric_type == "AverageValue"
     assert (s.polling_interval, s.cooldown_period, s.min_replicas, s.max_replicas) == (15, 300, 1, 10)
     assert s.scale_up == ScalingRules(0, "Max", (Policy("Percent", 100, 30), Policy("Pods", 4, 30)))
@@ -102,6 +100,4 @@ def test_every_shipped_keda_value_set_is_understood_by_the_model(name):
 def test_keda_watches_the_vhost_the_workers_consume_from():
     # The trigger names the vhost itself: KEDA would otherwise read it from the management URL's path.
     r = render(autoscaling_values("amqp://cpw:pw@rabbitmq:5672/team-a", "http://cpw:pw@rabbitmq:15672/", {}))
-    assert (
-        r.spec.trigger.queue_url(r.management_url) == "http://rabbitmq:15672/api/queues/team-a/provider.jobs"
-    )
+    assert r.spec.trigger.queue_url(r.management_url) == "http://rabbitmq:15672/api/queues/team-a/provider.jobs"

@@ -31,9 +31,7 @@ def autoscaling(**over) -> dict:
 
 def check_burst(o: Outcome) -> None:
     """What issue 9 asks of a burst, with the numbers in the message when it fails."""
-    why = (
-        o.line(o.name) + f" first_seen_s={o.first_seen_s} first_scale_s={o.first_scale_s} stopped={o.stopped}"
-    )
+    why = o.line(o.name) + f" first_seen_s={o.first_seen_s} first_scale_s={o.first_scale_s} stopped={o.stopped}"
     assert o.lost == 0 and o.succeeded == o.jobs, why  # every job exactly one terminal state, none lost
     assert o.first_seen_s is not None and o.first_scale_s is not None, why
     # Replicas rise within two polling intervals of the scaler seeing the burst; from the burst itself, the
@@ -121,9 +119,7 @@ async def test_burst_min_one_scales_in_through_the_hpa(drill_vhost, tmp_path):
     window = COMPRESSED["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
     assert o.back_to_min_s is not None and o.back_to_min_s >= window - STATS_GRANULARITY - 0.3
     scale_ins = [d for d in o.decisions if d["desired"] < d["current"]]
-    assert (
-        all(d["by"] == "hpa" for d in scale_ins) and sum(d["current"] - d["desired"] for d in scale_ins) == 3
-    )
+    assert all(d["by"] == "hpa" for d in scale_ins) and sum(d["current"] - d["desired"] for d in scale_ins) == 3
 
 
 @pytest.mark.drill
@@ -131,9 +127,7 @@ async def test_burst_min_one_scales_in_through_the_hpa(drill_vhost, tmp_path):
 async def test_burst_from_zero_to_max_and_back(drill_vhost, tmp_path):
     """The headline: 2,000 jobs of 50 ms, min 0, max 4, polling 1 s, cooldown 10 s. Prints the summary
     line last."""
-    scenario = Scenario(
-        "burst", [Phase(2000, "sleep:0.05")], autoscaling(minReplicas=0, maxReplicas=4), deadline=200
-    )
+    scenario = Scenario("burst", [Phase(2000, "sleep:0.05")], autoscaling(minReplicas=0, maxReplicas=4), deadline=200)
     o = await _run(scenario, drill_vhost, tmp_path, live=True)
     png = save_timeline(o, BUILD / "timeline.png")
     print(

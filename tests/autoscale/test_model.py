@@ -161,9 +161,7 @@ def test_partial_behavior_is_merged_with_the_defaults():
     down = ScalingRules.from_spec({"stabilizationWindowSeconds": 60}, "down")
     assert down.stabilization_window == 60 and down.policies == (Policy("Percent", 100, 15),)
     up = ScalingRules.from_spec({"policies": [{"type": "Pods", "value": 1, "periodSeconds": 5}]}, "up")
-    assert (
-        up.stabilization_window == 0 and up.select_policy == "Max" and up.policies == (Policy("Pods", 1, 5),)
-    )
+    assert up.stabilization_window == 0 and up.select_policy == "Max" and up.policies == (Policy("Pods", 1, 5),)
 
 
 def test_absent_behavior_uses_the_defaults_in_the_scaled_object():
@@ -172,9 +170,7 @@ def test_absent_behavior_uses_the_defaults_in_the_scaled_object():
             "kind": "ScaledObject",
             "spec": {
                 "scaleTargetRef": {"name": "w"},
-                "triggers": [
-                    {"type": "rabbitmq", "metadata": {"queueName": "q", "value": "5", "protocol": "http"}}
-                ],
+                "triggers": [{"type": "rabbitmq", "metadata": {"queueName": "q", "value": "5", "protocol": "http"}}],
             },
         }
     )

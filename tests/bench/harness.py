@@ -85,8 +85,14 @@ def conditions(endpoint: Any) -> dict[str, Any]:
         overview = endpoint._request("GET", "/api/overview")  # type: ignore[assignment]
     cpu = ""
     with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -109,9 +115,7 @@ def conditions(endpoint: Any) -> dict[str, Any]:
     }
 
 
-async def _with_system(
-    endpoint: Any, tmp: Path, key: str, workers: int, body: Callable[[System], Any]
-) -> Any:
+async def _with_system(endpoint: Any, tmp: Path, key: str, workers: int, body: Callable[[System], Any]) -> Any:
     vhost = endpoint.new_vhost()
     system = CLASSES[key](endpoint, vhost, tmp)
     try:
@@ -135,15 +139,19 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
 
     for r in range(config.rounds):
         for key in systems:
+
             async def throughput(system: System) -> dict[str, float]:
                 if config.warmup:
                     await system.closed(config.warmup, 64)
                 before = system.cpu()
                 closed = await system.closed(config.jobs)
                 after = system.cpu()
-                row = {"jobs_per_s": closed.jobs_per_s, "seconds": closed.seconds,
-                       "submit_phase_jobs_per_s": closed.jobs / closed.submit_seconds,
-                       "worker_peak_rss_mb": system.peak_rss_mb()}
+                row = {
+                    "jobs_per_s": closed.jobs_per_s,
+                    "seconds": closed.seconds,
+                    "submit_phase_jobs_per_s": closed.jobs / closed.submit_seconds,
+                    "worker_peak_rss_mb": system.peak_rss_mb(),
+                }
                 if isinstance(system, ProjectHTTP):
                     row["api_peak_rss_mb"] = system.api_peak_rss_mb()
                 for part in after:  # CPU ms per job of each process: where the 2 cores go
@@ -152,10 +160,13 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
 
             row = await _with_system(endpoint, tmp, key, 1, throughput)
             results.throughput.setdefault(key, []).append(row)
-            say(f"  round {r + 1} {key:8s} {row['jobs_per_s']:7.0f} jobs/s  (submit phase "
+            say(
+                f"  round {r + 1} {key:8s} {row['jobs_per_s']:7.0f} jobs/s  (submit phase "
                 f"{row['submit_phase_jobs_per_s']:.0f}/s, "
-                f"worker peak RSS {row['worker_peak_rss_mb']:.0f} MB)")
+                f"worker peak RSS {row['worker_peak_rss_mb']:.0f} MB)"
+            )
             if config.submit_only:
+
                 async def submit_only(system: System) -> float:
                     return config.jobs / await system.submit_only(config.jobs)
 
@@ -165,6 +176,7 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
 
     if config.rates:
         for key in systems:
+
             async def latency(system: System, key: str = key) -> dict[str, dict[str, float]]:
                 if config.warmup:
                     await system.closed(config.warmup, 64)
@@ -173,13 +185,17 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
                     run_ = await system.open_loop(rate, config.latency_seconds)
                     out[str(rate)] = {
                         "jobs": run_.jobs,
-                        "p50_ms": run_.percentile(50) * 1000, "p95_ms": run_.percentile(95) * 1000,
-                        "p99_ms": run_.percentile(99) * 1000, "max_ms": run_.latencies[-1] * 1000,
+                        "p50_ms": run_.percentile(50) * 1000,
+                        "p95_ms": run_.percentile(95) * 1000,
+                        "p99_ms": run_.percentile(99) * 1000,
+                        "max_ms": run_.latencies[-1] * 1000,
                         "completed_per_s": run_.completed_per_s,
                         "kept_up": run_.completed_per_s >= 0.95 * rate,
                     }
-                    say(f"  latency {key:8s} @{rate:5d}/s p50 {out[str(rate)]['p50_ms']:7.1f} "
-                        f"p95 {out[str(rate)]['p95_ms']:7.1f} p99 {out[str(rate)]['p99_ms']:7.1f} ms")
+                    say(
+                        f"  latency {key:8s} @{rate:5d}/s p50 {out[str(rate)]['p50_ms']:7.1f} "
+                        f"p95 {out[str(rate)]['p95_ms']:7.1f} p99 {out[str(rate)]['p99_ms']:7.1f} ms"
+                    )
                 return out
 
             results.latency[key] = await _with_system(endpoint, tmp, key, 1, latency)
@@ -187,6 +203,7 @@ async def run(endpoint: Any, tmp: Path, config: Config, say: Callable[[str], Non
     if config.scaling and "project" in systems:
         for r in range(config.rounds):
             for workers in config.scaling:
+
                 async def scaled(system: System, workers: int = workers) -> float:
                     if config.warmup:
                         await system.closed(config.warmup * workers, 64)
@@ -217,7 +234,8 @@ def summary(results: Results) -> dict[str, Any]:
         values = [row["jobs_per_s"] for row in rows]
         entry = {
             "label": SYSTEMS[key],
-            "jobs_per_s_median": statistics.median(values), "jobs_per_s_min": min(values),
+            "jobs_per_s_median": statistics.median(values),
+            "jobs_per_s_min": min(values),
             "jobs_per_s_max": max(values),
             "submit_phase_jobs_per_s_median": median_of(rows, "submit_phase_jobs_per_s"),
             "worker_peak_rss_mb": median_of(rows, "worker_peak_rss_mb"),
@@ -272,7 +290,8 @@ def markdown(results: Results, result_summary: dict[str, Any]) -> str:
         f"{c.get('load_average_at_end')} at end.",
         "",
         "| system | completed jobs/s, median (min-max) | submit-only jobs/s | "
-        + " | ".join(f"p50 / p95 / p99 ms @ {r}/s" for r in rates) + " | worker peak RSS MB |",
+        + " | ".join(f"p50 / p95 / p99 ms @ {r}/s" for r in rates)
+        + " | worker peak RSS MB |",
         "| --- | --- | --- | " + " | ".join("---" for _ in rates) + " | --- |",
     ]
     for key, e in result_summary["systems"].items():
@@ -280,7 +299,9 @@ def markdown(results: Results, result_summary: dict[str, Any]) -> str:
         cells = [
             f"{_ms(lat[r]['p50_ms'])} / {_ms(lat[r]['p95_ms'])} / {_ms(lat[r]['p99_ms'])}"
             + ("" if lat[r]["kept_up"] else f" (fell behind: {lat[r]['completed_per_s']:,.0f}/s)")
-            if r in lat else "-" for r in rates
+            if r in lat
+            else "-"
+            for r in rates
         ]
         rss = f"{e['worker_peak_rss_mb']:.0f}"
         if key == "http":
@@ -291,30 +312,47 @@ def markdown(results: Results, result_summary: dict[str, Any]) -> str:
             f"({e['jobs_per_s_min']:,.0f}-{e['jobs_per_s_max']:,.0f}) | "
             f"{e.get('submit_only_jobs_per_s_median', math.nan):,.0f} | " + " | ".join(cells) + f" | {rss} |"
         )
-    lines += ["", "CPU per completed job (ms, median of the rounds; `/proc` user+system time during the "
-              "throughput run; the submitter is the benchmark process):", "",
-              "| system | broker | worker | submitter | API | total |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "CPU per completed job (ms, median of the rounds; `/proc` user+system time during the "
+        "throughput run; the submitter is the benchmark process):",
+        "",
+        "| system | broker | worker | submitter | API | total |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for e in result_summary["systems"].values():
         parts = [e.get(f"cpu_ms_per_job_{p}") for p in ("broker", "worker", "client", "api")]
         total = sum(p for p in parts if p is not None)
-        lines.append(f"| {e['label']} | " + " | ".join("-" if p is None else f"{p:.3f}" for p in parts)
-                     + f" | {total:.3f} |")
-    lines += ["", "Ratios (the SDK path's median over the peer's, same run): " + ", ".join(
-        f"{name.replace('ratio_', '')} {result_summary[name]:.2f}"
-        for name in ("ratio_raw", "ratio_taskiq", "ratio_celery", "ratio_http")
-        if not math.isnan(result_summary[name])
-    ) + "."]
+        lines.append(
+            f"| {e['label']} | " + " | ".join("-" if p is None else f"{p:.3f}" for p in parts) + f" | {total:.3f} |"
+        )
+    lines += [
+        "",
+        "Ratios (the SDK path's median over the peer's, same run): "
+        + ", ".join(
+            f"{name.replace('ratio_', '')} {result_summary[name]:.2f}"
+            for name in ("ratio_raw", "ratio_taskiq", "ratio_celery", "ratio_http")
+            if not math.isnan(result_summary[name])
+        )
+        + ".",
+    ]
     if result_summary["scaling"]:
         one = result_summary["scaling"].get("1", {}).get("median")
-        lines += ["", "| `cpw worker` processes (SDK path) | completed jobs/s, median (min-max) "
-                  "| vs 1 process |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            "| `cpw worker` processes (SDK path) | completed jobs/s, median (min-max) | vs 1 process |",
+            "| --- | --- | --- |",
+        ]
         for workers, v in result_summary["scaling"].items():
             rel = f"{v['median'] / one:.2f}x" if one else "-"
             lines.append(f"| {workers} | {v['median']:,.0f} ({v['min']:,.0f}-{v['max']:,.0f}) | {rel} |")
     if results.skipped:
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in results.skipped.items())]
-    lines += ["", "![throughput and latency](../build/bench/chart.png) (`build/bench/chart.png`, "
-              "not committed; the numbers are in `build/bench/results.json`)"]
+    lines += [
+        "",
+        "![throughput and latency](../build/bench/chart.png) (`build/bench/chart.png`, "
+        "not committed; the numbers are in `build/bench/results.json`)",
+    ]
     return "\n".join(lines)
 
 
@@ -332,8 +370,10 @@ def chart(result_summary: dict[str, Any], rates: list[int], path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(12, 4.2 * rows), squeeze=False)
     ax = axes[0][0]
     med = [systems[k]["jobs_per_s_median"] for k in keys]
-    err = [[m - systems[k]["jobs_per_s_min"] for m, k in zip(med, keys, strict=True)],
-           [systems[k]["jobs_per_s_max"] - m for m, k in zip(med, keys, strict=True)]]
+    err = [
+        [m - systems[k]["jobs_per_s_min"] for m, k in zip(med, keys, strict=True)],
+        [systems[k]["jobs_per_s_max"] - m for m, k in zip(med, keys, strict=True)],
+    ]
     colors = ["#1f77b4" if k in ("project", "http") else "#999999" for k in keys]
     ax.bar(keys, med, yerr=err, capsize=4, color=colors)
     for i, m in enumerate(med):
@@ -345,8 +385,13 @@ def chart(result_summary: dict[str, Any], rates: list[int], path: Path) -> None:
         width = 0.26
         for j, (p, shade) in enumerate((("p50_ms", 0.45), ("p95_ms", 0.7), ("p99_ms", 0.95))):
             values = [systems[k].get("latency", {}).get(str(rate), {}).get(p, math.nan) for k in keys]
-            ax.bar([i + (j - 1) * width for i in range(len(keys))], values, width, label=p.replace("_ms", ""),
-                   color=plt.cm.Blues(shade))
+            ax.bar(
+                [i + (j - 1) * width for i in range(len(keys))],
+                values,
+                width,
+                label=p.replace("_ms", ""),
+                color=plt.cm.Blues(shade),
+            )
         ax.set_xticks(range(len(keys)), keys)
         ax.set_yscale("log")
         ax.axhline(50, color="red", linewidth=0.8, linestyle="--", label="50 ms (SDK goal at 500/s)")
@@ -363,9 +408,9 @@ def chart(result_summary: dict[str, Any], rates: list[int], path: Path) -> None:
 def write_outputs(results: Results, out_dir: Path, doc: Path | None) -> str:
     result_summary = summary(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(
-        {"summary": result_summary, **asdict(results)}, indent=2, default=str, allow_nan=True
-    ))
+    (out_dir / "results.json").write_text(
+        json.dumps({"summary": result_summary, **asdict(results)}, indent=2, default=str, allow_nan=True)
+    )
     table = markdown(results, result_summary)
     (out_dir / "table.md").write_text(table + "\n")
     try:

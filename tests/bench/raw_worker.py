@@ -22,9 +22,15 @@ async def main(url: str, prefetch: int) -> None:
 
     async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         request = orjson.loads(message.body)
-        result = {"id": request["id"], "status": "Succeeded",
-                  "result": {"name": request["request"]["resource_name"], "type": "Bench.Noop/things",
-                             "properties": {"provisioningState": "Succeeded"}}}
+        result = {
+            "id": request["id"],
+            "status": "Succeeded",
+            "result": {
+                "name": request["request"]["resource_name"],
+                "type": "Bench.Noop/things",
+                "properties": {"provisioningState": "Succeeded"},
+            },
+        }
         out = aio_pika.Message(orjson.dumps(result), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         await publish.default_exchange.publish(out, "raw.results")
         await message.ack()

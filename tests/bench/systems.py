@@ -174,7 +174,10 @@ class System:
     def spawn(self, argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
         log = open(self.tmp / f"{self.key}-{name}-{len(self.processes)}.log", "ab")
         process = subprocess.Popen(
-            argv, env={**os.environ, "PYTHONPATH": PYTHONPATH, **env}, cwd=ROOT, stdout=log,
+            argv,
+            env={**os.environ, "PYTHONPATH": PYTHONPATH, **env},
+            cwd=ROOT,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
@@ -298,8 +301,10 @@ def _nothing() -> None:
 
 def cpw_worker_env(url: str) -> dict[str, str]:
     return {
-        "CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry",
-        "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY), "CPW_LOG_LEVEL": "WARNING",
+        "CPW_RABBITMQ_URL": url,
+        "CPW_PROVIDERS": "tests.bench.noop:registry",
+        "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY),
+        "CPW_LOG_LEVEL": "WARNING",
     }
 
 
@@ -353,16 +358,18 @@ class ProjectHTTP(_CpwWorkers):
 
     key = "http"
     TOKEN = "bench-token"
-    PREFIX = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/bench-rg"
-              "/providers/Bench.Noop/things")
+    PREFIX = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/bench-rg/providers/Bench.Noop/things"
 
     async def start(self, workers: int = 1) -> None:
         tokens = self.tmp / "bench-tokens.json"
         tokens.write_text(json.dumps({self.TOKEN: "bench"}))
         self.port = free_port()
         env = {
-            "CPW_RABBITMQ_URL": self.url, "CPW_API_PORT": str(self.port), "CPW_API_HOST": "127.0.0.1",
-            "CPW_API_TOKENS_FILE": str(tokens), "CPW_API_TENANT_MAX_QUEUED": "10000000",
+            "CPW_RABBITMQ_URL": self.url,
+            "CPW_API_PORT": str(self.port),
+            "CPW_API_HOST": "127.0.0.1",
+            "CPW_API_TOKENS_FILE": str(tokens),
+            "CPW_API_TENANT_MAX_QUEUED": "10000000",
             "CPW_LOG_LEVEL": "WARNING",
         }
         self.api = CpwProcess("api", env, self.tmp / f"http-api-{self.port}.log").start()
@@ -424,7 +431,9 @@ class RawAioPika(System):
         for _ in range(workers):
             process = subprocess.Popen(  # noqa: ASYNC220 - setup, not measured
                 [sys.executable, str(Path(__file__).with_name("raw_worker.py")), self.url, str(CONCURRENCY)],
-                stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
             )
             self.processes.append(process)
             assert process.stdout is not None
@@ -479,10 +488,23 @@ class Taskiq(System):
 
         for _ in range(workers):
             self.spawn(
-                [str(BIN / "taskiq"), "worker", "tests.bench.taskiq_app:broker", "--workers", "1",
-                 "--max-async-tasks", str(CONCURRENCY), "--max-prefetch", "0", "--ack-type", "when_saved",
-                 "--log-level", "WARNING"],
-                {"CPW_BENCH_URL": self.url}, "worker",
+                [
+                    str(BIN / "taskiq"),
+                    "worker",
+                    "tests.bench.taskiq_app:broker",
+                    "--workers",
+                    "1",
+                    "--max-async-tasks",
+                    str(CONCURRENCY),
+                    "--max-prefetch",
+                    "0",
+                    "--ack-type",
+                    "when_saved",
+                    "--log-level",
+                    "WARNING",
+                ],
+                {"CPW_BENCH_URL": self.url},
+                "worker",
             )
         self.broker, self.backend, self.task = make_broker(self.url)
         await self.broker.startup()
@@ -516,10 +538,23 @@ class Celery(System):
 
         for _ in range(workers):
             self.spawn(
-                [str(BIN / "celery"), "-A", "tests.bench.celery_app", "worker", "--pool", "threads",
-                 "--concurrency", str(CONCURRENCY), "--loglevel", "WARNING", "--without-gossip",
-                 "--without-mingle", "--without-heartbeat"],
-                {"CPW_BENCH_URL": self.url}, "worker",
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "tests.bench.celery_app",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(CONCURRENCY),
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                {"CPW_BENCH_URL": self.url},
+                "worker",
             )
         self.app = make_app(self.url)
         self.noop = self.app.tasks["bench.noop"]
@@ -574,10 +609,13 @@ class Celery(System):
         t = self.THREADS
         shares = [indices[k::t] for k in range(t)]
         due_shares = [dues[k::t] for k in range(t)] if dues is not None else [None] * t
-        parts = await asyncio.gather(*(
-            loop.run_in_executor(self.executor, self._thread, share, due, wait, limit)
-            for share, due in zip(shares, due_shares, strict=True) if share
-        ))
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self.executor, self._thread, share, due, wait, limit)
+                for share, due in zip(shares, due_shares, strict=True)
+                if share
+            )
+        )
         return [row for part in parts for row in part]
 
     async def closed(self, n: int, window: int = WINDOW, limit: float = 600.0) -> Closed:
@@ -594,8 +632,9 @@ class Celery(System):
         dues = [t0 + k / rate for k in range(n)]
         rows = await self._threads(indices, dues, True, limit)
         assert len(rows) == n, f"celery: {len(rows)} of {n} jobs completed"
-        return Open(rate, n, (n - 1) / rate, sorted(done - due for due, _, done in rows),
-                    max(done for _, _, done in rows) - t0)
+        return Open(
+            rate, n, (n - 1) / rate, sorted(done - due for due, _, done in rows), max(done for _, _, done in rows) - t0
+        )
 
     async def submit_only(self, n: int, window: int = WINDOW) -> float:
         indices = [self.next_index() for _ in range(n)]
@@ -612,7 +651,11 @@ class Celery(System):
 
 
 CLASSES: dict[str, type[System]] = {
-    "project": ProjectSDK, "http": ProjectHTTP, "raw": RawAioPika, "celery": Celery, "taskiq": Taskiq,
+    "project": ProjectSDK,
+    "http": ProjectHTTP,
+    "raw": RawAioPika,
+    "celery": Celery,
+    "taskiq": Taskiq,
 }
 
 

@@ -54,8 +54,10 @@ class RabbitResultBackend(AsyncResultBackend[Any]):
     async def set_result(self, task_id: str, result: TaskiqResult[Any]) -> None:
         assert self.channel is not None
         message = aio_pika.Message(
-            result.model_dump_json().encode(), headers={"task_id": task_id},
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
+            result.model_dump_json().encode(),
+            headers={"task_id": task_id},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
         )
         await self.channel.default_exchange.publish(message, RESULTS)
 
@@ -99,7 +101,9 @@ def make_broker(url: str) -> tuple[AioPikaBroker, RabbitResultBackend, Any]:
     """A broker, its result backend and the no-op task (the worker's, or a submitter's for one URL)."""
     backend = RabbitResultBackend(url)
     taskiq_broker = AioPikaBroker(
-        url, qos=32, task_queues=[Queue(name="taskiq", type=QueueType.CLASSIC, durable=True)],
+        url,
+        qos=32,
+        task_queues=[Queue(name="taskiq", type=QueueType.CLASSIC, durable=True)],
     ).with_result_backend(backend)
     return taskiq_broker, backend, taskiq_broker.task(task_name="bench.noop")(_noop)
 

@@ -45,9 +45,13 @@ async def _submit_all(submit, n: int) -> None:
 async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True) -> float:
     worker = CpwProcess(
         "worker",
-        {"CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry",
-         "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY), "CPW_LOG_LEVEL": "WARNING",
-         "CPW_ACCEPTED_ON_STREAM": str(accepted_on_stream).lower()},
+        {
+            "CPW_RABBITMQ_URL": url,
+            "CPW_PROVIDERS": "tests.bench.noop:registry",
+            "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY),
+            "CPW_LOG_LEVEL": "WARNING",
+            "CPW_ACCEPTED_ON_STREAM": str(accepted_on_stream).lower(),
+        },
         tmp / "worker.log",
     ).start()
     await asyncio.to_thread(worker.wait_ready)
@@ -74,7 +78,9 @@ async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True) ->
 async def raw_round(url: str) -> float:
     process = subprocess.Popen(  # noqa: ASYNC220 - setup, not measured
         [sys.executable, str(Path(__file__).with_name("raw_worker.py")), url, str(CONCURRENCY)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     connection = await aio_pika.connect_robust(url)
     try:
@@ -118,8 +124,9 @@ def idle_worker_numbers(url: str, tmp: Path) -> tuple[float, float]:
     starts, rss = [], []
     for i in range(3):
         worker = CpwProcess(
-            "worker", {"CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry",
-                       "CPW_LOG_LEVEL": "WARNING"}, tmp / f"idle{i}.log",
+            "worker",
+            {"CPW_RABBITMQ_URL": url, "CPW_PROVIDERS": "tests.bench.noop:registry", "CPW_LOG_LEVEL": "WARNING"},
+            tmp / f"idle{i}.log",
         ).start()
         try:
             starts.append(worker.wait_ready())
@@ -151,11 +158,15 @@ def test_core_throughput_against_raw_aio_pika(rabbitmq, tmp_path):
     print()
     print(f"core bench: {N} jobs x {ROUNDS} rounds, one worker process, {CONCURRENCY} jobs in flight")
     for name, values in runs.items():
-        print(f"  {name:26s} jobs/s median {median[name]:7.0f}  "
-              f"(min {min(values):.0f}, max {max(values):.0f})  ratio to raw {median[name] / raw:.2f}")
+        print(
+            f"  {name:26s} jobs/s median {median[name]:7.0f}  "
+            f"(min {min(values):.0f}, max {max(values):.0f})  ratio to raw {median[name] / raw:.2f}"
+        )
     print(f"  worker start->ready {start_s:.2f}s   idle RSS {rss_mb:.1f} MB")
     project, lean = median["JobQueue+cpw worker"], median["  without Accepted copy"]
-    print(f"bench-core: project_jobs_per_s={project:.0f} project_no_accepted_copy_jobs_per_s={lean:.0f} "
-          f"raw_aio_pika_jobs_per_s={raw:.0f} ratio_raw={project / raw:.2f} "
-          f"ratio_raw_no_copy={lean / raw:.2f} "
-          f"start_to_ready_s={start_s:.2f} idle_rss_mb={rss_mb:.1f}")
+    print(
+        f"bench-core: project_jobs_per_s={project:.0f} project_no_accepted_copy_jobs_per_s={lean:.0f} "
+        f"raw_aio_pika_jobs_per_s={raw:.0f} ratio_raw={project / raw:.2f} "
+        f"ratio_raw_no_copy={lean / raw:.2f} "
+        f"start_to_ready_s={start_s:.2f} idle_rss_mb={rss_mb:.1f}"
+    )

@@ -26,8 +26,10 @@ from tests.support.processes import ROOT
 @pytest.mark.timeout(5400, method="thread")
 def test_peer_benchmark(bench_broker, tmp_path):
     config = Config.from_env()
-    print(f"\npeer bench: {config.jobs} jobs x {config.rounds} rounds, systems {', '.join(config.systems)}; "
-          f"latency at {config.rates} jobs/s for {config.latency_seconds} s; scaling {config.scaling}")
+    print(
+        f"\npeer bench: {config.jobs} jobs x {config.rounds} rounds, systems {', '.join(config.systems)}; "
+        f"latency at {config.rates} jobs/s for {config.latency_seconds} s; scaling {config.scaling}"
+    )
     results = run_sync(bench_broker, tmp_path, config, say=lambda s: print(s, flush=True))
     line = write_outputs(results, ROOT / "build" / "bench", ROOT / "docs" / "benchmarks.md")
     print((ROOT / "build" / "bench" / "table.md").read_text())

@@ -40,7 +40,9 @@ def value_sets() -> dict[str, dict[str, Any]]:
         "keda-off": {"workers": {"autoscaling": {"enabled": False}}},
         "monitoring-on": _file("monitoring"),
         "monitoring-off": {
-            "monitoring": {k: {"enabled": False} for k in ("podMonitor", "serviceMonitor", "prometheusRule", "dashboards")}
+            "monitoring": {
+                k: {"enabled": False} for k in ("podMonitor", "serviceMonitor", "prometheusRule", "dashboards")
+            }
         },
         "existing-secret": _file("existing-secret"),
         "rabbitmq-cluster": _file("rabbitmq-cluster"),
@@ -73,7 +75,7 @@ def render_values(values: dict[str, Any], *, name: str = RELEASE, namespace: str
     return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_set(name: str) -> tuple[dict, ...]:
     return tuple(render_values(VALUE_SETS[name]))
 

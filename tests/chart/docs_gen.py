@@ -45,12 +45,12 @@ def documented_values(path: Path) -> list[tuple[str, str, str]]:
         stack.append((indent, m["key"]))
         start = next((n for n, c in enumerate(comment) if c.startswith("--")), None)
         if start is not None:
-            parts = [comment[start][2:].strip()] + comment[start + 1:]
+            parts = [comment[start][2:].strip()] + comment[start + 1 :]
             default = ""
             desc = []
             for p in parts:
                 if p.startswith("@default --"):
-                    default = p[len("@default --"):].strip()
+                    default = p[len("@default --") :].strip()
                 else:
                     desc.append(p)
             out.append((".".join(k for _, k in stack), " ".join(desc).strip(), default))
@@ -66,8 +66,9 @@ def _lookup(values: dict, dotted: str) -> object:
 
 
 def _type(v: object) -> str:
-    return {dict: "object", list: "list", bool: "bool", int: "int", float: "float", str: "string",
-            type(None): "null"}[type(v)]
+    return {dict: "object", list: "list", bool: "bool", int: "int", float: "float", str: "string", type(None): "null"}[
+        type(v)
+    ]
 
 
 def table(path: Path, prefix: str) -> str:

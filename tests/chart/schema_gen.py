@@ -130,8 +130,9 @@ def component(extra: dict[str, Any], autoscaling: dict) -> dict:
         "extraVolumes": {"type": "array", "items": obj({"name": s(minLength=1)}, strict=False, required=["name"])},
         "extraVolumeMounts": {
             "type": "array",
-            "items": obj({"name": s(minLength=1), "mountPath": s(minLength=1)}, strict=False,
-                         required=["name", "mountPath"]),
+            "items": obj(
+                {"name": s(minLength=1), "mountPath": s(minLength=1)}, strict=False, required=["name", "mountPath"]
+            ),
         },
         "podSecurityContext": obj(
             {
@@ -142,8 +143,9 @@ def component(extra: dict[str, Any], autoscaling: dict) -> dict:
             required=["runAsUser", "runAsGroup", "fsGroup"],
         ),
         "tmpVolume": obj({"sizeLimit": QUANTITY, "medium": {"enum": ["", "Memory"]}}),
-        "probes": obj({"startup": PROBE, "liveness": PROBE, "readiness": PROBE},
-                      required=["startup", "liveness", "readiness"]),
+        "probes": obj(
+            {"startup": PROBE, "liveness": PROBE, "readiness": PROBE}, required=["startup", "liveness", "readiness"]
+        ),
         "serviceAccount": obj({"create": B, "name": s(), "annotations": MAP_STR, "automountToken": B}),
         "rbac": obj({"create": B, "clusterScoped": B, "rules": {"type": "array", "items": ANY_OBJ}}),
     }
@@ -163,8 +165,13 @@ def worker_schema() -> dict:
             "pollingInterval": i(minimum=1),
             "cooldownPeriod": i(),
             "targetCPUUtilizationPercentage": {"type": ["integer", "null"], "minimum": 1, "maximum": 100},
-            "fallback": obj({"enabled": B, "failureThreshold": i(minimum=1),
-                             "replicas": {"type": ["integer", "null"], "minimum": 1}}),
+            "fallback": obj(
+                {
+                    "enabled": B,
+                    "failureThreshold": i(minimum=1),
+                    "replicas": {"type": ["integer", "null"], "minimum": 1},
+                }
+            ),
             "behavior": behavior,
         }
     )
@@ -192,10 +199,21 @@ def api_schema() -> dict:
     )
     return component(
         {
-            "service": obj({"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
-                            "port": i(minimum=1, maximum=65535), "annotations": MAP_STR}),
-            "auth": obj({"existingSecret": s(), "existingSecretKey": s(minLength=1), "tokens": MAP_STR,
-                         "testTokenKey": s(minLength=1)}),
+            "service": obj(
+                {
+                    "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                    "port": i(minimum=1, maximum=65535),
+                    "annotations": MAP_STR,
+                }
+            ),
+            "auth": obj(
+                {
+                    "existingSecret": s(),
+                    "existingSecretKey": s(minLength=1),
+                    "tokens": MAP_STR,
+                    "testTokenKey": s(minLength=1),
+                }
+            ),
             "maxBodyBytes": i(minimum=1),
             "retryAfter": i(minimum=1),
             "tenantMaxQueued": i(minimum=1),
@@ -269,11 +287,16 @@ def umbrella_schema() -> dict:
                 "egress": obj(
                     {
                         "dns": obj({"to": peers}),
-                        "rabbitmq": obj({"ports": {"type": "array", "items": i(minimum=1, maximum=65535)},
-                                         "to": peers}),
+                        "rabbitmq": obj(
+                            {"ports": {"type": "array", "items": i(minimum=1, maximum=65535)}, "to": peers}
+                        ),
                         "otlp": obj({"to": peers}),
-                        "kubernetesApi": obj({"cidrs": {"type": "array", "items": s()},
-                                              "ports": {"type": "array", "items": i(minimum=1, maximum=65535)}}),
+                        "kubernetesApi": obj(
+                            {
+                                "cidrs": {"type": "array", "items": s()},
+                                "ports": {"type": "array", "items": i(minimum=1, maximum=65535)},
+                            }
+                        ),
                         "workersExtra": peers,
                         "apiExtra": peers,
                     }
@@ -291,8 +314,13 @@ def umbrella_schema() -> dict:
         "tests": obj(
             {
                 "enabled": B,
-                "image": obj({"repository": s(), "tag": {"type": ["string", "number"]},
-                              "digest": s(pattern="^(sha256:[a-f0-9]{64})?$")}),
+                "image": obj(
+                    {
+                        "repository": s(),
+                        "tag": {"type": ["string", "number"]},
+                        "digest": s(pattern="^(sha256:[a-f0-9]{64})?$"),
+                    }
+                ),
                 "args": {"type": "array", "items": s(), "minItems": 1},
                 "activeDeadlineSeconds": i(minimum=1),
                 "resources": RESOURCES,

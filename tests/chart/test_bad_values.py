@@ -13,50 +13,109 @@ pytestmark = pytest.mark.timeout(60)
 
 CASES = {
     # name: (values, error type, words the message must contain)
-    "typo in a worker key": ({"workers": {"replicaCont": 3}}, helm_python.HelmValuesError,
-                             ["workers", "replicaCont", "not allowed"]),
-    "typo in a top-level key": ({"networkPolicies": {"enabled": False}}, helm_python.HelmValuesError,
-                                ["networkPolicies", "not allowed"]),
-    "typo in a global key": ({"global": {"rabbitmq": {"existingSecrets": "x"}}}, helm_python.HelmValuesError,
-                             ["/global/rabbitmq", "existingSecrets"]),
-    "string for replicaCount": ({"workers": {"replicaCount": "3"}}, helm_python.HelmValuesError,
-                                ["/replicaCount", "string", "integer"]),
+    "typo in a worker key": (
+        {"workers": {"replicaCont": 3}},
+        helm_python.HelmValuesError,
+        ["workers", "replicaCont", "not allowed"],
+    ),
+    "typo in a top-level key": (
+        {"networkPolicies": {"enabled": False}},
+        helm_python.HelmValuesError,
+        ["networkPolicies", "not allowed"],
+    ),
+    "typo in a global key": (
+        {"global": {"rabbitmq": {"existingSecrets": "x"}}},
+        helm_python.HelmValuesError,
+        ["/global/rabbitmq", "existingSecrets"],
+    ),
+    "string for replicaCount": (
+        {"workers": {"replicaCount": "3"}},
+        helm_python.HelmValuesError,
+        ["/replicaCount", "string", "integer"],
+    ),
     "bad log level": ({"api": {"logLevel": "TRACE"}}, helm_python.HelmValuesError, ["/logLevel"]),
-    "root user": ({"workers": {"podSecurityContext": {"runAsUser": 0, "runAsGroup": 10001, "fsGroup": 10001}}},
-                  helm_python.HelmValuesError, ["/podSecurityContext/runAsUser", "10,000"]),
-    "container without limits": ({"workers": {"resources": {"limits": None}}}, helm_python.HelmValuesError,
-                                 ["resources"]),
+    "root user": (
+        {"workers": {"podSecurityContext": {"runAsUser": 0, "runAsGroup": 10001, "fsGroup": 10001}}},
+        helm_python.HelmValuesError,
+        ["/podSecurityContext/runAsUser", "10,000"],
+    ),
+    "container without limits": (
+        {"workers": {"resources": {"limits": None}}},
+        helm_python.HelmValuesError,
+        ["resources"],
+    ),
     "credential as env from a Secret": (
         {"workers": {"extraEnv": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}},
-        helm_python.HelmValuesError, ["/extraEnv/0"]),
+        helm_python.HelmValuesError,
+        ["/extraEnv/0"],
+    ),
     "KEDA watching another vhost than the workers": (
-        {"global": {"rabbitmq": {"url": "amqp://u:p@rabbit:5672/team-a", "managementUrl": "http://u:p@rabbit:15672/"}},
-         "workers": {"autoscaling": {"enabled": True}}},
-        helm_python.HelmRenderError, ["global.rabbitmq.vhost", "team-a", "KEDA would watch"]),
-    "KEDA on without a broker Secret": ({"workers": {"autoscaling": {"enabled": True}}}, helm_python.HelmRenderError,
-                                        ["workers.autoscaling.enabled", "management", "global.rabbitmq"]),
+        {
+            "global": {
+                "rabbitmq": {"url": "amqp://u:p@rabbit:5672/team-a", "managementUrl": "http://u:p@rabbit:15672/"}
+            },
+            "workers": {"autoscaling": {"enabled": True}},
+        },
+        helm_python.HelmRenderError,
+        ["global.rabbitmq.vhost", "team-a", "KEDA would watch"],
+    ),
+    "KEDA on without a broker Secret": (
+        {"workers": {"autoscaling": {"enabled": True}}},
+        helm_python.HelmRenderError,
+        ["workers.autoscaling.enabled", "management", "global.rabbitmq"],
+    ),
     "KEDA on with a Secret lacking the management key": (
-        {"workers": {"autoscaling": {"enabled": True}},
-         "global": {"rabbitmq": {"existingSecret": "s", "existingSecretKeys": {"managementUrl": ""}}}},
-        helm_python.HelmRenderError, ["management"]),
+        {
+            "workers": {"autoscaling": {"enabled": True}},
+            "global": {"rabbitmq": {"existingSecret": "s", "existingSecretKeys": {"managementUrl": ""}}},
+        },
+        helm_python.HelmRenderError,
+        ["management"],
+    ),
     "KEDA min above max": (
-        {"workers": {"autoscaling": {"enabled": True, "minReplicas": 9, "maxReplicas": 3}},
-         "global": {"rabbitmq": {"existingSecret": "s"}}}, helm_python.HelmRenderError, ["minReplicas", "maxReplicas"]),
-    "PDB that blocks drains": ({"workers": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 3}}},
-                               helm_python.HelmRenderError, ["workers.podDisruptionBudget.minAvailable", "drain"]),
-    "url that is not amqp": ({"global": {"rabbitmq": {"url": "redis://h:6379"}}}, helm_python.HelmValuesError,
-                             ["/global/rabbitmq/url"]),
-    "url and existingSecret": ({"global": {"rabbitmq": {"url": "amqp://a:b@h/", "existingSecret": "s"}}},
-                               helm_python.HelmRenderError, ["either global.rabbitmq.url", "existingSecret"]),
-    "cluster and url": ({"global": {"rabbitmq": {"url": "amqp://a:b@h/", "cluster": {"enabled": True}}}},
-                        helm_python.HelmRenderError, ["cluster.enabled"]),
-    "management URL without url": ({"global": {"rabbitmq": {"managementUrl": "http://a:b@h:15672/"}}},
-                                   helm_python.HelmRenderError, ["managementUrl", "url"]),
-    "tokens and existingSecret": ({"api": {"auth": {"tokens": {"t": "x"}, "existingSecret": "s"}}},
-                                  helm_python.HelmRenderError, ["api.auth.tokens", "existingSecret"]),
+        {
+            "workers": {"autoscaling": {"enabled": True, "minReplicas": 9, "maxReplicas": 3}},
+            "global": {"rabbitmq": {"existingSecret": "s"}},
+        },
+        helm_python.HelmRenderError,
+        ["minReplicas", "maxReplicas"],
+    ),
+    "PDB that blocks drains": (
+        {"workers": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 3}}},
+        helm_python.HelmRenderError,
+        ["workers.podDisruptionBudget.minAvailable", "drain"],
+    ),
+    "url that is not amqp": (
+        {"global": {"rabbitmq": {"url": "redis://h:6379"}}},
+        helm_python.HelmValuesError,
+        ["/global/rabbitmq/url"],
+    ),
+    "url and existingSecret": (
+        {"global": {"rabbitmq": {"url": "amqp://a:b@h/", "existingSecret": "s"}}},
+        helm_python.HelmRenderError,
+        ["either global.rabbitmq.url", "existingSecret"],
+    ),
+    "cluster and url": (
+        {"global": {"rabbitmq": {"url": "amqp://a:b@h/", "cluster": {"enabled": True}}}},
+        helm_python.HelmRenderError,
+        ["cluster.enabled"],
+    ),
+    "management URL without url": (
+        {"global": {"rabbitmq": {"managementUrl": "http://a:b@h:15672/"}}},
+        helm_python.HelmRenderError,
+        ["managementUrl", "url"],
+    ),
+    "tokens and existingSecret": (
+        {"api": {"auth": {"tokens": {"t": "x"}, "existingSecret": "s"}}},
+        helm_python.HelmRenderError,
+        ["api.auth.tokens", "existingSecret"],
+    ),
     "bad digest": ({"workers": {"image": {"digest": "latest"}}}, helm_python.HelmValuesError, ["/image/digest"]),
-    "unknown queue type": ({"global": {"broker": {"queueType": "stream"}}}, helm_python.HelmValuesError,
-                           ["/global/broker/queueType"]),
+    "unknown queue type": (
+        {"global": {"broker": {"queueType": "stream"}}},
+        helm_python.HelmValuesError,
+        ["/global/broker/queueType"],
+    ),
 }
 
 
@@ -77,6 +136,9 @@ def test_a_url_with_credentials_is_masked_in_the_error() -> None:
     from tests.chart.chartlib import load_chart
 
     with load_chart() as chart, pytest.raises(helm_python.HelmError) as info:
-        chart.render({"global": {"rabbitmq": {"url": "amqp://user:secret@h/", "existingSecret": "s"}}},
-                     name="cpw", namespace="ns")
+        chart.render(
+            {"global": {"rabbitmq": {"url": "amqp://user:secret@h/", "existingSecret": "s"}}},
+            name="cpw",
+            namespace="ns",
+        )
     assert "secret@" not in str(info.value)

@@ -39,12 +39,14 @@ def checkov() -> str:
 
 
 def run_checkov(binary: str, manifests: Path) -> dict:
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false",
-           "LOG_LEVEL": "ERROR"}
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false", "LOG_LEVEL": "ERROR"}
     proc = subprocess.run(
-        [binary, "--framework", "kubernetes", "-f", str(manifests), "-o", "json", "--skip-download",
-         "--compact"],
-        capture_output=True, text=True, env=env, timeout=220, check=False,
+        [binary, "--framework", "kubernetes", "-f", str(manifests), "-o", "json", "--skip-download", "--compact"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=220,
+        check=False,
     )
     assert proc.stdout.strip(), f"checkov printed nothing (exit {proc.returncode}): {proc.stderr[-2000:]}"
     report = json.loads(proc.stdout)

@@ -56,8 +56,12 @@ def test_install_pods_ready_and_helm_test(kubeconfig: str, request: pytest.Fixtu
     with helm_python.Config(kubeconfig_path=kubeconfig, namespace=namespace) as cfg:
         cfg.install(str(CHART), release, values, namespace=namespace, wait="watcher", timeout=600)
         try:
-            names = [d.name for d in pykube.Deployment.objects(kube_cluster.kube_client).filter(
-                namespace=namespace, selector={"app.kubernetes.io/instance": release})]
+            names = [
+                d.name
+                for d in pykube.Deployment.objects(kube_cluster.kube_client).filter(
+                    namespace=namespace, selector={"app.kubernetes.io/instance": release}
+                )
+            ]
             assert names, "the release has no Deployments"
             wait_for_deployments_to_run(kube_cluster.kube_client, names, namespace, timeout_sec=300)
             # the test pod submits a no-op job through the API and waits for Succeeded; a failure raises

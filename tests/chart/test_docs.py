@@ -16,8 +16,17 @@ def test_values_tables_are_current() -> None:
 
 def test_doc_covers_what_the_issue_asks() -> None:
     text = docs_gen.DOC.read_text()
-    for needle in ("## Prerequisites", "ScaledJob", "long-running", "protocol: http", "queueName",
-                   "terminationGracePeriodSeconds", "default-user", "connection_string", "checkov"):
+    for needle in (
+        "## Prerequisites",
+        "ScaledJob",
+        "long-running",
+        "protocol: http",
+        "queueName",
+        "terminationGracePeriodSeconds",
+        "default-user",
+        "connection_string",
+        "checkov",
+    ):
         assert needle in text, needle
 
 

@@ -9,8 +9,16 @@ from tests.chart.chartlib import RELEASE, VALUE_SETS, env_of, one, pod_specs, re
 
 pytestmark = pytest.mark.timeout(60)
 
-RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                           "projected", "secret"}
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
@@ -81,11 +89,16 @@ def test_broker_settings_reach_both_processes_as_contracted() -> None:
         c = spec["containers"][0]
         env = env_of(c)
         assert env["CPW_RABBITMQ_URL_FILE"] == "/var/run/secrets/controlplane-workers/rabbitmq/url"
-        assert env["CPW_RABBITMQ_MANAGEMENT_URL_FILE"] == "/var/run/secrets/controlplane-workers/rabbitmq/management-url"
+        assert (
+            env["CPW_RABBITMQ_MANAGEMENT_URL_FILE"] == "/var/run/secrets/controlplane-workers/rabbitmq/management-url"
+        )
         assert env["CPW_WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
         assert env["CPW_HEALTH_PORT"] == "8001"
         assert (env["CPW_JOBS_QUEUE"], env["CPW_EXCHANGE"], env["CPW_RESULTS_STREAM"]) == (
-            "provider.jobs", "provider.exchange", "provider.results")
+            "provider.jobs",
+            "provider.exchange",
+            "provider.results",
+        )
         assert env["CPW_RESULTS_MAX_AGE"] == "24h" and env["CPW_QUEUE_TYPE"] in ("classic", "quorum")
         assert "command" not in c and "args" not in c, "the images' entrypoints run cpw worker / cpw api"
         mount = next(m for m in c["volumeMounts"] if m["name"] == "rabbitmq")
@@ -105,7 +118,9 @@ def test_broker_settings_reach_both_processes_as_contracted() -> None:
 
 
 def test_management_url_file_only_when_the_secret_has_one() -> None:
-    env = env_of(one(render_set("default"), "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]["containers"][0])
+    env = env_of(
+        one(render_set("default"), "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]["containers"][0]
+    )
     assert "CPW_RABBITMQ_MANAGEMENT_URL_FILE" not in env
 
 
@@ -125,7 +140,9 @@ def test_changed_secret_sources_roll_the_pods() -> None:
         docs = render_values(values)
         return {o["metadata"]["name"]: m["annotations"] for o, m, _ in pod_specs(docs) if o["kind"] == "Deployment"}
 
-    base = annotations({"global": {"rabbitmq": {"url": "amqp://a:b@h:5672/"}}, "api": {"auth": {"tokens": {"t1": "x"}}}})
+    base = annotations(
+        {"global": {"rabbitmq": {"url": "amqp://a:b@h:5672/"}}, "api": {"auth": {"tokens": {"t1": "x"}}}}
+    )
     url = annotations({"global": {"rabbitmq": {"url": "amqp://a:c@h:5672/"}}, "api": {"auth": {"tokens": {"t1": "x"}}}})
     tok = annotations({"global": {"rabbitmq": {"url": "amqp://a:b@h:5672/"}}, "api": {"auth": {"tokens": {"t2": "x"}}}})
     for name in (f"{RELEASE}-worker", f"{RELEASE}-api"):

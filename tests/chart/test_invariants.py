@@ -44,9 +44,14 @@ def test_selectors_match_pod_labels(value_set: str) -> None:
         assert labels_match(dep["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
     # every Service selects exactly one Deployment's pods, and its targetPorts are ports those pods declare
     for svc in find(docs, "Service"):
-        selected = [d for d in deps.values()
-                    if labels_match({"matchLabels": svc["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])]
-        assert len(selected) == 1, f"Service {svc['metadata']['name']} selects {[d['metadata']['name'] for d in selected]}"
+        selected = [
+            d
+            for d in deps.values()
+            if labels_match({"matchLabels": svc["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])
+        ]
+        assert len(selected) == 1, (
+            f"Service {svc['metadata']['name']} selects {[d['metadata']['name'] for d in selected]}"
+        )
         ports = container_ports(selected[0]["spec"]["template"]["spec"])
         for p in svc["spec"]["ports"]:
             tp = p["targetPort"]
@@ -66,7 +71,8 @@ def test_probes_hit_declared_ports(value_set: str) -> None:
                 if probe in c:
                     port = c[probe]["httpGet"]["port"]
                     assert port in ports if isinstance(port, str) else port in ports.values(), (
-                        f"{obj['metadata']['name']} {probe} -> {port}, declared {ports}")
+                        f"{obj['metadata']['name']} {probe} -> {port}, declared {ports}"
+                    )
 
 
 def _min_replicas(docs: list[dict], dep: dict) -> int:
@@ -105,8 +111,11 @@ def test_worker_grace_period_exceeds_drain_timeout(value_set: str) -> None:
 def test_grace_period_is_derived_from_drain_timeout() -> None:
     from tests.chart.chartlib import render_values
 
-    spec = one(render_values({"workers": {"drainTimeout": 122.5, "terminationGraceMarginSeconds": 10}}),
-               "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]
+    spec = one(
+        render_values({"workers": {"drainTimeout": 122.5, "terminationGraceMarginSeconds": 10}}),
+        "Deployment",
+        f"{RELEASE}-worker",
+    )["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 133
 
 
@@ -117,13 +126,18 @@ def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> Non
     dep = one(docs, "Deployment", f"{RELEASE}-worker")
     ref = so["spec"]["scaleTargetRef"]
     assert (ref.get("apiVersion", "apps/v1"), ref.get("kind", "Deployment"), ref["name"]) == (
-        "apps/v1", "Deployment", dep["metadata"]["name"])
+        "apps/v1",
+        "Deployment",
+        dep["metadata"]["name"],
+    )
     assert "replicas" not in dep["spec"], "with KEDA the Deployment must not fight the HPA over replicas"
     worker_env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
     rabbit = [t for t in so["spec"]["triggers"] if t["type"] == "rabbitmq"]
     assert len(rabbit) == 1
     meta = rabbit[0]["metadata"]
-    assert all(isinstance(v, str) for t in so["spec"]["triggers"] for v in t["metadata"].values()), "metadata are strings"
+    assert all(isinstance(v, str) for t in so["spec"]["triggers"] for v in t["metadata"].values()), (
+        "metadata are strings"
+    )
     assert meta["queueName"] == worker_env["CPW_JOBS_QUEUE"]
     api = deployments(docs).get(f"{RELEASE}-api")
     if api:
@@ -148,7 +162,9 @@ def test_keda_value_defaults_to_max_concurrent_jobs() -> None:
     from tests.chart.chartlib import render_values
 
     base = {"global": {"rabbitmq": {"existingSecret": "s"}}, "workers": {"autoscaling": {"enabled": True}}}
-    so = one(render_values(base | {"workers": {"autoscaling": {"enabled": True}, "maxConcurrentJobs": 7}}), "ScaledObject")
+    so = one(
+        render_values(base | {"workers": {"autoscaling": {"enabled": True}, "maxConcurrentJobs": 7}}), "ScaledObject"
+    )
     assert so["spec"]["triggers"][0]["metadata"]["value"] == "7"
     so = one(render_values(base | {"workers": {"autoscaling": {"enabled": True, "jobsPerReplica": 3}}}), "ScaledObject")
     assert so["spec"]["triggers"][0]["metadata"]["value"] == "3"
@@ -156,6 +172,7 @@ def test_keda_value_defaults_to_max_concurrent_jobs() -> None:
 
 
 # --- NetworkPolicy evaluation -------------------------------------------------------------------------------
+
 
 @dataclass
 class Endpoint:
@@ -209,10 +226,13 @@ def allowed(policies: list[dict], src: Endpoint, dst: Endpoint, port: int, proto
     def direction_ok(direction: str, subject: Endpoint, other: Endpoint) -> bool:
         if subject.ip is not None:
             return True  # outside the cluster: no policy applies
-        selecting = [p for p in policies
-                     if p["metadata"]["namespace"] == subject.namespace
-                     and labels_match(p["spec"]["podSelector"], subject.pod_labels)
-                     and direction.capitalize() in p["spec"].get("policyTypes", ["Ingress"])]
+        selecting = [
+            p
+            for p in policies
+            if p["metadata"]["namespace"] == subject.namespace
+            and labels_match(p["spec"]["podSelector"], subject.pod_labels)
+            and direction.capitalize() in p["spec"].get("policyTypes", ["Ingress"])
+        ]
         if not selecting:
             return True
         key, peers_key = ("ingress", "from") if direction == "ingress" else ("egress", "to")
@@ -277,8 +297,14 @@ def test_network_policies_admit_what_the_release_needs(value_set: str) -> None:
         assert allowed(pols, test_pod, api, api.ports["http"]), "the helm test pod must reach the API"
         assert not allowed(pols, test_pod, BROKER, 5672)
     # OTLP opened only when tracing is configured
-    endpoint = next((env_of(s["containers"][0]).get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                     for o, m, s in pod_specs(docs) if o["kind"] == "Deployment"), None)
+    endpoint = next(
+        (
+            env_of(s["containers"][0]).get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            for o, m, s in pod_specs(docs)
+            if o["kind"] == "Deployment"
+        ),
+        None,
+    )
     pod = worker or api
     if endpoint:
         u = urlparse(endpoint)
@@ -303,8 +329,11 @@ def test_kube_api_egress_only_for_components_with_rbac_rules() -> None:
 def test_monitors_select_the_components_ops_port(value_set: str) -> None:
     docs = render_set(value_set)
     for pm in find(docs, "PodMonitor"):
-        selected = [o for o, m, s in pod_specs(docs)
-                    if o["kind"] == "Deployment" and labels_match(pm["spec"]["selector"], m["labels"])]
+        selected = [
+            o
+            for o, m, s in pod_specs(docs)
+            if o["kind"] == "Deployment" and labels_match(pm["spec"]["selector"], m["labels"])
+        ]
         assert len(selected) == len(deployments(docs))
         for o in selected:
             assert "ops" in container_ports(o["spec"]["template"]["spec"])

@@ -100,21 +100,25 @@ def test_seed_high_throughput_example() -> None:
 
 def test_components_can_be_disabled() -> None:
     workers_only = render_set("workers-only")
-    assert not [d for d in workers_only if d["metadata"]["labels"].get("app.kubernetes.io/component") in ("api", "helm-test")]
+    assert not [
+        d for d in workers_only if d["metadata"]["labels"].get("app.kubernetes.io/component") in ("api", "helm-test")
+    ]
     api_only = render_set("api-only")
     assert not [d for d in api_only if d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"]
 
 
 def test_api_values_land_in_the_api_subchart() -> None:
-    docs = render_values({"api": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"},
-                                               "limits": {"cpu": "2", "memory": "2Gi"}}}})
+    docs = render_values(
+        {"api": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}}}
+    )
     c = one(docs, "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
 
 
 def test_images_by_tag_or_digest_and_registry() -> None:
-    docs = render_values({"workers": {"image": {"tag": "1.2.3"}},
-                          "api": {"image": {"digest": "sha256:" + "a" * 64, "tag": "ignored"}}})
+    docs = render_values(
+        {"workers": {"image": {"tag": "1.2.3"}}, "api": {"image": {"digest": "sha256:" + "a" * 64, "tag": "ignored"}}}
+    )
     images = {d["metadata"]["name"]: s["containers"][0]["image"] for d, _, s in pod_specs(docs)}
     assert images[f"{RELEASE}-worker"] == "ghcr.io/controlplane-workers/worker:1.2.3"
     assert images[f"{RELEASE}-api"] == "ghcr.io/controlplane-workers/api-adapter@sha256:" + "a" * 64
@@ -151,8 +155,17 @@ def test_kitchen_sink_passes_every_extra_through() -> None:
 
 
 def test_cluster_scoped_rbac_option() -> None:
-    docs = render_values({"workers": {"rbac": {"create": True, "clusterScoped": True,
-                                               "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]}}})
+    docs = render_values(
+        {
+            "workers": {
+                "rbac": {
+                    "create": True,
+                    "clusterScoped": True,
+                    "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+                }
+            }
+        }
+    )
     role = one(docs, "ClusterRole")
     binding = one(docs, "ClusterRoleBinding")
     assert "namespace" not in role["metadata"]
@@ -172,8 +185,10 @@ def test_rabbitmq_cluster_wires_the_default_user_secret() -> None:
     assert src["name"] == f"{RELEASE}-rabbitmq-default-user"
     assert src["items"] == [{"key": "connection_string", "path": "url"}]
     ta = one(docs, "TriggerAuthentication")
-    assert {(r["parameter"], r["key"]) for r in ta["spec"]["secretTargetRef"]} == {("username", "username"),
-                                                                                   ("password", "password")}
+    assert {(r["parameter"], r["key"]) for r in ta["spec"]["secretTargetRef"]} == {
+        ("username", "username"),
+        ("password", "password"),
+    }
     trig = one(docs, "ScaledObject")["spec"]["triggers"][0]["metadata"]
     assert trig["host"] == f"http://{RELEASE}-rabbitmq.{NAMESPACE}.svc:15672/"
 
@@ -195,8 +210,13 @@ def test_default_install_creates_no_secret_and_no_password() -> None:
 
 
 def test_notes_tell_how_to_reach_the_api_watch_the_queue_and_find_dashboards() -> None:
-    text = notes({"monitoring": {"dashboards": {"enabled": True}}, "workers": {"autoscaling": {"enabled": True}},
-                  "global": {"rabbitmq": {"existingSecret": "s"}}})
+    text = notes(
+        {
+            "monitoring": {"dashboards": {"enabled": True}},
+            "workers": {"autoscaling": {"enabled": True}},
+            "global": {"rabbitmq": {"existingSecret": "s"}},
+        }
+    )
     assert f"port-forward svc/{RELEASE}-api 8000" in text
     assert "provider.jobs" in text and "scaledobject" in text
     assert "grafana_dashboard" in text
@@ -226,5 +246,7 @@ def test_render_cli_prints_manifests(capsys: pytest.CaptureFixture[str]) -> None
 
     assert render.main(["--set", "workers.replicaCount=3", "-f", str(CHART / "ci" / "keda-values.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "kind: ScaledObject" in out and "# Source: controlplane-workers/charts/workers/templates/deployment.yaml" in out
+    assert (
+        "kind: ScaledObject" in out and "# Source: controlplane-workers/charts/workers/templates/deployment.yaml" in out
+    )
     assert render.main(["--set", "workers.replicaCont=3"]) == 1

@@ -14,8 +14,11 @@ from tests.chart.chartlib import CHART
 
 pytestmark = pytest.mark.timeout(30)
 
-VALUES_FILES = [CHART / "values.yaml", CHART / "charts" / "worker" / "values.yaml",
-                CHART / "charts" / "api-adapter" / "values.yaml"]
+VALUES_FILES = [
+    CHART / "values.yaml",
+    CHART / "charts" / "worker" / "values.yaml",
+    CHART / "charts" / "api-adapter" / "values.yaml",
+]
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w.-]*):(?P<rest>.*)$")
 
 
@@ -49,7 +52,7 @@ def undocumented(path: Path) -> list[str]:
         inherited = any(d for _, _, d in stack)
         comment_block = []
         rest = m["rest"].strip()
-        nxt = next((x for x in lines[n + 1:] if x.strip() and not x.strip().startswith("#")), "")
+        nxt = next((x for x in lines[n + 1 :] if x.strip() and not x.strip().startswith("#")), "")
         nxt_indent = len(nxt) - len(nxt.lstrip())
         is_leaf = bool(rest) or not nxt or nxt_indent <= indent and not nxt.strip().startswith("- ")
         if is_leaf and not (documented or inherited):
@@ -64,8 +67,11 @@ def test_every_value_is_documented(path: Path) -> None:
 
 
 def test_each_chart_has_a_strict_schema() -> None:
-    for path in [CHART / "values.schema.json", CHART / "charts" / "worker" / "values.schema.json",
-                 CHART / "charts" / "api-adapter" / "values.schema.json"]:
+    for path in [
+        CHART / "values.schema.json",
+        CHART / "charts" / "worker" / "values.schema.json",
+        CHART / "charts" / "api-adapter" / "values.schema.json",
+    ]:
         schema = json.loads(path.read_text())
         assert schema["additionalProperties"] is False, path
         assert "global" in schema["properties"], "subcharts receive `global`"

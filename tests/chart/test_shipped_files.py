@@ -49,10 +49,16 @@ def test_packaged_chart_carries_exactly_the_source_files(tmp_path: Path) -> None
     with tarfile.open(archive) as tar:
         shipped = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     prefix = "controlplane-workers/files/"
-    rules = {n[len(prefix + "alerts/"):]: b for n, b in shipped.items()
-             if n.startswith(prefix + "alerts/") and n.endswith(".rules.yaml")}
-    boards = {n[len(prefix + "dashboards/"):]: b for n, b in shipped.items()
-              if n.startswith(prefix + "dashboards/") and n.endswith(".json")}
+    rules = {
+        n[len(prefix + "alerts/") :]: b
+        for n, b in shipped.items()
+        if n.startswith(prefix + "alerts/") and n.endswith(".rules.yaml")
+    }
+    boards = {
+        n[len(prefix + "dashboards/") :]: b
+        for n, b in shipped.items()
+        if n.startswith(prefix + "dashboards/") and n.endswith(".json")
+    }
     assert rules == source_rules()
     assert boards == source_dashboards()
     assert not [n for n in shipped if n.startswith(prefix + "alerts/") and n.endswith(".md")], "runbooks stay out"

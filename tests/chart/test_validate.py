@@ -17,8 +17,15 @@ from tests.chart.chartlib import CHART, SCHEMAS, VALUE_SETS, render_set, strip
 pytestmark = pytest.mark.timeout(120)
 
 CRD_DIR = SCHEMAS / "crds"
-CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1",
-               "autoscaling/v2", "batch/v1"}
+CORE_GROUPS = {
+    "v1",
+    "apps/v1",
+    "policy/v1",
+    "networking.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+    "autoscaling/v2",
+    "batch/v1",
+}
 
 
 def kube_versions() -> list[str]:
@@ -29,7 +36,7 @@ def kube_versions() -> list[str]:
     return [f"{low.group(1)}.0", kubernetes_validate.latest_version()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_schemas() -> dict[tuple[str, str], dict]:
     """(apiVersion, kind) -> the CRD's openAPIV3Schema, made strict: unknown fields are errors (the API server
     would silently prune them, hiding typos)."""
@@ -77,8 +84,7 @@ def test_core_kinds_validate_at_kube_versions(value_set: str) -> None:
                 kubernetes_validate.validate(strip(doc), version, strict=True)
             except kubernetes_validate.ValidationError as e:
                 path = "/".join(str(p) for p in getattr(e, "path", []))
-                errors.append(f"{doc['kind']}/{doc['metadata']['name']} @ {version}: {path}: "
-                              f"{str(e).splitlines()[0]}")
+                errors.append(f"{doc['kind']}/{doc['metadata']['name']} @ {version}: {path}: {str(e).splitlines()[0]}")
     assert not errors, "\n".join(errors)
 
 
@@ -95,8 +101,9 @@ def test_custom_resources_validate_against_crds(value_set: str) -> None:
         body["metadata"] = {"name": body["metadata"]["name"]}  # ObjectMeta is validated by the API server
         validator = jsonschema.Draft7Validator(schemas[key])
         for err in validator.iter_errors(body):
-            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: /{'/'.join(map(str, err.absolute_path))}: "
-                          f"{err.message}")
+            errors.append(
+                f"{doc['kind']}/{doc['metadata']['name']}: /{'/'.join(map(str, err.absolute_path))}: {err.message}"
+            )
     assert not errors, "\n".join(errors)
 
 
@@ -112,6 +119,10 @@ def test_every_crd_schema_copied_is_used_and_documented() -> None:
 
 def test_strict_crd_schema_catches_a_typo() -> None:
     schema = crd_schemas()[("keda.sh/v1alpha1", "ScaledObject")]
-    bad = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
-           "spec": {"scaleTargetRef": {"name": "x"}, "triggers": [], "minReplicas": 1}}
+    bad = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "x"},
+        "spec": {"scaleTargetRef": {"name": "x"}, "triggers": [], "minReplicas": 1},
+    }
     assert list(jsonschema.Draft7Validator(schema).iter_errors(bad))

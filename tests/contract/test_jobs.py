@@ -125,7 +125,10 @@ async def test_malformed_and_unknown_jobs_dead_letter_and_worker_survives(broker
             b"not json at all", message_id="junk-1", routing_key="x.y.create", priority=5, headers={}
         )
         await queue.broker.publish_job(
-            b'{"id": "j2", "provider_namespace": "A"}', message_id="j2", routing_key="x.y.create", priority=5,
+            b'{"id": "j2", "provider_namespace": "A"}',
+            message_id="j2",
+            routing_key="x.y.create",
+            priority=5,
             headers={},
         )
         unknown = await queue.submit_job("No.Such", "thing", "create", request("u"))
@@ -181,7 +184,9 @@ async def test_fleet_view_from_heartbeats(broker_url):
         async with running_worker(broker_url, providers.registry, worker_id="w-fleet") as worker:
             await eventually(lambda: fleet.get_worker("w-fleet") is not None)
             status = fleet.get_registry_status()
-            assert status["total_workers"] == 1 and status["workers"][0]["capacity"] == worker.settings.max_concurrent_jobs
+            assert (
+                status["total_workers"] == 1 and status["workers"][0]["capacity"] == worker.settings.max_concurrent_jobs
+            )
         await eventually(lambda: fleet.get_worker("w-fleet") is None)
         await fleet.stop()
 
@@ -203,8 +208,9 @@ async def test_itl_shaped_provider_runs_unchanged(broker_url):
 
     class ITLStyleProvider:  # a plain class, sync methods, the ITL SDK's method names
         def create_or_update_resource(self, request):
-            return ResourceResponse(id=f"/x/{request.resource_name}", name=request.resource_name,
-                                    properties={"location": request.location})
+            return ResourceResponse(
+                id=f"/x/{request.resource_name}", name=request.resource_name, properties={"location": request.location}
+            )
 
         def get_resource(self, request):
             return {"id": f"/x/{request.resource_name}"}
@@ -214,7 +220,11 @@ async def test_itl_shaped_provider_runs_unchanged(broker_url):
         fetched = await queue.submit_job("ITL.Compute", "vms", "get", request("vm1"))
         r1 = await queue.get_job_result(created, timeout=10)
         r2 = await queue.get_job_result(fetched, timeout=10)
-    assert r1.status is JobStatus.SUCCEEDED and r1.result == {"id": "/x/vm1", "name": "vm1", "properties": {"location": "westeurope"}}
+    assert r1.status is JobStatus.SUCCEEDED and r1.result == {
+        "id": "/x/vm1",
+        "name": "vm1",
+        "properties": {"location": "westeurope"},
+    }
     assert r2.result == {"id": "/x/vm1"}
 
 

@@ -78,11 +78,14 @@ def test_fleet_overview_covers_the_issue() -> None:
         "cpw_worker_jobs_total",  # throughput by outcome, success ratio
         "cpw_worker_job_duration_seconds_bucket",  # p50/p95/p99 duration
         "cpw_worker_queue_wait_seconds_bucket",  # queue wait
-        "rabbitmq_detailed_queue_messages_ready", "rabbitmq_detailed_queue_messages_unacked",  # depth
+        "rabbitmq_detailed_queue_messages_ready",
+        "rabbitmq_detailed_queue_messages_unacked",  # depth
         "rabbitmq_detailed_queue_messages{",  # DLQ
         "kube_horizontalpodautoscaler_status_desired_replicas",  # KEDA desired replicas
-        "cpw_worker_jobs_in_flight", "cpw_worker_capacity",  # saturation
-        "cpw_api_requests_total", "cpw_api_request_duration_seconds_bucket",  # API rate / latency / errors
+        "cpw_worker_jobs_in_flight",
+        "cpw_worker_capacity",  # saturation
+        "cpw_api_requests_total",
+        "cpw_api_request_duration_seconds_bucket",  # API rate / latency / errors
     ]:
         assert needed in text, needed
     for q in ("0.5", "0.95", "0.99"):

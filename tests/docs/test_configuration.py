@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from controlplane_workers.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,9 +56,7 @@ def test_every_variable_the_code_reads_is_documented() -> None:
     read = set()
     for path in [*(ROOT / "worker").rglob("*.py"), *(ROOT / "api-adapter").rglob("*.py")]:
         read |= set(
-            re.findall(
-                r"""(?:environ\.get|getenv|environ\[)\(?\s*["']((?:CPW|OTEL)_\w+)["']""", path.read_text()
-            )
+            re.findall(r"""(?:environ\.get|getenv|environ\[)\(?\s*["']((?:CPW|OTEL)_\w+)["']""", path.read_text())
         )
     assert read, "the pattern found no environment reads at all"
     missing = {name for name in read if f"`{name}`" not in text}

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from controlplane_workers import JobQueue, JobStatus
 
+from controlplane_workers import JobQueue, JobStatus
 from tests.conftest import BrokerEndpoint
 from tests.support.processes import CpwProcess
 
@@ -43,9 +43,7 @@ def test_offload_from_my_api_on_rabbitmq(vhost_url: str) -> None:
 
 
 @pytest.mark.rabbitmq
-async def test_my_provider_in_cpw_worker_on_rabbitmq(
-    rabbitmq: BrokerEndpoint, vhost_url: str, tmp_path: Path
-) -> None:
+async def test_my_provider_in_cpw_worker_on_rabbitmq(rabbitmq: BrokerEndpoint, vhost_url: str, tmp_path: Path) -> None:
     """As docs/providers.md runs it: PYTHONPATH=examples CPW_PROVIDERS=my_provider:registry cpw worker."""
     path = os.pathsep.join(str(p) for p in (EXAMPLES, ROOT, ROOT / "worker", ROOT / "api-adapter"))
     worker = CpwProcess(
@@ -74,29 +72,17 @@ async def test_my_provider_in_cpw_worker_on_rabbitmq(
             assert created.attempts == 2 and created.result["properties"]["attempt"] == 2
             assert created.result["properties"]["createdByJob"] == created.job_id
 
-            got = await queue.get_job_result(
-                await queue.submit_job(ns, rt, "get", request), 60
-            )  # sync method
-            assert (
-                got is not None
-                and got.status is JobStatus.SUCCEEDED
-                and got.result["sku"]["name"] == "Premium_LRS"
-            )
+            got = await queue.get_job_result(await queue.submit_job(ns, rt, "get", request), 60)  # sync method
+            assert got is not None and got.status is JobStatus.SUCCEEDED and got.result["sku"]["name"] == "Premium_LRS"
 
             bad = {**request, "resource_name": "acct2", "body": {"sku": {"name": "Ultra"}}}
             failed = await queue.get_job_result(await queue.submit_job(ns, rt, "create", bad), 60)
             assert failed is not None and failed.status is JobStatus.FAILED
-            assert (
-                failed.error is not None and failed.error.code == "InvalidParameter" and failed.attempts == 1
-            )
+            assert failed.error is not None and failed.error.code == "InvalidParameter" and failed.attempts == 1
 
             action = {**request, "action": "regenerateKey", "body": {"keyName": "key2"}}
             acted = await queue.get_job_result(await queue.submit_job(ns, rt, "action", action), 60)
-            assert (
-                acted is not None
-                and acted.status is JobStatus.SUCCEEDED
-                and acted.result["keyName"] == "key2"
-            )
+            assert acted is not None and acted.status is JobStatus.SUCCEEDED and acted.result["keyName"] == "key2"
     finally:
         worker.stop()
     assert worker.process is not None and worker.process.returncode == 0, worker.tail()

@@ -31,8 +31,14 @@ from tests.support.rabbitmq import RabbitMQServer, free_port
 NS, TYPE = "Test.Scripted", "things"
 TERMINAL = {"Succeeded", "Failed", "Canceled"}
 # What each provider script must end as (the timeout and raising paths end Failed via the DLQ).
-EXPECTED = {"ok": "Succeeded", "sleep": "Succeeded", "fail": "Succeeded", "hang": "Failed", "error": "Failed",
-            "permanent": "Failed"}
+EXPECTED = {
+    "ok": "Succeeded",
+    "sleep": "Succeeded",
+    "fail": "Succeeded",
+    "hang": "Failed",
+    "error": "Failed",
+    "permanent": "Failed",
+}
 
 WORKER_SETTINGS: dict[str, Any] = {
     "CPW_MAX_CONCURRENT_JOBS": 40,
@@ -217,8 +223,15 @@ class Load:
     """
 
     def __init__(
-        self, cluster: Cluster, *, rate: float, count: int, duration: float,
-        script: Callable[[int], str] = lambda n: "ok", max_outstanding: int = 1500, submit_deadline: float = 90.0,
+        self,
+        cluster: Cluster,
+        *,
+        rate: float,
+        count: int,
+        duration: float,
+        script: Callable[[int], str] = lambda n: "ok",
+        max_outstanding: int = 1500,
+        submit_deadline: float = 90.0,
     ) -> None:
         for url in cluster.api_urls:
             assert url.startswith("http://127.0.0.1:"), url
@@ -283,8 +296,12 @@ class Load:
             self.slots.release()
 
     async def _submit(self, record: JobRecord) -> bool:
-        body = {"namespace": NS, "type": TYPE, "operation": "create",
-                "request": {"resource_name": f"r{record.n}", "body": {"script": record.script}}}
+        body = {
+            "namespace": NS,
+            "type": TYPE,
+            "operation": "create",
+            "request": {"resource_name": f"r{record.n}", "body": {"script": record.script}},
+        }
         headers = {**A, "Idempotency-Key": record.key}
         deadline = time.monotonic() + self.submit_deadline
         shift = 0
@@ -322,8 +339,9 @@ class Load:
         while True:
             url = self.url(shift)
             try:
-                response = await self.http.get(f"{url}/operationResults/{record.job_id}", params={"wait": "10"},
-                                               headers=A)
+                response = await self.http.get(
+                    f"{url}/operationResults/{record.job_id}", params={"wait": "10"}, headers=A
+                )
             except httpx.HTTPError:
                 shift += 1
                 await asyncio.sleep(0.2)
@@ -423,10 +441,7 @@ async def settle(cluster: Cluster, load: Load, name: str, settle_s: float) -> Ac
             for url in cluster.api_urls:
                 listed = await list_all(http, url)
                 views.append(listed or {})
-            open_ids = [
-                j for j in accepted
-                if any(v.get(j, {}).get("status") not in TERMINAL for v in views)
-            ]
+            open_ids = [j for j in accepted if any(v.get(j, {}).get("status") not in TERMINAL for v in views)]
             orphans_open = [
                 j for v in views for j, job in v.items() if j not in accepted and job["status"] not in TERMINAL
             ]
@@ -489,7 +504,12 @@ RESULTS: list[Account] = []  # every drill's account, printed by conftest.py at 
 
 
 async def drill(
-    name: str, cluster: Cluster, load: Load, faults: Callable[[Load], Any] | None = None, *, settle_s: float = 60.0,
+    name: str,
+    cluster: Cluster,
+    load: Load,
+    faults: Callable[[Load], Any] | None = None,
+    *,
+    settle_s: float = 60.0,
 ) -> Account:
     """Run the load with the faults alongside, settle, take the account, and check it balances."""
     stop = asyncio.Event()

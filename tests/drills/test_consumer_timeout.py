@@ -34,8 +34,13 @@ async def test_consumer_timeout_exceeded_by_long_jobs(size, cluster):
     c = await cluster(workers=2, CPW_JOB_TIMEOUT=30)
     rate, duration = sized(size, (10, 8), (30, 45))
     # one job in ten outlasts the consumer timeout twice over
-    load = Load(c, rate=rate, count=int(rate * duration), duration=duration,
-                script=lambda n: "sleep:4" if n % 10 == 0 else "sleep:0.2")
+    load = Load(
+        c,
+        rate=rate,
+        count=int(rate * duration),
+        duration=duration,
+        script=lambda n: "sleep:4" if n % 10 == 0 else "sleep:0.2",
+    )
     account = await drill("consumer timeout exceeded", c, load, settle_s=sized(size, 60, 120))
     assert account.redelivered > 0  # the broker did take deliveries back
     async with httpx.AsyncClient(timeout=5) as http:

@@ -32,8 +32,13 @@ def mix(n: int) -> str:
 async def test_steady_load(size, cluster):
     c = await cluster()
     rate, duration = sized(size, (40, 6), (100, 62))
-    load = Load(c, rate=rate, count=int(rate * duration), duration=duration,
-                script=lambda n: "sleep:0.05" if n % 4 == 0 else "ok")
+    load = Load(
+        c,
+        rate=rate,
+        count=int(rate * duration),
+        duration=duration,
+        script=lambda n: "sleep:0.05" if n % 4 == 0 else "ok",
+    )
     account = await drill("steady", c, load, settle_s=sized(size, 40, 120))
     if size == "full":
         assert account.accepted >= 5000 and account.duration_s >= 60
@@ -116,8 +121,13 @@ async def test_sigterm_scale_in_with_long_jobs(size, cluster):
     c = await cluster(workers=3, CPW_DRAIN_TIMEOUT=2, CPW_JOB_TIMEOUT=10)
     rate, duration, period = sized(size, (15, 9, 3.0), (30, 45, 6.0))
     # 1.5 s jobs finish inside the drain window; 4 s ones outlast it and are handed back
-    load = Load(c, rate=rate, count=int(rate * duration), duration=duration,
-                script=lambda n: "sleep:4" if n % 5 == 0 else "sleep:1.5")
+    load = Load(
+        c,
+        rate=rate,
+        count=int(rate * duration),
+        duration=duration,
+        script=lambda n: "sleep:4" if n % 5 == 0 else "sleep:1.5",
+    )
     exits: list[int] = []
 
     async def faults(load: Load) -> None:
@@ -148,8 +158,13 @@ async def test_hanging_and_raising_providers(size, cluster):
 async def test_everything_at_once(size, cluster):
     c = await cluster(workers=3, CPW_JOB_TIMEOUT=2, CPW_DRAIN_TIMEOUT=2)
     rate, duration = sized(size, (25, 16), (50, 75))
-    load = Load(c, rate=rate, count=int(rate * duration), duration=duration,
-                script=lambda n: mix(n) if n % 3 == 0 else "sleep:0.3")
+    load = Load(
+        c,
+        rate=rate,
+        count=int(rate * duration),
+        duration=duration,
+        script=lambda n: mix(n) if n % 3 == 0 else "sleep:0.3",
+    )
     rng = random.Random(11)
 
     async def faults(load: Load) -> None:

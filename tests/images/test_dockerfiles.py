@@ -55,9 +55,7 @@ def test_every_base_is_slim_python_pinned_by_digest(image: str) -> None:
         base = dockerfile.resolved_base(stage)
         if base in stage_names:
             continue
-        assert DIGEST.match(base), (
-            f"{DOCKERFILES[image]}: stage {stage.name} FROM {base} is not pinned by digest"
-        )
+        assert DIGEST.match(base), f"{DOCKERFILES[image]}: stage {stage.name} FROM {base} is not pinned by digest"
 
 
 def test_both_images_share_one_base_digest() -> None:
@@ -84,13 +82,11 @@ def test_runs_as_numeric_non_root_user_10001_as_the_chart_does(image: str) -> No
     assert user is not None and re.fullmatch(r"\d+(:\d+)?", user.raw.strip()), "USER must be numeric"
     uid, _, gid = user.raw.strip().partition(":")
     assert uid == "10001" and gid in ("", "10001")
-    values = yaml.safe_load(
-        (ROOT / f"charts/controlplane-workers/charts/{VALUES[image]}/values.yaml").read_text()
-    )
+    values = yaml.safe_load((ROOT / f"charts/controlplane-workers/charts/{VALUES[image]}/values.yaml").read_text())
     assert values["podSecurityContext"]["runAsUser"] == int(uid)
-    assert runtime.instructions.index(user) > max(
-        runtime.instructions.index(i) for i in runtime.all("COPY")
-    ), "USER comes after the files are in place"
+    assert runtime.instructions.index(user) > max(runtime.instructions.index(i) for i in runtime.all("COPY")), (
+        "USER comes after the files are in place"
+    )
 
 
 def test_exec_form_entrypoint_so_sigterm_reaches_cpw(image: str) -> None:

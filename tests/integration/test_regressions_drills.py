@@ -38,8 +38,9 @@ async def test_job_longer_than_consumer_timeout_ends_once_and_worker_survives(sh
     is published, and the redeliveries of that attempt are settled without running it again.
     """
     url = short_consumer_timeout.amqp_url
-    worker = CpwProcess("worker", worker_env(url, CPW_WORKER_ID="long", CPW_JOB_TIMEOUT="60"),
-                        tmp_path / "worker.log").start()
+    worker = CpwProcess(
+        "worker", worker_env(url, CPW_WORKER_ID="long", CPW_JOB_TIMEOUT="60"), tmp_path / "worker.log"
+    ).start()
     try:
         await asyncio.to_thread(worker.wait_ready)
         async with client(url) as queue:
@@ -73,8 +74,9 @@ async def test_ops_port_answers_through_the_sigterm_drain(vhost_url, tmp_path):
 
     import httpx
 
-    worker = CpwProcess("worker", worker_env(vhost_url, CPW_WORKER_ID="drain", CPW_DRAIN_TIMEOUT="20"),
-                        tmp_path / "worker.log").start()
+    worker = CpwProcess(
+        "worker", worker_env(vhost_url, CPW_WORKER_ID="drain", CPW_DRAIN_TIMEOUT="20"), tmp_path / "worker.log"
+    ).start()
     try:
         await asyncio.to_thread(worker.wait_ready)
         async with client(vhost_url) as queue:

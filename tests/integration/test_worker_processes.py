@@ -37,7 +37,10 @@ async def _results(queue, job_ids, timeout=60.0):
 
 @pytest.mark.timeout(180)
 async def test_thousand_jobs_two_workers_each_ends_once(vhost_url, workers):
-    w1, w2 = workers(vhost_url, "w1", CPW_MAX_CONCURRENT_JOBS="16"), workers(vhost_url, "w2", CPW_MAX_CONCURRENT_JOBS="16")
+    w1, w2 = (
+        workers(vhost_url, "w1", CPW_MAX_CONCURRENT_JOBS="16"),
+        workers(vhost_url, "w2", CPW_MAX_CONCURRENT_JOBS="16"),
+    )
     await asyncio.to_thread(w1.wait_ready)
     await asyncio.to_thread(w2.wait_ready)
     async with client(vhost_url) as queue:
@@ -133,8 +136,11 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path, workers):
 @pytest.mark.timeout(30)
 def test_bad_setting_exits_2_with_one_line():
     result = subprocess.run(
-        [cpw_executable(), "worker"], env={"CPW_MAX_CONCURRENT_JOBS": "many", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=20,
+        [cpw_executable(), "worker"],
+        env={"CPW_MAX_CONCURRENT_JOBS": "many", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -203,7 +209,12 @@ async def test_dlq_cli_lists_reasons_and_redrives(vhost_url, workers):
         await _results(queue, bad, timeout=30)
         env = {"CPW_RABBITMQ_URL": vhost_url, "PATH": "/usr/bin:/bin"}
         listed = await asyncio.to_thread(
-            subprocess.run, [cpw_executable(), "dlq", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+            subprocess.run,
+            [cpw_executable(), "dlq", "list", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert listed.returncode == 0, listed.stderr
         import json
@@ -212,12 +223,21 @@ async def test_dlq_cli_lists_reasons_and_redrives(vhost_url, workers):
         assert sorted(l["job_id"] for l in letters) == sorted(bad)
         assert {l["reason"] for l in letters} == {"permanent-error"}
         redriven = await asyncio.to_thread(
-            subprocess.run, [cpw_executable(), "dlq", "redrive", bad[0]], env=env, capture_output=True, text=True,
+            subprocess.run,
+            [cpw_executable(), "dlq", "redrive", bad[0]],
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=60,
         )
         assert redriven.returncode == 0 and "redriven: 1" in redriven.stdout, redriven.stderr
         await eventually(lambda: worker.status()["jobs_dead_lettered"] == 4)  # it ran again and failed again
         again = await asyncio.to_thread(
-            subprocess.run, [cpw_executable(), "dlq", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+            subprocess.run,
+            [cpw_executable(), "dlq", "list", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert len(json.loads(again.stdout)) == 3

@@ -51,7 +51,9 @@ class PrometheusServer:
                 "--storage.tsdb.retention.time=1h",
                 "--log.level=warn",
             ],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.base,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

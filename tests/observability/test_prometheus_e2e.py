@@ -68,11 +68,12 @@ def scrape_config(api_ops: str, workers: list[str], rabbitmq_prometheus: str, vh
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": "cpw-worker", "static_configs": [
-                target(url, pod=f"cpw-worker-{i}") for i, url in enumerate(workers)
-            ]},
+            {
+                "job_name": "cpw-worker",
+                "static_configs": [target(url, pod=f"cpw-worker-{i}") for i, url in enumerate(workers)],
+            },
             {"job_name": "cpw-api", "static_configs": [target(api_ops, pod="cpw-api-0")]},
-            {   # docs/metrics.md: RabbitMQ's per-queue families; `vhost` keeps this release's queues only
+            {  # docs/metrics.md: RabbitMQ's per-queue families; `vhost` keeps this release's queues only
                 "job_name": "rabbitmq-queues",
                 "metrics_path": "/metrics/detailed",
                 "params": {"family": ["queue_coarse_metrics", "queue_consumer_count"], "vhost": [vhost]},
@@ -114,10 +115,12 @@ async def platform(rabbitmq, vhost_url, tmp_path):
     if not installed():
         pytest.fail("prometheus is not installed: run `make test` (it installs the Debian package)")
     vhost = vhost_url.rsplit("/", 1)[1]
-    workers = list(await asyncio.gather(
-        start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=8, CPW_WORKER_ID="cpw-worker-0"),
-        start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=8, CPW_WORKER_ID="cpw-worker-1"),
-    ))
+    workers = list(
+        await asyncio.gather(
+            start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=8, CPW_WORKER_ID="cpw-worker-0"),
+            start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=8, CPW_WORKER_ID="cpw-worker-1"),
+        )
+    )
     api = await start_api(vhost_url, tmp_path)
     prometheus = PrometheusServer(
         scrape_config(api.ops_url, [w.ops_url for w in workers], rabbitmq.server.prometheus_url, vhost),
@@ -137,28 +140,37 @@ async def test_dashboards_and_an_alert_on_a_real_prometheus(platform):
     api, workers, prometheus, vhost = platform
     async with httpx.AsyncClient(timeout=30.0) as http:
         # Every target is scraped before the workload starts, so the first jobs are seen change.
-        await wait_until(prometheus, http, 'count(up{namespace="cpw"} == 1)',
-                         lambda r: r and int(float(r[0]["value"][1])) == 4, 30)
+        await wait_until(
+            prometheus, http, 'count(up{namespace="cpw"} == 1)', lambda r: r and int(float(r[0]["value"][1])) == 4, 30
+        )
 
         # -- the workload: PUT (create) and POST /jobs (action) through the API, some failing
         jobs: list[str] = []
         scripts = [script for script, count, _ in WORKLOAD for _ in range(count)]
         for wave in range(WAVES):
             batch = scripts[wave::WAVES]
-            answers = await asyncio.gather(*(
-                http.put(f"{api.url}{RG}/e2e-{wave}-{i}", params=V, headers=A, json={"script": script})
-                if i % 2 == 0 else
-                http.post(f"{api.url}/jobs", headers=A, json={
-                    "namespace": "Test.Scripted", "type": "things", "operation": "action",
-                    "request": {"resource_name": f"e2e-{wave}-{i}", "action": "go", "body": {"script": script}},
-                })
-                for i, script in enumerate(batch)
-            ))
+            answers = await asyncio.gather(
+                *(
+                    http.put(f"{api.url}{RG}/e2e-{wave}-{i}", params=V, headers=A, json={"script": script})
+                    if i % 2 == 0
+                    else http.post(
+                        f"{api.url}/jobs",
+                        headers=A,
+                        json={
+                            "namespace": "Test.Scripted",
+                            "type": "things",
+                            "operation": "action",
+                            "request": {"resource_name": f"e2e-{wave}-{i}", "action": "go", "body": {"script": script}},
+                        },
+                    )
+                    for i, script in enumerate(batch)
+                )
+            )
             # GET of a resource is a job too (operation "get", never failing here); and reads of operations,
             # for the read-latency panel.
-            answers += await asyncio.gather(*(
-                http.get(f"{api.url}{RG}/e2e-{wave}-{i}", params=V, headers=A) for i in range(2)
-            ))
+            answers += await asyncio.gather(
+                *(http.get(f"{api.url}{RG}/e2e-{wave}-{i}", params=V, headers=A) for i in range(2))
+            )
             for answer in answers:
                 assert answer.status_code in (200, 201, 202), answer.text  # 200: POST /jobs saw it finish
                 jobs.append(answer.json()["jobId"] if "jobId" in answer.json() else answer.json()["id"])
@@ -167,10 +179,20 @@ async def test_dashboards_and_an_alert_on_a_real_prometheus(platform):
         attempts = sum(count * each for _, count, each in WORKLOAD) + 2 * WAVES
 
         # Prometheus has every finished attempt and every submission once its last scrape saw them.
-        await wait_until(prometheus, http, 'sum(cpw_worker_jobs_total{namespace="cpw"})',
-                         lambda r: r and int(float(r[0]["value"][1])) == attempts, 45)
-        await wait_until(prometheus, http, 'sum(cpw_api_submissions_total{namespace="cpw"})',
-                         lambda r: r and int(float(r[0]["value"][1])) == len(jobs), 15)
+        await wait_until(
+            prometheus,
+            http,
+            'sum(cpw_worker_jobs_total{namespace="cpw"})',
+            lambda r: r and int(float(r[0]["value"][1])) == attempts,
+            45,
+        )
+        await wait_until(
+            prometheus,
+            http,
+            'sum(cpw_api_submissions_total{namespace="cpw"})',
+            lambda r: r and int(float(r[0]["value"][1])) == len(jobs),
+            15,
+        )
         dlq = 'sum(rabbitmq_detailed_queue_messages{namespace="cpw", queue=~".*jobs\\\\.dlq"})'
         await wait_until(prometheus, http, dlq, lambda r: r and int(float(r[0]["value"][1])) == 6, 30)
 
@@ -219,8 +241,10 @@ async def test_dashboards_and_an_alert_on_a_real_prometheus(platform):
             alert = await asyncio.wait_for(firing(), 45)
         except TimeoutError:
             raise AssertionError(f"{ALERT} did not fire: {await prometheus.alerts(http)}") from None
-    assert alert["labels"] | {"severity": "critical", "queue": "provider.jobs", "vhost": vhost,
-                              "namespace": NAMESPACE} == alert["labels"]
+    assert (
+        alert["labels"] | {"severity": "critical", "queue": "provider.jobs", "vhost": vhost, "namespace": NAMESPACE}
+        == alert["labels"]
+    )
     assert float(alert["value"]) == 5
     assert "5 jobs are ready on queue provider.jobs" in alert["annotations"]["description"]
     assert alert["annotations"]["runbook_url"].endswith("runbooks.md#cpwjobswaitingwithoutconsumers")

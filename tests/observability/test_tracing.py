@@ -68,8 +68,13 @@ async def api(vhost_url, tmp_path, recorder):
 
     port = free_port()
     settings = load_settings(
-        rabbitmq_url=vhost_url, api_host="127.0.0.1", api_port=port, health_host="127.0.0.1",
-        health_port=free_port(), api_tokens_file=write_tokens(tmp_path), worker_id="api-test",
+        rabbitmq_url=vhost_url,
+        api_host="127.0.0.1",
+        api_port=port,
+        health_host="127.0.0.1",
+        health_port=free_port(),
+        api_tokens_file=write_tokens(tmp_path),
+        worker_id="api-test",
     )
     stop = asyncio.Event()
     task = asyncio.create_task(serve_api(settings, stop))

@@ -77,10 +77,17 @@ class OtlpReceiver:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    spans.append(ReceivedSpan(
-                        resource.get("service.name", ""), span.name, span.trace_id.hex(), span.span_id.hex(),
-                        span.parent_span_id.hex(), span.kind, {a.key: _value(a.value) for a in span.attributes},
-                    ))
+                    spans.append(
+                        ReceivedSpan(
+                            resource.get("service.name", ""),
+                            span.name,
+                            span.trace_id.hex(),
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                            span.kind,
+                            {a.key: _value(a.value) for a in span.attributes},
+                        )
+                    )
         with self.lock:
             self.spans.extend(spans)
 
@@ -143,14 +150,21 @@ async def test_processes_configured_by_otel_env_export_one_trace(vhost_url, tmp_
     by_service: dict[str, list[str]] = {}
     for span in spans:
         by_service.setdefault(span.service, []).append(span.name)
-    assert sorted(by_service["cpw-api"]) == sorted([
-        "PUT /subscriptions/{subscription}/resourceGroups/{resourceGroup}/providers/{namespace}/{type}/{name}",
-        "publish provider.exchange",
-    ]), by_service
-    assert sorted(by_service["cpw-worker"]) == sorted([
-        "process provider.jobs", "provider Test.Scripted/things create", "publish provider.jobs.retry.2",
-        "process provider.jobs", "provider Test.Scripted/things create",
-    ]), by_service
+    assert sorted(by_service["cpw-api"]) == sorted(
+        [
+            "PUT /subscriptions/{subscription}/resourceGroups/{resourceGroup}/providers/{namespace}/{type}/{name}",
+            "publish provider.exchange",
+        ]
+    ), by_service
+    assert sorted(by_service["cpw-worker"]) == sorted(
+        [
+            "process provider.jobs",
+            "provider Test.Scripted/things create",
+            "publish provider.jobs.retry.2",
+            "process provider.jobs",
+            "provider Test.Scripted/things create",
+        ]
+    ), by_service
     ids = {s.span_id for s in spans}
     roots = [s for s in spans if s.parent_id not in ids]
     assert [r.name.split()[0] for r in roots] == ["PUT"]  # every other span hangs under the request

@@ -77,9 +77,7 @@ def effective(profile: str | None) -> dict[str, Any]:
     profiles = {p["name"]: p for p in config.get("profiles", [])}
     if profile is not None:
         overlay = profiles[profile]
-        assert set(overlay) <= {"name", "activation", "patches"}, (
-            "profiles use patches only (exact semantics)"
-        )
+        assert set(overlay) <= {"name", "activation", "patches"}, "profiles use patches only (exact semantics)"
         config = apply_patches(config, overlay.get("patches", []))
     config.pop("profiles", None)
     return config
@@ -96,9 +94,7 @@ def helm_values(config: dict[str, Any]) -> dict[str, Any]:
 
     def merge(base: dict, over: dict) -> dict:
         for k, v in over.items():
-            base[k] = (
-                merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-            )
+            base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
         return base
 
     for path in release.get("valuesFiles", []):
@@ -116,9 +112,7 @@ def helm_values(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_schema_is_the_recorded_copy() -> None:
     digest = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
-    assert digest in (SCHEMA.parent / "SOURCES.md").read_text(), (
-        "the schema differs from the one SOURCES.md names"
-    )
+    assert digest in (SCHEMA.parent / "SOURCES.md").read_text(), "the schema differs from the one SOURCES.md names"
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -193,14 +187,10 @@ def test_the_release_renders_with_the_profiles_values(profile: str | None) -> No
             container = d["spec"]["template"]["spec"]["containers"][0]
             assert container["imagePullPolicy"] == "IfNotPresent"
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
-            assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]], (
-                "sync target /tmp/src is writable"
-            )
+            assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]], "sync target /tmp/src is writable"
 
     # port-forward targets exist with those ports
-    services = {
-        d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for d in docs if d["kind"] == "Service"
-    }
+    services = {d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for d in docs if d["kind"] == "Service"}
     for forward in config["portForward"]:
         assert forward["resourceType"] == "service" and forward["namespace"] == release["namespace"]
         assert forward["port"] in services[forward["resourceName"]], forward
@@ -213,9 +203,7 @@ def test_the_release_renders_with_the_profiles_values(profile: str | None) -> No
         cluster = [d for d in docs if d["kind"] == "RabbitmqCluster"]
         assert len(cluster) == 1 and cluster[0]["spec"]["replicas"] == 1
         assert not [d for d in docs if d["kind"] == "ScaledObject"], "KEDA is off in dev and ci"
-        assert [
-            d for d in docs if d["kind"] == "Pod" and "helm.sh/hook" in d["metadata"].get("annotations", {})
-        ]
+        assert [d for d in docs if d["kind"] == "Pod" and "helm.sh/hook" in d["metadata"].get("annotations", {})]
 
 
 def test_ci_profile_runs_helm_test_after_the_deploy() -> None:
@@ -224,6 +212,4 @@ def test_ci_profile_runs_helm_test_after_the_deploy() -> None:
     assert release["wait"] is True, "helm test needs the pods ready"
     commands = [h["host"]["command"] for h in config["deploy"]["helm"]["hooks"]["after"]]
     assert ["helm", "test", release["name"], "--namespace", release["namespace"]] == commands[0][:5]
-    assert (
-        "hooks" not in effective(None)["deploy"]["helm"] and "hooks" not in effective("dev")["deploy"]["helm"]
-    )
+    assert "hooks" not in effective(None)["deploy"]["helm"] and "hooks" not in effective("dev")["deploy"]["helm"]

@@ -67,6 +67,10 @@ async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02) -
 
 def request(name: str, script: str = "ok", **body: Any) -> dict[str, Any]:
     return {
-        "subscription_id": "sub-1", "resource_group": "rg-1", "resource_name": name,
-        "location": "westeurope", "body": {"script": script, **body}, "api_version": "2024-01-01",
+        "subscription_id": "sub-1",
+        "resource_group": "rg-1",
+        "resource_name": name,
+        "location": "westeurope",
+        "body": {"script": script, **body},
+        "api_version": "2024-01-01",
     }

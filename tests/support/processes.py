@@ -36,8 +36,13 @@ class CpwProcess:
 
     def start(self) -> CpwProcess:
         pythonpath = os.pathsep.join(str(p) for p in (ROOT, ROOT / "worker", ROOT / "api-adapter"))
-        env = {**os.environ, "PYTHONPATH": pythonpath, "CPW_HEALTH_PORT": str(self.health_port),
-               "CPW_HEALTH_HOST": "127.0.0.1", **self.env}
+        env = {
+            **os.environ,
+            "PYTHONPATH": pythonpath,
+            "CPW_HEALTH_PORT": str(self.health_port),
+            "CPW_HEALTH_HOST": "127.0.0.1",
+            **self.env,
+        }
         self.started_at = time.monotonic()
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(

@@ -15,12 +15,20 @@ from controlplane_workers.settings import SettingsError, load_settings
 
 
 def test_seed_names_are_accepted(monkeypatch):
-    for name, value in {"RABBITMQ_URL": "amqp://a:b@rabbit:5672/", "WORKER_ID": "w-7", "LOG_LEVEL": "debug",
-                        "HEALTH_CHECK_PORT": "9001"}.items():
+    for name, value in {
+        "RABBITMQ_URL": "amqp://a:b@rabbit:5672/",
+        "WORKER_ID": "w-7",
+        "LOG_LEVEL": "debug",
+        "HEALTH_CHECK_PORT": "9001",
+    }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert (settings.rabbitmq_url, settings.worker_id, settings.log_level, settings.health_port) == (
-        "amqp://a:b@rabbit:5672/", "w-7", "DEBUG", 9001)
+        "amqp://a:b@rabbit:5672/",
+        "w-7",
+        "DEBUG",
+        9001,
+    )
 
 
 def test_cpw_names_win_over_seed_names(monkeypatch):
@@ -49,7 +57,11 @@ def test_unreadable_secret_file_names_the_variable(monkeypatch, tmp_path):
     [
         ("CPW_MAX_CONCURRENT_JOBS", "0", "CPW_MAX_CONCURRENT_JOBS: Input should be greater than or equal to 1"),
         ("CPW_QUEUE_TYPE", "lazy", "CPW_QUEUE_TYPE: Input should be 'classic' or 'quorum'"),
-        ("CPW_RABBITMQ_URL", "redis://x", "CPW_RABBITMQ_URL: Value error, must start with amqp://, amqps:// or memory://"),
+        (
+            "CPW_RABBITMQ_URL",
+            "redis://x",
+            "CPW_RABBITMQ_URL: Value error, must start with amqp://, amqps:// or memory://",
+        ),
         ("CPW_RESULTS_MAX_AGE", "1 week", "CPW_RESULTS_MAX_AGE: String should match pattern"),
     ],
 )
@@ -63,7 +75,10 @@ def test_bad_values_give_one_line_naming_the_variable(monkeypatch, name, value, 
 def test_redaction():
     assert redact_url("amqp://user:pw@host:5672/vh") == "amqp://user:***@host:5672/vh"
     assert redact_url("amqp://host/") == "amqp://host/"
-    assert redact_text("failed amqps://u:p%40ss@h/ and http://a:b@c:15672") == "failed amqps://u:***@h/ and http://a:***@c:15672"
+    assert (
+        redact_text("failed amqps://u:p%40ss@h/ and http://a:b@c:15672")
+        == "failed amqps://u:***@h/ and http://a:***@c:15672"
+    )
 
 
 def test_json_logs_carry_job_and_worker_and_hide_passwords(monkeypatch):

@@ -73,11 +73,18 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     from rich.console import Console
                     from rich.table import Table
 
-                    table = Table("job id", "reason", "attempts", "kind", "detail", title=f"{len(letters)} dead letters")
+                    table = Table(
+                        "job id", "reason", "attempts", "kind", "detail", title=f"{len(letters)} dead letters"
+                    )
                     for letter in letters:
                         kind = f"{letter['provider_namespace']}/{letter['resource_type']} {letter['operation']}"
-                        table.add_row(str(letter["job_id"]), letter["reason"], str(letter["attempts"]), kind,
-                                      str(letter["detail"])[:80])
+                        table.add_row(
+                            str(letter["job_id"]),
+                            letter["reason"],
+                            str(letter["attempts"]),
+                            kind,
+                            str(letter["detail"])[:80],
+                        )
                     Console().print(table)
                 return 0
             if not args.all and not args.job_ids:
@@ -88,7 +95,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             with Progress(transient=True) as bar:
                 task = bar.add_task("redriving", total=None)
                 moved = await redrive(
-                    broker, None if args.all else args.job_ids,
+                    broker,
+                    None if args.all else args.job_ids,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
             print(f"redriven: {moved}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from typing import Any
 
 import uvloop
 
@@ -21,8 +22,12 @@ DEMO = "controlplane_workers.examples.demo:registry"
 
 def run_dev(args: argparse.Namespace) -> int:
     settings = settings_or_exit(
-        rabbitmq_url=args.url, providers=args.providers or DEMO, api_host=args.host, api_port=args.port,
-        health_host="127.0.0.1", log_format="text",
+        rabbitmq_url=args.url,
+        providers=args.providers or DEMO,
+        api_host=args.host,
+        api_port=args.port,
+        health_host="127.0.0.1",
+        log_format="text",
     )
     setup_logging(settings.log_level, settings.log_format, settings.worker_id)
     providers = load_providers(settings.providers, use_entry_points=False)
@@ -31,7 +36,7 @@ def run_dev(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
-        tasks = [asyncio.create_task(serve_worker(settings, providers, stop))]
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(serve_worker(settings, providers, stop))]
         try:
             from controlplane_api.serve import serve_api
         except ImportError:

@@ -64,12 +64,20 @@ async def redrive(
                 str(info[k] or "unknown") for k in ("provider_namespace", "resource_type", "operation")
             )
             await broker.publish_job(
-                delivery.body, message_id=str(info["job_id"]), routing_key=routing_key,
-                priority=delivery.priority, headers=headers,
+                delivery.body,
+                message_id=str(info["job_id"]),
+                routing_key=routing_key,
+                priority=delivery.priority,
+                headers=headers,
             )
             if info["provider_namespace"]:  # a well-formed job: readers start it afresh
-                record = {"job_id": str(info["job_id"]), "type": "accepted", "at": time.time(),
-                          "job": orjson.Fragment(delivery.body), "redrive": True}
+                record = {
+                    "job_id": str(info["job_id"]),
+                    "type": "accepted",
+                    "at": time.time(),
+                    "job": orjson.Fragment(delivery.body),
+                    "redrive": True,
+                }
                 await broker.publish_events([(orjson.dumps([record]), {KIND: BATCH})])
             await delivery.ack()
             moved += 1

@@ -15,42 +15,55 @@ from . import __version__
 # author's server) must not export worker series, or `cpw_worker_ready 0` from it would page.
 # The worker's ops port serves this registry next to prometheus-client's default one.
 REGISTRY = CollectorRegistry(auto_describe=True)
-R = {"registry": REGISTRY}
 
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 JOB_LABELS = ("provider_namespace", "resource_type", "operation")
 DEAD_LETTER_REASONS = ("malformed", "unknown-provider", "unknown-operation", "permanent-error", "attempts-exhausted")
 
-BUILD_INFO = Info("cpw_build", "Version of controlplane-workers running in this process.", **R)
+BUILD_INFO = Info("cpw_build", "Version of controlplane-workers running in this process.", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})
 
 # The seed's metrics keep their meaning: totals over the process's life, no labels.
-JOBS_PROCESSED = Counter("worker_jobs_processed", "Jobs this worker finished (any terminal outcome).", **R)
-JOBS_FAILED = Counter("worker_jobs_failed", "Jobs this worker finished as Failed.", **R)
-UPTIME = Gauge("worker_uptime_seconds", "Seconds since this worker started.", **R)
+JOBS_PROCESSED = Counter(
+    "worker_jobs_processed", "Jobs this worker finished (any terminal outcome).", registry=REGISTRY
+)
+JOBS_FAILED = Counter("worker_jobs_failed", "Jobs this worker finished as Failed.", registry=REGISTRY)
+UPTIME = Gauge("worker_uptime_seconds", "Seconds since this worker started.", registry=REGISTRY)
 
-JOBS = Counter("cpw_worker_jobs", "Job attempts finished by this worker, by outcome.", (*JOB_LABELS, "outcome"), **R)
+JOBS = Counter(
+    "cpw_worker_jobs", "Job attempts finished by this worker, by outcome.", (*JOB_LABELS, "outcome"), registry=REGISTRY
+)
 JOB_DURATION = Histogram(
-    "cpw_worker_job_duration_seconds", "Time the provider spent on one attempt.",
-    (*JOB_LABELS, "outcome"), buckets=JOB_BUCKETS, **R,
+    "cpw_worker_job_duration_seconds",
+    "Time the provider spent on one attempt.",
+    (*JOB_LABELS, "outcome"),
+    buckets=JOB_BUCKETS,
+    registry=REGISTRY,
 )
 QUEUE_WAIT = Histogram(
-    "cpw_worker_queue_wait_seconds", "Time from submission to the start of the first attempt.",
-    JOB_LABELS, buckets=JOB_BUCKETS, **R,
+    "cpw_worker_queue_wait_seconds",
+    "Time from submission to the start of the first attempt.",
+    JOB_LABELS,
+    buckets=JOB_BUCKETS,
+    registry=REGISTRY,
 )
-IN_FLIGHT = Gauge("cpw_worker_jobs_in_flight", "Jobs running in this worker now.", **R)
-CAPACITY = Gauge("cpw_worker_capacity", "Jobs this worker runs at once (CPW_MAX_CONCURRENT_JOBS).", **R)
-RETRIES = Counter("cpw_worker_retries", "Attempts that failed and were scheduled again.", JOB_LABELS, **R)
-DEAD_LETTERED = Counter("cpw_worker_dead_lettered", "Messages sent to the dead-letter queue, by reason.", ("reason",), **R)
-CANCELED = Counter("cpw_worker_canceled", "Jobs canceled on request (running or queued).", **R)
-REDELIVERED = Counter("cpw_worker_redelivered", "Deliveries flagged as redelivered by the broker.", **R)
+IN_FLIGHT = Gauge("cpw_worker_jobs_in_flight", "Jobs running in this worker now.", registry=REGISTRY)
+CAPACITY = Gauge("cpw_worker_capacity", "Jobs this worker runs at once (CPW_MAX_CONCURRENT_JOBS).", registry=REGISTRY)
+RETRIES = Counter("cpw_worker_retries", "Attempts that failed and were scheduled again.", JOB_LABELS, registry=REGISTRY)
+DEAD_LETTERED = Counter(
+    "cpw_worker_dead_lettered", "Messages sent to the dead-letter queue, by reason.", ("reason",), registry=REGISTRY
+)
+CANCELED = Counter("cpw_worker_canceled", "Jobs canceled on request (running or queued).", registry=REGISTRY)
+REDELIVERED = Counter("cpw_worker_redelivered", "Deliveries flagged as redelivered by the broker.", registry=REGISTRY)
 ACK_LOST = Counter(
-    "cpw_worker_ack_lost", "Jobs whose ack failed on a lost channel; the broker will redeliver them.", **R
+    "cpw_worker_ack_lost", "Jobs whose ack failed on a lost channel; the broker will redeliver them.", registry=REGISTRY
 )
-RECONNECTS = Counter("cpw_worker_broker_reconnects", "Times the broker connection was restored.", **R)
-BROKER_UP = Gauge("cpw_worker_broker_connected", "1 while the worker is connected to the broker.", **R)
-READY = Gauge("cpw_worker_ready", "1 while the worker accepts jobs.", **R)
-LAST_HEARTBEAT = Gauge("cpw_worker_last_heartbeat_timestamp_seconds", "Unix time of the last heartbeat sent.", **R)
+RECONNECTS = Counter("cpw_worker_broker_reconnects", "Times the broker connection was restored.", registry=REGISTRY)
+BROKER_UP = Gauge("cpw_worker_broker_connected", "1 while the worker is connected to the broker.", registry=REGISTRY)
+READY = Gauge("cpw_worker_ready", "1 while the worker accepts jobs.", registry=REGISTRY)
+LAST_HEARTBEAT = Gauge(
+    "cpw_worker_last_heartbeat_timestamp_seconds", "Unix time of the last heartbeat sent.", registry=REGISTRY
+)
 STARTED = time.time()
 UPTIME.set_function(lambda: time.time() - STARTED)
 for _reason in DEAD_LETTER_REASONS:  # present at 0 from the start, so increase() sees the first one

@@ -42,46 +42,71 @@ class OffloadingProviderRegistry:
         self.priorities = {**DEFAULT_PRIORITY, **(priorities or {})}
 
     async def _offload(
-        self, operation: Operation, provider_namespace: str, resource_type: str,
-        request: ResourceRequest | dict[str, Any], priority: int | None,
+        self,
+        operation: Operation,
+        provider_namespace: str,
+        resource_type: str,
+        request: ResourceRequest | dict[str, Any],
+        priority: int | None,
     ) -> OffloadResponse:
         if isinstance(request, dict):
             request = ResourceRequest.model_validate(request)
         job_id = await self.queue.submit_job(
-            provider_namespace, resource_type, operation, request,
+            provider_namespace,
+            resource_type,
+            operation,
+            request,
             priority=self.priorities[operation] if priority is None else priority,
         )
         return OffloadResponse(
-            job_id=job_id, operation=operation, provider_namespace=provider_namespace,
-            resource_type=resource_type, resource_name=request.resource_name or None,
+            job_id=job_id,
+            operation=operation,
+            provider_namespace=provider_namespace,
+            resource_type=resource_type,
+            resource_name=request.resource_name or None,
         )
 
     async def create_or_update_resource(
-        self, provider_namespace: str, resource_type: str, request: ResourceRequest | dict[str, Any],
+        self,
+        provider_namespace: str,
+        resource_type: str,
+        request: ResourceRequest | dict[str, Any],
         priority: int | None = None,
     ) -> OffloadResponse:
         return await self._offload(Operation.CREATE, provider_namespace, resource_type, request, priority)
 
     async def get_resource(
-        self, provider_namespace: str, resource_type: str, request: ResourceRequest | dict[str, Any],
+        self,
+        provider_namespace: str,
+        resource_type: str,
+        request: ResourceRequest | dict[str, Any],
         priority: int | None = None,
     ) -> OffloadResponse:
         return await self._offload(Operation.GET, provider_namespace, resource_type, request, priority)
 
     async def delete_resource(
-        self, provider_namespace: str, resource_type: str, request: ResourceRequest | dict[str, Any],
+        self,
+        provider_namespace: str,
+        resource_type: str,
+        request: ResourceRequest | dict[str, Any],
         priority: int | None = None,
     ) -> OffloadResponse:
         return await self._offload(Operation.DELETE, provider_namespace, resource_type, request, priority)
 
     async def list_resources(
-        self, provider_namespace: str, resource_type: str, request: ResourceRequest | dict[str, Any],
+        self,
+        provider_namespace: str,
+        resource_type: str,
+        request: ResourceRequest | dict[str, Any],
         priority: int | None = None,
     ) -> OffloadResponse:
         return await self._offload(Operation.LIST, provider_namespace, resource_type, request, priority)
 
     async def execute_action(
-        self, provider_namespace: str, resource_type: str, request: ResourceRequest | dict[str, Any],
+        self,
+        provider_namespace: str,
+        resource_type: str,
+        request: ResourceRequest | dict[str, Any],
         priority: int | None = None,
     ) -> OffloadResponse:
         return await self._offload(Operation.ACTION, provider_namespace, resource_type, request, priority)

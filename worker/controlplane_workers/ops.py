@@ -59,12 +59,18 @@ def ops_app(
 def server(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Server:
     """A uvicorn server that runs inside the caller's loop and leaves signals to the caller."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level.lower(), access_log=False, lifespan="off",
-        loop="none", http="httptools", ws="none",
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        lifespan="off",
+        loop="none",
+        http="httptools",
+        ws="none",
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    # uvicorn >= 0.29 captures SIGTERM/SIGINT in serve() through capture_signals() instead: the ops
-    # port then closed on SIGTERM, so a draining worker answered neither /health/ready nor /status.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    # uvicorn captures SIGTERM/SIGINT in serve() through capture_signals(): the ops port then closed
+    # on SIGTERM, so a draining worker answered neither /health/ready nor /status.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     return server

@@ -49,9 +49,7 @@ class JobQueue:
 
     async def connect(self) -> None:
         await self.broker.connect()
-        self._results = await self.broker.follow(
-            self.topology.results_stream, self.index.apply_batch, self.replay_from
-        )
+        self._results = await self.broker.follow(self.topology.results_stream, self.index.apply_batch, self.replay_from)
 
     async def disconnect(self) -> None:
         if self._results is not None:
@@ -120,10 +118,14 @@ class JobQueue:
         # With tracing on, the job's headers carry the trace to the worker (tracing.py).
         with (
             tracing.publish_span(self.topology.exchange, message_headers, job_id=job.id, routing_key=job.routing_key)
-            if tracing.enabled else tracing.NO_SPAN
+            if tracing.enabled
+            else tracing.NO_SPAN
         ):
             await self.broker.publish_job(
-                body, message_id=job.id, routing_key=job.routing_key, priority=job.priority,
+                body,
+                message_id=job.id,
+                routing_key=job.routing_key,
+                priority=job.priority,
                 headers=message_headers,
             )
         # Only a confirmed job gets its Accepted record: a failed publish leaves no phantom behind.

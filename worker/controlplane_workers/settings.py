@@ -202,12 +202,8 @@ class Settings(BaseSettings):
     )
 
     # -- API adapter
-    api_host: str = Field(
-        "0.0.0.0", validation_alias=_env("API_HOST"), description="Address the API listens on."
-    )
-    api_port: int = Field(
-        8000, ge=0, le=65535, validation_alias=_env("API_PORT"), description="The API's public port."
-    )
+    api_host: str = Field("0.0.0.0", validation_alias=_env("API_HOST"), description="Address the API listens on.")
+    api_port: int = Field(8000, ge=0, le=65535, validation_alias=_env("API_PORT"), description="The API's public port.")
     api_tokens_file: Path | None = Field(
         None,
         validation_alias=_env("API_TOKENS_FILE"),
@@ -311,7 +307,8 @@ def _env_name(field: str) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; raise SettingsError with one readable line when a value is bad."""
     try:
-        return Settings(**{**_secrets_from_files(dict(os.environ)), **overrides})
+        # values are validated by the model itself: that is the point of the call
+        return Settings(**{**_secrets_from_files(dict(os.environ)), **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"

@@ -95,8 +95,15 @@ class StatusIndex:
             elif kind == "job":  # a bare job message (a binding of the stream to the job exchange)
                 job = Job.model_validate_json(message.body)
                 self._accepted(
-                    job.id, job.provider_namespace, job.resource_type, job.operation, job.request.resource_name,
-                    job.tenant, job.priority, job.submitted_at, redrive=bool(message.headers.get(REDRIVE)),
+                    job.id,
+                    job.provider_namespace,
+                    job.resource_type,
+                    job.operation,
+                    job.request.resource_name,
+                    job.tenant,
+                    job.priority,
+                    job.submitted_at,
+                    redrive=bool(message.headers.get(REDRIVE)),
                 )
             else:
                 self._apply_event(orjson.loads(message.body))
@@ -108,27 +115,53 @@ class StatusIndex:
         job = data.get("job")
         if job is not None:
             self._accepted(
-                job["id"], job["provider_namespace"], job["resource_type"], Operation(job["operation"]),
-                (job.get("request") or {}).get("resource_name"), job.get("tenant"), job.get("priority", 5),
-                job.get("submitted_at"), redrive=bool(data.get("redrive")),
+                job["id"],
+                job["provider_namespace"],
+                job["resource_type"],
+                Operation(job["operation"]),
+                (job.get("request") or {}).get("resource_name"),
+                job.get("tenant"),
+                job.get("priority", 5),
+                job.get("submitted_at"),
+                redrive=bool(data.get("redrive")),
             )
             return
         error = data.get("error")
         self._event(
-            data["job_id"], EVENT_STATUS[EventType(data["type"])], float(data["at"]), int(data.get("attempt", 1)),
-            data.get("worker_id"), data.get("result"), JobError.model_construct(**error) if error else None,
+            data["job_id"],
+            EVENT_STATUS[EventType(data["type"])],
+            float(data["at"]),
+            int(data.get("attempt", 1)),
+            data.get("worker_id"),
+            data.get("result"),
+            JobError.model_construct(**error) if error else None,
         )
 
     def accept(self, job: Job) -> None:
         """Record a job its submitter just published (its stream record, arriving later, changes nothing)."""
         self._accepted(
-            job.id, job.provider_namespace, job.resource_type, job.operation, job.request.resource_name,
-            job.tenant, job.priority, job.submitted_at,
+            job.id,
+            job.provider_namespace,
+            job.resource_type,
+            job.operation,
+            job.request.resource_name,
+            job.tenant,
+            job.priority,
+            job.submitted_at,
         )
 
     def _accepted(
-        self, job_id: str, namespace: str, resource_type: str, operation: Operation, resource_name: str | None,
-        tenant: str | None, priority: int, submitted_at: float | None, *, redrive: bool = False,
+        self,
+        job_id: str,
+        namespace: str,
+        resource_type: str,
+        operation: Operation,
+        resource_name: str | None,
+        tenant: str | None,
+        priority: int,
+        submitted_at: float | None,
+        *,
+        redrive: bool = False,
     ) -> None:
         current = self.jobs.get(job_id)
         if current is not None and redrive:  # an operator sent a dead-lettered job round again
@@ -150,15 +183,32 @@ class StatusIndex:
             return
         self._insert(
             JobResult.model_construct(
-                job_id=job_id, status=JobStatus.ACCEPTED, provider_namespace=namespace, resource_type=resource_type,
-                operation=operation, resource_name=resource_name, tenant=tenant, priority=priority,
-                submitted_at=submitted_at, result=None, error=None, attempts=0, worker_id=None, started_at=None,
+                job_id=job_id,
+                status=JobStatus.ACCEPTED,
+                provider_namespace=namespace,
+                resource_type=resource_type,
+                operation=operation,
+                resource_name=resource_name,
+                tenant=tenant,
+                priority=priority,
+                submitted_at=submitted_at,
+                result=None,
+                error=None,
+                attempts=0,
+                worker_id=None,
+                started_at=None,
                 finished_at=None,
             )
         )
 
     def _event(
-        self, job_id: str, status: JobStatus, at: float, attempt: int, worker_id: str | None, result: Any,
+        self,
+        job_id: str,
+        status: JobStatus,
+        at: float,
+        attempt: int,
+        worker_id: str | None,
+        result: Any,
         error: JobError | None,
     ) -> None:
         self.last_event_at = at

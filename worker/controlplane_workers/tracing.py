@@ -119,9 +119,14 @@ def _exporter(name: str, env: Mapping[str, str]) -> Any:
     try:
         if name == "otlp":
             protocol = (
-                env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf"
-            ).strip().lower()
+                (
+                    env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                    or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                    or "http/protobuf"
+                )
+                .strip()
+                .lower()
+            )
             if protocol == "grpc":
                 from opentelemetry.exporter.otlp.proto.grpc import trace_exporter as grpc_exporter
 
@@ -232,7 +237,11 @@ def extract(headers: Mapping[str, Any]) -> Any:
 # -- spans of the job path
 @contextmanager
 def publish_span(
-    destination: str, headers: MutableMapping[str, Any], *, job_id: str | None, routing_key: str | None = None,
+    destination: str,
+    headers: MutableMapping[str, Any],
+    *,
+    job_id: str | None,
+    routing_key: str | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Span]:
     """A PRODUCER span around a publish; the message's headers carry this span as the parent."""
@@ -253,8 +262,11 @@ def publish_span(
     if attributes:
         attrs.update(attributes)
     with _tracer.start_as_current_span(
-        f"publish {destination}", kind=SpanKind.PRODUCER, attributes=attrs,
-        record_exception=False, set_status_on_exception=False,
+        f"publish {destination}",
+        kind=SpanKind.PRODUCER,
+        attributes=attrs,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         inject(headers)
         try:
@@ -266,8 +278,14 @@ def publish_span(
 
 @contextmanager
 def consume_span(
-    queue: str, headers: Mapping[str, Any], *, message_id: str | None, attempt: int, redelivered: bool,
-    worker_id: str, routing_key: str,
+    queue: str,
+    headers: Mapping[str, Any],
+    *,
+    message_id: str | None,
+    attempt: int,
+    redelivered: bool,
+    worker_id: str,
+    routing_key: str,
 ) -> Iterator[Span]:
     """The CONSUMER span of one delivery, child of the publish whose context the headers carry."""
     from opentelemetry.trace import SpanKind
@@ -288,8 +306,12 @@ def consume_span(
     if redelivered:
         attrs["cpw.delivery.redelivered"] = True
     with _tracer.start_as_current_span(
-        f"process {queue}", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attrs,
-        record_exception=False, set_status_on_exception=False,
+        f"process {queue}",
+        context=extract(headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attrs,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         try:
             yield span
@@ -304,7 +326,10 @@ async def provider_span(call: Awaitable[T], *, name: str, attributes: Mapping[st
 
     assert _tracer is not None
     with _tracer.start_as_current_span(
-        name, kind=SpanKind.INTERNAL, attributes=dict(attributes), record_exception=False,
+        name,
+        kind=SpanKind.INTERNAL,
+        attributes=dict(attributes),
+        record_exception=False,
         set_status_on_exception=False,
     ) as span:
         try:

@@ -66,8 +66,10 @@ class ProviderWorker:
         self.providers = providers
         self.topology = Topology.from_settings(settings)
         self.broker = broker or open_broker(
-            settings.rabbitmq_url, self.topology,
-            name=f"cpw-worker {settings.worker_id}", publish_timeout=settings.publish_timeout,
+            settings.rabbitmq_url,
+            self.topology,
+            name=f"cpw-worker {settings.worker_id}",
+            publish_timeout=settings.publish_timeout,
         )
         self.worker_id = settings.worker_id
         self.stats = WorkerStats()
@@ -177,8 +179,12 @@ class ProviderWorker:
                 return
         if tracing.enabled:  # one span per delivery, in the trace the job's headers carry
             with tracing.consume_span(
-                self.topology.jobs_queue, delivery.headers, message_id=delivery.message_id,
-                attempt=delivery.attempt, redelivered=delivery.redelivered, worker_id=self.worker_id,
+                self.topology.jobs_queue,
+                delivery.headers,
+                message_id=delivery.message_id,
+                attempt=delivery.attempt,
+                redelivered=delivery.redelivered,
+                worker_id=self.worker_id,
                 routing_key=delivery.routing_key,
             ):
                 await self._handle(delivery)
@@ -193,7 +199,9 @@ class ProviderWorker:
             return
         token = job_id_var.set(job.id)
         set_current_job(
-            JobContext(job.id, delivery.attempt, job.max_attempts or self.settings.max_attempts, self.worker_id, job.tenant)
+            JobContext(
+                job.id, delivery.attempt, job.max_attempts or self.settings.max_attempts, self.worker_id, job.tenant
+            )
         )
         try:
             await self._run(delivery, job)
@@ -228,9 +236,7 @@ class ProviderWorker:
         self._idle.clear()
         metrics.IN_FLIGHT.inc()
         loop = asyncio.get_running_loop()
-        running_event = loop.call_later(
-            self.settings.running_event_delay, self._announce_running, job.id, attempt
-        )
+        running_event = loop.call_later(self.settings.running_event_delay, self._announce_running, job.id, attempt)
         started = time.monotonic()
         outcome: str
         try:
@@ -238,9 +244,14 @@ class ProviderWorker:
                 call = call_provider(method, job.request)
                 if tracing.enabled:
                     call = tracing.provider_span(
-                        call, name=f"provider {labels[0]}/{labels[1]} {labels[2]}",
-                        attributes={"cpw.provider.namespace": labels[0], "cpw.resource.type": labels[1],
-                                    "cpw.operation": labels[2], "cpw.job.attempt": attempt},
+                        call,
+                        name=f"provider {labels[0]}/{labels[1]} {labels[2]}",
+                        attributes={
+                            "cpw.provider.namespace": labels[0],
+                            "cpw.resource.type": labels[1],
+                            "cpw.operation": labels[2],
+                            "cpw.job.attempt": attempt,
+                        },
                     )
                 result = await call
         except asyncio.CancelledError:
@@ -261,7 +272,9 @@ class ProviderWorker:
             return
         except TimeoutError:
             outcome = "timeout"
-            error = JobError(code="JobTimeout", message=f"provider did not finish within {job.timeout or self.settings.job_timeout}s")
+            error = JobError(
+                code="JobTimeout", message=f"provider did not finish within {job.timeout or self.settings.job_timeout}s"
+            )
             await self._failed_attempt(delivery, job, attempt, error, retryable=True)
         except PermanentError as exc:
             outcome = "failed"
@@ -321,7 +334,9 @@ class ProviderWorker:
         max_attempts = job.max_attempts or self.settings.max_attempts
         if retryable and attempt < max_attempts:
             delay = backoff(
-                attempt, base=self.settings.retry_base_delay, cap=self.settings.retry_max_delay,
+                attempt,
+                base=self.settings.retry_base_delay,
+                cap=self.settings.retry_max_delay,
                 jitter=self.settings.retry_jitter,
             )
             queue_attempt = min(attempt + 1, self.topology.max_attempts)
@@ -330,18 +345,31 @@ class ProviderWorker:
                 # With tracing on, the retry's headers carry this attempt's trace to the next attempt.
                 with (
                     tracing.publish_span(
-                        self.topology.retry_queue(queue_attempt), headers, job_id=job.id,
+                        self.topology.retry_queue(queue_attempt),
+                        headers,
+                        job_id=job.id,
                         attributes={"cpw.job.attempt": attempt + 1, "cpw.retry.delay_seconds": round(delay, 3)},
                     )
-                    if tracing.enabled else tracing.NO_SPAN
+                    if tracing.enabled
+                    else tracing.NO_SPAN
                 ):
                     await self.broker.publish_retry(
-                        delivery.body, message_id=job.id, priority=delivery.priority,
-                        headers=headers, attempt=queue_attempt, delay=delay,
+                        delivery.body,
+                        message_id=job.id,
+                        priority=delivery.priority,
+                        headers=headers,
+                        attempt=queue_attempt,
+                        delay=delay,
                     )
                 await self._publish(
-                    JobEvent(job_id=job.id, type=EventType.RETRYING, attempt=attempt, worker_id=self.worker_id,
-                             error=error, retry_in=round(delay, 3))
+                    JobEvent(
+                        job_id=job.id,
+                        type=EventType.RETRYING,
+                        attempt=attempt,
+                        worker_id=self.worker_id,
+                        error=error,
+                        retry_in=round(delay, 3),
+                    )
                 )
             except BrokerUnavailable:
                 await self._outcome_lost(delivery)
@@ -354,10 +382,18 @@ class ProviderWorker:
         await self._dead_letter(delivery, job, reason, f"{error.code}: {error.message}", error=error)
 
     async def _finish(
-        self, delivery: Delivery, job: Job, attempt: int, kind: EventType,
-        *, result: Any = None, error: JobError | None = None,
+        self,
+        delivery: Delivery,
+        job: Job,
+        attempt: int,
+        kind: EventType,
+        *,
+        result: Any = None,
+        error: JobError | None = None,
     ) -> None:
-        event = JobEvent(job_id=job.id, type=kind, attempt=attempt, worker_id=self.worker_id, result=result, error=error)
+        event = JobEvent(
+            job_id=job.id, type=kind, attempt=attempt, worker_id=self.worker_id, result=result, error=error
+        )
         try:
             await self._publish(event)
         except BrokerUnavailable:
@@ -383,17 +419,23 @@ class ProviderWorker:
         try:
             with (
                 tracing.publish_span(
-                    self.topology.dead_letter_exchange, headers, job_id=str(job_id) if job_id else None,
+                    self.topology.dead_letter_exchange,
+                    headers,
+                    job_id=str(job_id) if job_id else None,
                     attributes={"cpw.dead_letter.reason": reason},
                 )
-                if tracing.enabled else tracing.NO_SPAN
+                if tracing.enabled
+                else tracing.NO_SPAN
             ):
                 await self.broker.publish_dead_letter(delivery.body, message_id=delivery.message_id, headers=headers)
             if job_id:
                 await self._publish(
                     JobEvent(
-                        job_id=str(job_id), type=EventType.DEAD_LETTERED, attempt=delivery.attempt,
-                        worker_id=self.worker_id, error=error or JobError(code=_reason_code(reason), message=detail),
+                        job_id=str(job_id),
+                        type=EventType.DEAD_LETTERED,
+                        attempt=delivery.attempt,
+                        worker_id=self.worker_id,
+                        error=error or JobError(code=_reason_code(reason), message=detail),
                     )
                 )
         except BrokerUnavailable:

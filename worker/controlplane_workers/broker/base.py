@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -85,7 +85,7 @@ class Subscription(abc.ABC):
     async def cancel(self) -> None: ...
 
 
-JobHandler = Callable[[Delivery], Awaitable[None]]
+JobHandler = Callable[[Delivery], Coroutine[Any, Any, None]]
 StreamHandler = Callable[[Sequence[StreamMessage]], None]
 HeartbeatHandler = Callable[[bytes], None]
 

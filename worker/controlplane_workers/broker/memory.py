@@ -115,8 +115,13 @@ class _Node:
             consumer.unacked.add(tag)
             self.in_flight[tag] = (message, consumer)
             delivery = Delivery(
-                message.body, dict(message.headers), message.message_id, message.priority,
-                message.redelivered, message.routing_key, self._settler(tag),
+                message.body,
+                dict(message.headers),
+                message.message_id,
+                message.priority,
+                message.redelivered,
+                message.routing_key,
+                self._settler(tag),
             )
             asyncio.get_running_loop().create_task(consumer.handler(delivery))
 
@@ -314,7 +319,14 @@ class MemoryBroker(Broker):
                 return settle
 
             out.append(
-                Delivery(message.body, dict(message.headers), message.message_id, message.priority,
-                         message.redelivered, message.routing_key, settle_for(message))
+                Delivery(
+                    message.body,
+                    dict(message.headers),
+                    message.message_id,
+                    message.priority,
+                    message.redelivered,
+                    message.routing_key,
+                    settle_for(message),
+                )
             )
         return out

@@ -88,7 +88,7 @@ class _StreamFollower(Subscription):
         assert self.queue is not None
         # An int resumes after the last offset handled; pamqp encodes a datetime as an AMQP timestamp.
         offset = self.offset
-        self.tag = await self.queue.consume(
+        self.tag = await self.queue.consume(  # type: ignore[call-arg]  # robust queues take `robust`
             self._on_message, arguments={"x-stream-offset": offset}, robust=False
         )
 
@@ -102,7 +102,8 @@ class _StreamFollower(Subscription):
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
-        offset = int(headers.get("x-stream-offset", 0))
+        raw = headers.get("x-stream-offset", 0)
+        offset = raw if isinstance(raw, int) else 0
         self.batch.append(StreamMessage(message.body, headers, offset, None))
         self.offset = offset + 1
         self.last = message
@@ -209,7 +210,9 @@ class RabbitMQBroker(Broker):
             with contextlib.suppress(Exception):
                 await self.connection.close()
 
-    async def _publish(self, exchange: aio_pika.abc.AbstractExchange | None, message: aio_pika.Message, key: str) -> None:
+    async def _publish(
+        self, exchange: aio_pika.abc.AbstractExchange | None, message: aio_pika.Message, key: str
+    ) -> None:
         if exchange is None or not self.connected.is_set():
             raise BrokerUnavailable("broker not connected")
         try:
@@ -226,8 +229,12 @@ class RabbitMQBroker(Broker):
         self, body: bytes, *, message_id: str, routing_key: str, priority: int, headers: Headers
     ) -> None:
         message = aio_pika.Message(
-            body, headers={KIND: "job", **headers}, message_id=message_id, priority=priority,
-            delivery_mode=PERSISTENT, content_type="application/json",
+            body,
+            headers={KIND: "job", **headers},
+            message_id=message_id,
+            priority=priority,
+            delivery_mode=PERSISTENT,
+            content_type="application/json",
         )
         await self._publish(self.exchange, message, routing_key)
 
@@ -235,8 +242,13 @@ class RabbitMQBroker(Broker):
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
     ) -> None:
         message = aio_pika.Message(
-            body, headers=headers, message_id=message_id, priority=priority, delivery_mode=PERSISTENT,
-            content_type="application/json", expiration=max(delay, 0.001),
+            body,
+            headers=headers,
+            message_id=message_id,
+            priority=priority,
+            delivery_mode=PERSISTENT,
+            content_type="application/json",
+            expiration=max(delay, 0.001),
         )
         assert self.publisher is not None
         await self._publish(self.publisher.default_exchange, message, self.topology.retry_queue(attempt))
@@ -369,8 +381,13 @@ class RabbitMQBroker(Broker):
 
             out.append(
                 Delivery(
-                    message.body, dict(message.headers or {}), message.message_id, message.priority or 0,
-                    bool(message.redelivered), message.routing_key or "", settle_for(message),
+                    message.body,
+                    dict(message.headers or {}),
+                    message.message_id,
+                    message.priority or 0,
+                    bool(message.redelivered),
+                    message.routing_key or "",
+                    settle_for(message),
                 )
             )
         return out

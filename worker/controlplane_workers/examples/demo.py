@@ -45,7 +45,7 @@ class VirtualMachines(ResourceProvider):
             "location": request.location or request.body.get("location") or "westeurope",
             "properties": properties,
         }
-        self.machines[machine["id"]] = machine
+        self.machines[str(machine["id"])] = machine
         return machine
 
     async def get_resource(self, request: ResourceRequest) -> dict[str, Any]:
