@@ -163,10 +163,19 @@ class RabbitMQBroker(Broker):
             )
         except Exception as exc:
             raise BrokerUnavailable(f"cannot connect to {redact_url(self.url)}: {redact_text(str(exc))}") from exc
+        try:
+            self.publisher = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+            await self._declare(self.publisher)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            await self.connection.close()
+            raise  # the topology on the broker disagrees with our settings: retrying cannot help
+        except (*_UNAVAILABLE, aiormq.exceptions.ChannelNotFoundEntity) as exc:
+            # Right after a broker restart a stream's home node may still be "down or inaccessible":
+            # a passing state, so the caller's backoff retries instead of the process exiting.
+            await self.connection.close()
+            raise BrokerUnavailable(f"cannot declare the topology: {redact_text(str(exc))}") from exc
         self.connection.close_callbacks.add(self._on_close)
         self.connection.reconnect_callbacks.add(self._on_reconnect)
-        self.publisher = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self._declare(self.publisher)
         self.connected.set()
 
     async def _declare(self, channel: AbstractRobustChannel) -> None:

@@ -1,0 +1,51 @@
+"""Regression: a worker starting while a restarted broker recovers its streams must retry, not exit.
+
+Found by the full "everything at once" drill: declaring `provider.results` right after a broker
+restart answered NOT_FOUND ("home node ... of durable queue ... is down or inaccessible"), which
+escaped the connect backoff and the worker process exited 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiormq
+import pytest
+
+from controlplane_workers.broker.rabbitmq import RabbitMQBroker
+from controlplane_workers.run import connect_with_backoff
+from controlplane_workers.topology import Topology
+
+
+@pytest.mark.timeout(60)
+async def test_stream_not_yet_recovered_is_retried(vhost_url, monkeypatch):
+    broker = RabbitMQBroker(vhost_url, Topology())
+    real_declare = RabbitMQBroker._declare
+    calls = 0
+
+    async def flaky_declare(self, channel):  # noqa: ANN001
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise aiormq.exceptions.ChannelNotFoundEntity(
+                "NOT_FOUND - home node 'x@localhost' of durable queue 'provider.results' is down or inaccessible"
+            )
+        await real_declare(self, channel)
+
+    monkeypatch.setattr(RabbitMQBroker, "_declare", flaky_declare)
+    stop = asyncio.Event()
+    assert await connect_with_backoff(broker.connect, "test", stop, cap=0.2)
+    try:
+        assert calls == 2 and broker.connected.is_set()
+    finally:
+        await broker.close()
+
+
+@pytest.mark.timeout(60)
+async def test_inequivalent_topology_is_not_retried(vhost_url):
+    first = RabbitMQBroker(vhost_url, Topology())
+    await first.connect()
+    await first.close()
+    other = RabbitMQBroker(vhost_url, Topology(queue_type="quorum"))  # the job queue exists as classic
+    with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+        await other.connect()
