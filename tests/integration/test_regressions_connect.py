@@ -49,3 +49,23 @@ async def test_inequivalent_topology_is_not_retried(vhost_url):
     other = RabbitMQBroker(vhost_url, Topology(queue_type="quorum"))  # the job queue exists as classic
     with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
         await other.connect()
+
+
+@pytest.mark.timeout(60)
+async def test_stream_messages_received_before_a_reconnect_are_not_dropped(vhost_url):
+    # The follower counts a message in its resume offset when it receives it, and hands batches to
+    # the handler on the next loop turn; a reconnect in between cleared the batch, so those events
+    # were skipped for good by this reader (an API replica would never see those jobs end).
+    from controlplane_workers.broker.base import StreamMessage
+
+    broker = RabbitMQBroker(vhost_url, Topology())
+    await broker.connect()
+    seen: list[int] = []
+    try:
+        follower = await broker.follow(broker.topology.results_stream, lambda b: seen.extend(m.offset for m in b))
+        follower.batch.append(StreamMessage(b"[]", {}, 41))  # received, not yet handed over
+        follower.offset = 42
+        await follower.resubscribe()
+        assert seen == [41] and follower.batch == []
+    finally:
+        await broker.close()

@@ -95,7 +95,14 @@ class _StreamFollower(Subscription):
     async def resubscribe(self) -> None:
         if self.cancelled:
             return
-        self.batch.clear()
+        # Messages received but not yet handed to the handler are applied, not dropped: the offset to
+        # resume from already counts them, so dropping them here would lose them for good.
+        batch, self.batch = self.batch, []
+        if batch:
+            try:
+                self.handler(batch)
+            except Exception:
+                log.exception("stream handler failed", extra={"stream": self.stream})
         self.unacked = 0
         self.last = None
         await self._subscribe()
