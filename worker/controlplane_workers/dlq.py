@@ -10,7 +10,7 @@ import orjson
 
 from .broker import Broker
 from .broker.base import ATTEMPT, DETAIL, JOB_ID, KIND, REASON, REDRIVE, Delivery
-from .events import BATCH
+from .events import BATCH, accepted_record
 
 _DEAD_LETTER_HEADERS = (REASON, DETAIL, "x-cpw-original-queue", "x-cpw-dead-lettered-at", "x-cpw-dead-lettered-by")
 
@@ -71,14 +71,8 @@ async def redrive(
                 headers=headers,
             )
             if info["provider_namespace"]:  # a well-formed job: readers start it afresh
-                record = {
-                    "job_id": str(info["job_id"]),
-                    "type": "accepted",
-                    "at": time.time(),
-                    "job": orjson.Fragment(delivery.body),
-                    "redrive": True,
-                }
-                await broker.publish_events([(orjson.dumps([record]), {KIND: BATCH})])
+                record = accepted_record(str(info["job_id"]), time.time(), delivery.body, redrive=True)
+                await broker.publish_events([(b"[" + record + b"]", {KIND: BATCH})])
             await delivery.ack()
             moved += 1
             if progress:

@@ -11,12 +11,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import orjson
+
 from .broker import Broker
 from .broker.base import KIND
 
 BATCH = "batch"  # KIND of a stream message whose body is a JSON array of events
 MAX_BATCH = 512
 MAX_IN_FLIGHT = 2
+
+
+def accepted_record(job_id: str, at: float, job_json: bytes, *, redrive: bool = False) -> bytes:
+    """The `accepted` event readers index a job by; `job_json` is the job message as published."""
+    record: dict[str, object] = {"job_id": job_id, "type": "accepted", "at": at, "job": orjson.Fragment(job_json)}
+    if redrive:
+        record["redrive"] = True
+    return orjson.dumps(record)
 
 
 class EventBatcher:

@@ -16,7 +16,7 @@ from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
 from .errors import BrokerUnavailable
-from .events import EventBatcher
+from .events import EventBatcher, accepted_record
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
 from .status import StatusIndex
@@ -131,9 +131,8 @@ class JobQueue:
         # Only a confirmed job gets its Accepted record: a failed publish leaves no phantom behind.
         self.index.accept(job)
         if self.topology.accepted_on_stream:
-            record = {"job_id": job.id, "type": "accepted", "at": job.submitted_at, "job": orjson.Fragment(body)}
             try:
-                await self.events.publish(orjson.dumps(record))
+                await self.events.publish(accepted_record(job.id, job.submitted_at, body))
             except BrokerUnavailable:
                 log.warning("Accepted record of job %s not published; readers learn of the job from its events", job.id)
 

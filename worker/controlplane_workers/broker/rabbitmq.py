@@ -50,6 +50,26 @@ _UNAVAILABLE = (
 )
 
 
+def _delivery(message: AbstractIncomingMessage) -> Delivery:
+    """An aio-pika message as the core's Delivery, settled through that message."""
+
+    async def settle(ack: bool, requeue: bool) -> None:
+        if ack:
+            await message.ack()
+        else:
+            await message.reject(requeue=requeue)
+
+    return Delivery(
+        body=message.body,
+        headers=dict(message.headers or {}),
+        message_id=message.message_id,
+        priority=message.priority or 0,
+        redelivered=bool(message.redelivered),
+        routing_key=message.routing_key or "",
+        _settle=settle,
+    )
+
+
 class _Consumer(Subscription):
     def __init__(self, queue: AbstractQueue, tag: str) -> None:
         self.queue, self.tag = queue, tag
@@ -309,21 +329,7 @@ class RabbitMQBroker(Broker):
         )
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            async def settle(ack: bool, requeue: bool) -> None:
-                if ack:
-                    await message.ack()
-                else:
-                    await message.reject(requeue=requeue)
-
-            delivery = Delivery(
-                body=message.body,
-                headers=dict(message.headers or {}),
-                message_id=message.message_id,
-                priority=message.priority or 0,
-                redelivered=bool(message.redelivered),
-                routing_key=message.routing_key or "",
-                _settle=settle,
-            )
+            delivery = _delivery(message)
             # The job runs in a task of its own: closing the channel (the broker's consumer timeout,
             # a lost connection) cancels aio-pika's consumer task, and a job cancelled with it would
             # be cut off, requeued and cut off again, forever if it outlasts the consumer timeout.
@@ -385,25 +391,5 @@ class RabbitMQBroker(Broker):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-
-            def settle_for(m: AbstractIncomingMessage):  # noqa: ANN202 - closure per message
-                async def settle(ack: bool, requeue: bool) -> None:
-                    if ack:
-                        await m.ack()
-                    else:
-                        await m.reject(requeue=requeue)
-
-                return settle
-
-            out.append(
-                Delivery(
-                    message.body,
-                    dict(message.headers or {}),
-                    message.message_id,
-                    message.priority or 0,
-                    bool(message.redelivered),
-                    message.routing_key or "",
-                    settle_for(message),
-                )
-            )
+            out.append(_delivery(message))
         return out
