@@ -26,6 +26,7 @@ import httpx
 
 from tests.api.support import A, Proc, _env, spawn, start_worker, wait_ready, write_tokens
 from tests.conftest import BrokerEndpoint
+from tests.drills.forensics import explain
 from tests.support.rabbitmq import RabbitMQServer, free_port
 
 NS, TYPE = "Test.Scripted", "things"
@@ -51,6 +52,7 @@ WORKER_SETTINGS: dict[str, Any] = {
     "CPW_HEARTBEAT_INTERVAL": 0.5,
     "CPW_RUNNING_EVENT_DELAY": 0.05,
     "CPW_LOG_LEVEL": "WARNING",
+    "CPW_LOG_FORMAT": "json",  # lines carry job_id: forensics.py finds a lost job's lines by it
 }
 
 
@@ -535,6 +537,7 @@ async def drill(
     problems = []
     if account.lost:
         problems.append(f"lost {account.lost}: {account.lost_ids[:10]}")
+        print(await explain(cluster, load, account.lost_ids[:10]))
     if account.duplicates:
         problems.append(f"duplicates {account.duplicates}: {account.duplicate_ids[:5]}")
     if account.orphans_open:

@@ -15,17 +15,6 @@ import pytest
 from tests.drills.harness import Load, drill, every
 
 SIZES = [pytest.param("small", id="small"), pytest.param("full", id="full", marks=pytest.mark.drill)]
-# An open product bug, not a drill problem: under every fault at once a job was once accepted and never
-# ended (CI, 2026-11-29: lost 1 of 400, job 01a227eb9da0711687428e949b5bafd0, after a broker restart
-# with kill -9 and SIGTERM of workers around it). Not yet reproduced alone; tracked in issue 7 and
-# docs/reliability.md. The drill still runs and prints its account on every `make test`.
-KNOWN_LOSS = pytest.mark.xfail(
-    strict=False, reason="open bug: rare lost job under combined faults (issue 7, docs/reliability.md)"
-)
-EVERYTHING_SIZES = [
-    pytest.param("small", id="small", marks=KNOWN_LOSS),
-    pytest.param("full", id="full", marks=[pytest.mark.drill, KNOWN_LOSS]),
-]
 
 
 def sized(size: str, small, full):  # noqa: ANN001, ANN201
@@ -164,7 +153,7 @@ async def test_hanging_and_raising_providers(size, cluster):
     assert account.by_state["Failed"] > 0 and account.by_state["Succeeded"] > 0
 
 
-@pytest.mark.parametrize("size", EVERYTHING_SIZES)
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.timeout(600)
 async def test_everything_at_once(size, cluster):
     c = await cluster(workers=3, CPW_JOB_TIMEOUT=2, CPW_DRAIN_TIMEOUT=2)

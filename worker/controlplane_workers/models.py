@@ -123,6 +123,9 @@ class JobEvent(BaseModel):
     result: Any = None
     error: JobError | None = None
     retry_in: float | None = None
+    # On a worker's events: the job's tenant. A reader that missed the Accepted record (the broker
+    # went away between the job's confirm and the record) still knows whose job it is.
+    tenant: str | None = None
     job: Job | None = None  # on `accepted`: the job as submitted
     redrive: bool = False  # on `accepted`: an operator sent a dead-lettered job round again
 

@@ -135,6 +135,7 @@ class StatusIndex:
             data.get("worker_id"),
             data.get("result"),
             JobError.model_construct(**error) if error else None,
+            data.get("tenant"),
         )
 
     def accept(self, job: Job) -> None:
@@ -210,12 +211,17 @@ class StatusIndex:
         worker_id: str | None,
         result: Any,
         error: JobError | None,
+        tenant: str | None = None,
     ) -> None:
         self.last_event_at = at
         record = self.jobs.get(job_id)
         if record is None:
             record = JobResult(job_id=job_id, status=JobStatus.ACCEPTED)
             self._insert(record)
+        if record.tenant is None and tenant is not None:  # its Accepted record never came (models.JobEvent)
+            self._count(record, -1)
+            record.tenant = tenant
+            self._count(record, 1)
         if record.terminal:
             if status.terminal:
                 self.duplicates += 1

@@ -236,7 +236,7 @@ class ProviderWorker:
         self._idle.clear()
         metrics.IN_FLIGHT.inc()
         loop = asyncio.get_running_loop()
-        running_event = loop.call_later(self.settings.running_event_delay, self._announce_running, job.id, attempt)
+        running_event = loop.call_later(self.settings.running_event_delay, self._announce_running, job, attempt)
         started = time.monotonic()
         outcome: str
         try:
@@ -319,9 +319,11 @@ class ProviderWorker:
             if not self.running:
                 self._idle.set()
 
-    def _announce_running(self, job_id: str, attempt: int) -> None:
-        if job_id in self.running:
-            event = JobEvent(job_id=job_id, type=EventType.RUNNING, attempt=attempt, worker_id=self.worker_id)
+    def _announce_running(self, job: Job, attempt: int) -> None:
+        if job.id in self.running:
+            event = JobEvent(
+                job_id=job.id, type=EventType.RUNNING, attempt=attempt, worker_id=self.worker_id, tenant=job.tenant
+            )
             task = asyncio.ensure_future(self._publish(event))
             task.add_done_callback(_log_failure)
 
@@ -367,6 +369,7 @@ class ProviderWorker:
                         type=EventType.RETRYING,
                         attempt=attempt,
                         worker_id=self.worker_id,
+                        tenant=job.tenant,
                         error=error,
                         retry_in=round(delay, 3),
                     )
@@ -392,7 +395,13 @@ class ProviderWorker:
         error: JobError | None = None,
     ) -> None:
         event = JobEvent(
-            job_id=job.id, type=kind, attempt=attempt, worker_id=self.worker_id, result=result, error=error
+            job_id=job.id,
+            type=kind,
+            attempt=attempt,
+            worker_id=self.worker_id,
+            tenant=job.tenant,
+            result=result,
+            error=error,
         )
         try:
             await self._publish(event)
@@ -435,6 +444,7 @@ class ProviderWorker:
                         type=EventType.DEAD_LETTERED,
                         attempt=delivery.attempt,
                         worker_id=self.worker_id,
+                        tenant=job.tenant if job else None,
                         error=error or JobError(code=_reason_code(reason), message=detail),
                     )
                 )
