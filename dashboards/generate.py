@@ -59,16 +59,34 @@ def keda(template: str) -> str:
     )
 
 
-def quantiles(metric: str, selector: str, by: str = "") -> list[tuple[str, str]]:
+Query = tuple[str, str]  # (PromQL expression, legend format)
+
+
+def aggregate(op: str, inner: str, by: str = "") -> str:
+    """`op by (by) (inner)`, or `op(inner)` with no grouping: one spelling for every query of the dashboards."""
+    return f"{op} by ({by}) ({inner})" if by else f"{op}({inner})"
+
+
+def gauge(metric: str, selector: str, by: str = "", op: str = "sum") -> str:
+    """A gauge summed (or counted, maxed) over the pods, so a panel only names the metric and the grouping."""
+    return aggregate(op, f"{metric}{{{selector}}}", by)
+
+
+def per_second(metric: str, selector: str, by: str = "") -> str:
+    """A counter's rate summed over the pods: the shape of every "per second" line."""
+    return aggregate("sum", f"rate({metric}{{{selector}}}[$__rate_interval])", by)
+
+
+def quantile(q: float, metric: str, selector: str, by: str = "") -> str:
+    """One quantile of a histogram, optionally per label (`by`), over all pods' buckets."""
     by_clause = f"{by}, le" if by else "le"
+    return f"histogram_quantile({q}, {per_second(f'{metric}_bucket', selector, by_clause)})"
+
+
+def quantiles(metric: str, selector: str, by: str = "") -> list[Query]:
+    """p50 / p95 / p99 of a histogram: the three lines every latency panel shows."""
     prefix = "{{" + by + "}} " if by else ""
-    return [
-        (
-            f"histogram_quantile({q}, sum by ({by_clause}) (rate({metric}_bucket{{{selector}}}[$__rate_interval])))",
-            f"{prefix}p{int(q * 100)}",
-        )
-        for q in (0.5, 0.95, 0.99)
-    ]
+    return [(quantile(q, metric, selector, by), f"{prefix}p{int(q * 100)}") for q in (0.5, 0.95, 0.99)]
 
 
 def steps(*pairs: tuple[float | None, str]) -> db.ThresholdsConfig:
@@ -79,7 +97,13 @@ def steps(*pairs: tuple[float | None, str]) -> db.ThresholdsConfig:
     )
 
 
+# Thresholds shared by several panels, named by what they judge.
 NEUTRAL = steps((None, "green"))
+AT_LEAST_ONE = steps((None, "red"), (1, "green"))  # ready pods, consumers: none is an outage
+NONE_WANTED = steps((None, "green"), (1, "red"))  # dead letters, slow requests: any is a problem
+JOB_DURATION = steps((None, "green"), (900, "red"))  # CPWJobDurationHigh: p95 above 15 minutes
+QUEUE_WAIT = steps((None, "green"), (120, "red"))  # CPWQueueWaitHigh: p95 above 2 minutes
+HEARTBEAT_AGE = steps((None, "green"), (15, "orange"), (60, "red"))  # CPWWorkerHeartbeatMissing at 60s
 
 
 @dataclass
@@ -89,7 +113,7 @@ class Panel:
     kind: str  # "timeseries" | "stat"
     title: str
     description: str
-    queries: list[tuple[str, str]]  # (expr, legend)
+    queries: list[Query]
     unit: str
     thresholds: db.ThresholdsConfig = field(default_factory=lambda: NEUTRAL)
     width: int = 12
@@ -151,15 +175,77 @@ class Panel:
         return builder
 
 
-def up_down(up: str, down: str) -> list[dm.ValueMapping]:
-    return [
-        dm.ValueMap(
-            options={
-                "1": dm.ValueMappingResult(text=up, color="green", index=0),
-                "0": dm.ValueMappingResult(text=down, color="red", index=1),
-            }
-        )
-    ]
+def stat_panel(
+    title: str,
+    unit: str,
+    description: str,
+    *queries: Query,
+    thresholds: db.ThresholdsConfig = NEUTRAL,
+    width: int = 4,
+    height: int = 5,
+    mappings: list[dm.ValueMapping] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+) -> Panel:
+    """A big last value with a sparkline: the headline numbers of a summary row (4 wide, 5 high by default)."""
+    return Panel(
+        "stat", title, description, list(queries), unit, thresholds, width, height, mappings=mappings, min=min, max=max
+    )
+
+
+def timeseries_panel(
+    title: str,
+    unit: str,
+    description: str,
+    *queries: Query,
+    thresholds: db.ThresholdsConfig = NEUTRAL,
+    stack: bool = False,
+    threshold_lines: bool = False,
+    min: float | None = None,
+    max: float | None = None,
+) -> Panel:
+    """Lines over time, half the dashboard wide; `stack` for parts of a whole, `threshold_lines` to draw the
+    alert's thresholds as dashed lines."""
+    return Panel(
+        "timeseries",
+        title,
+        description,
+        list(queries),
+        unit,
+        thresholds,
+        stack=stack,
+        threshold_lines=threshold_lines,
+        min=min,
+        max=max,
+    )
+
+
+def up_down_stat(title: str, description: str, metric: str, up: str, down: str) -> Panel:
+    """A 0/1 gauge per selected worker pod, shown as words (1 green, 0 red) rather than a number."""
+    mapping = dm.ValueMap(
+        options={
+            "1": dm.ValueMappingResult(text=up, color="green", index=0),
+            "0": dm.ValueMappingResult(text=down, color="red", index=1),
+        }
+    )
+    query = (f"{metric}{{{WORKER_POD}}}", "{{pod}}")
+    return stat_panel(title, "none", description, query, thresholds=AT_LEAST_ONE, width=6, mappings=[mapping])
+
+
+def query_variable(name: str, label: str, description: str, query: str, *, multi: bool) -> db.QueryVariable:
+    """A dropdown filled from Prometheus label values, refreshed with the time range; `multi` adds "All"."""
+    variable = (
+        db.QueryVariable(name)
+        .label(label)
+        .description(description)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+    )
+    if multi:
+        variable = variable.multi(True).include_all(True).all_value(".*")
+    return variable
 
 
 def variables(*, with_pod: bool) -> list[db.QueryVariable | db.DatasourceVariable]:
@@ -168,36 +254,30 @@ def variables(*, with_pod: bool) -> list[db.QueryVariable | db.DatasourceVariabl
         .label("Data source")
         .type("prometheus")
         .description("The Prometheus that scrapes the workers, the API, RabbitMQ, kube-state-metrics and KEDA."),
-        db.QueryVariable("namespace")
-        .label("Namespace")
-        .description("The Kubernetes namespace of the release (the scrape's `namespace` label).")
-        .datasource(DATASOURCE)
-        .query("label_values(cpw_build_info, namespace)")
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_ASC),
-        db.QueryVariable("job")
-        .label("Job")
-        .description("Scrape job(s) of the API and worker pods (ServiceMonitor: the Service; PodMonitor: ns/name).")
-        .datasource(DATASOURCE)
-        .query('label_values(cpw_build_info{namespace="$namespace"}, job)')
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .sort(dm.VariableSort.ALPHABETICAL_ASC),
+        query_variable(
+            "namespace",
+            "Namespace",
+            "The Kubernetes namespace of the release (the scrape's `namespace` label).",
+            "label_values(cpw_build_info, namespace)",
+            multi=False,
+        ),
+        query_variable(
+            "job",
+            "Job",
+            "Scrape job(s) of the API and worker pods (ServiceMonitor: the Service; PodMonitor: ns/name).",
+            'label_values(cpw_build_info{namespace="$namespace"}, job)',
+            multi=True,
+        ),
     ]
     if with_pod:
         result.append(
-            db.QueryVariable("pod")
-            .label("Worker pod")
-            .description("Worker pods of the release.")
-            .datasource(DATASOURCE)
-            .query('label_values(cpw_worker_ready{namespace="$namespace", job=~"$job"}, pod)')
-            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
-            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            query_variable(
+                "pod",
+                "Worker pod",
+                "Worker pods of the release.",
+                'label_values(cpw_worker_ready{namespace="$namespace", job=~"$job"}, pod)',
+                multi=True,
+            )
         )
     return result
 
@@ -241,354 +321,264 @@ def dashboard(
 
 
 def fleet_overview() -> db.Dashboard:
-    finished = f"sum(rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))"
-    succeeded = f'sum(rate(cpw_worker_jobs_total{{{SCOPE}, outcome="succeeded"}}[$__rate_interval]))'
-    success_ratio = f"{succeeded} / {finished}"
-    saturation = f"sum(cpw_worker_jobs_in_flight{{{SCOPE}}}) / sum(cpw_worker_capacity{{{SCOPE}}})"
+    jobs_total = "cpw_worker_jobs_total"
+    finished_jobs = f"{SCOPE}, {FINISHED}"
+    succeeded_jobs = f'{SCOPE}, outcome="succeeded"'
+    finished = per_second(jobs_total, finished_jobs)
+    success_ratio = f"{per_second(jobs_total, succeeded_jobs)} / {finished}"
+    success_ratio_by_operation = (
+        f"{per_second(jobs_total, succeeded_jobs, 'operation')} / {per_second(jobs_total, finished_jobs, 'operation')}"
+    )
+    # An operation without failures has no failed series: `or <all> * 0` shows it at 0%.
+    operation = "provider_namespace, resource_type, operation"
+    finished_by_operation = per_second(jobs_total, finished_jobs, operation)
+    failure_ratio_by_operation = (
+        f"({per_second(jobs_total, f'{SCOPE}, {FAILED}', operation)} or {finished_by_operation} * 0)"
+        f" / {finished_by_operation}"
+    )
+    saturation = f"{gauge('cpw_worker_jobs_in_flight', SCOPE)} / {gauge('cpw_worker_capacity', SCOPE)}"
     # `or vector(0)`: with no 5xx answer at all there is no 5xx series; the panel shows 0%, not "No data"
     # (tests/observability/test_prometheus_e2e.py queries every panel on a live Prometheus).
-    api_5xx = (
-        f'(sum(rate(cpw_api_requests_total{{{SCOPE}, code=~"5.."}}[$__rate_interval])) or vector(0))'
-        f" / sum(rate(cpw_api_requests_total{{{SCOPE}}}[$__rate_interval]))"
-    )
+    server_errors = per_second("cpw_api_requests_total", f'{SCOPE}, code=~"5.."')
+    api_5xx = f"({server_errors} or vector(0)) / {per_second('cpw_api_requests_total', SCOPE)}"
+    jobs_queue = f"{RABBIT}, {JOBS_QUEUE}"
+    dlq = f"{RABBIT}, {DLQ}"
+    hpa = "horizontalpodautoscaler"
     ratio_steps = steps((None, "red"), (0.9, "orange"), (0.99, "green"))
-    saturation_steps = steps((None, "green"), (0.7, "orange"), (0.9, "red"))
 
     summary = [
-        Panel(
-            "stat",
+        stat_panel(
             "Success ratio",
+            "percentunit",
             "Share of finished job attempts that succeeded (failed, error and timeout "
             "count against it; requeued and canceled attempts are left out). Alert: CPWJobFailureRatioHigh.",
-            [(success_ratio, "success")],
-            "percentunit",
-            ratio_steps,
-            width=4,
-            height=5,
+            (success_ratio, "success"),
+            thresholds=ratio_steps,
             min=0,
             max=1,
         ),
-        Panel(
-            "stat",
-            "Throughput",
-            "Job attempts finished per second, all outcomes.",
-            [(finished, "attempts/s")],
-            "ops",
-            width=4,
-            height=5,
-        ),
-        Panel(
-            "stat",
+        stat_panel("Throughput", "ops", "Job attempts finished per second, all outcomes.", (finished, "attempts/s")),
+        stat_panel(
             "Saturation",
+            "percentunit",
             "Jobs running / job slots of the running workers (cpw_worker_jobs_in_flight / "
             "cpw_worker_capacity). Alert: CPWWorkersSaturated at 90%.",
-            [(saturation, "saturation")],
-            "percentunit",
-            saturation_steps,
-            width=4,
-            height=5,
+            (saturation, "saturation"),
+            thresholds=steps((None, "green"), (0.7, "orange"), (0.9, "red")),
             min=0,
             max=1,
         ),
-        Panel(
-            "stat",
+        stat_panel(
             "Ready jobs",
+            "short",
             "Jobs waiting on the job queue (RabbitMQ messages_ready). "
             "Alerts: CPWJobBacklogGrowing, CPWJobsWaitingWithoutConsumers.",
-            [(f"sum(rabbitmq_detailed_queue_messages_ready{{{RABBIT}, {JOBS_QUEUE}}})", "ready")],
-            "short",
-            steps((None, "green"), (25, "orange"), (100, "red")),
-            width=4,
-            height=5,
+            (gauge("rabbitmq_detailed_queue_messages_ready", jobs_queue), "ready"),
+            thresholds=steps((None, "green"), (25, "orange"), (100, "red")),
         ),
-        Panel(
-            "stat",
+        stat_panel(
             "Dead-lettered jobs",
+            "short",
             "Messages in the dead-letter queue; `cpw dlq list` shows them. Alert: CPWDeadLetterQueueNotEmpty.",
-            [(f"sum(rabbitmq_detailed_queue_messages{{{RABBIT}, {DLQ}}})", "dlq")],
-            "short",
-            steps((None, "green"), (1, "red")),
-            width=4,
-            height=5,
+            (gauge("rabbitmq_detailed_queue_messages", dlq), "dlq"),
+            thresholds=NONE_WANTED,
         ),
-        Panel(
-            "stat",
+        stat_panel(
             "Ready workers",
-            "Worker pods that accept jobs (cpw_worker_ready). Alert: CPWNoReadyWorkers.",
-            [(f"sum(cpw_worker_ready{{{SCOPE}}})", "ready")],
             "short",
-            steps((None, "red"), (1, "green")),
-            width=4,
-            height=5,
+            "Worker pods that accept jobs (cpw_worker_ready). Alert: CPWNoReadyWorkers.",
+            (gauge("cpw_worker_ready", SCOPE), "ready"),
+            thresholds=AT_LEAST_ONE,
         ),
     ]
     throughput = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Job attempts by outcome",
+            "ops",
             "Attempts finished per second by outcome: succeeded; failed "
             "(PermanentError); error (other exceptions, retried); timeout; canceled (on request); requeued "
             "(handed back on shutdown).",
-            [(f"sum by (outcome) (rate(cpw_worker_jobs_total{{{SCOPE}}}[$__rate_interval]))", "{{outcome}}")],
-            "ops",
+            (per_second(jobs_total, SCOPE, "outcome"), "{{outcome}}"),
             stack=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Success ratio",
-            "Share of finished attempts that succeeded, overall and per operation. The dashed lines mark 90% and 99%.",
-            [
-                (success_ratio, "all"),
-                (
-                    f'sum by (operation) (rate(cpw_worker_jobs_total{{{SCOPE}, outcome="succeeded"}}[$__rate_interval]))'
-                    f" / sum by (operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
-                    "{{operation}}",
-                ),
-            ],
             "percentunit",
-            ratio_steps,
+            "Share of finished attempts that succeeded, overall and per operation. The dashed lines mark 90% and 99%.",
+            (success_ratio, "all"),
+            (success_ratio_by_operation, "{{operation}}"),
+            thresholds=ratio_steps,
             threshold_lines=True,
             min=0,
             max=1,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Job duration",
+            "s",
             "p50 / p95 / p99 of one attempt's duration (provider time), finished "
             "attempts. Alert: CPWJobDurationHigh (p95 above 15 minutes).",
-            quantiles("cpw_worker_job_duration_seconds", f"{SCOPE}, {FINISHED}"),
-            "s",
-            steps((None, "green"), (900, "red")),
+            *quantiles("cpw_worker_job_duration_seconds", finished_jobs),
+            thresholds=JOB_DURATION,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Queue wait",
+            "s",
             "p50 / p95 / p99 of the time from submission to the start of the first "
             "attempt. Alert: CPWQueueWaitHigh (p95 above 2 minutes).",
-            quantiles("cpw_worker_queue_wait_seconds", SCOPE),
-            "s",
-            steps((None, "green"), (120, "red")),
+            *quantiles("cpw_worker_queue_wait_seconds", SCOPE),
+            thresholds=QUEUE_WAIT,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Retries, dead letters, cancellations",
+            "ops",
             "Attempts scheduled again (retries), jobs sent "
             "to the dead-letter queue by reason, jobs canceled on request — per second.",
-            [
-                (f"sum(rate(cpw_worker_retries_total{{{SCOPE}}}[$__rate_interval]))", "retries"),
-                (
-                    f"sum by (reason) (rate(cpw_worker_dead_lettered_total{{{SCOPE}}}[$__rate_interval]))",
-                    "dead-lettered {{reason}}",
-                ),
-                (f"sum(rate(cpw_worker_canceled_total{{{SCOPE}}}[$__rate_interval]))", "canceled"),
-            ],
-            "ops",
+            (per_second("cpw_worker_retries_total", SCOPE), "retries"),
+            (per_second("cpw_worker_dead_lettered_total", SCOPE, "reason"), "dead-lettered {{reason}}"),
+            (per_second("cpw_worker_canceled_total", SCOPE), "canceled"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Failure ratio by operation",
+            "percentunit",
             "Share of finished attempts that failed (failed, error, "
             "timeout), per provider namespace / resource type / operation. Alert: CPWJobFailureRatioHigh "
             "(10% warning, 50% critical).",
-            # An operation without failures has no failed series: `or <all> * 0` shows it at 0%.
-            [
-                (
-                    f"(sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FAILED}}}[$__rate_interval]))"
-                    f" or sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval])) * 0)"
-                    f" / sum by (provider_namespace, resource_type, operation) (rate(cpw_worker_jobs_total{{{SCOPE}, {FINISHED}}}[$__rate_interval]))",
-                    "{{provider_namespace}}/{{resource_type}} {{operation}}",
-                )
-            ],
-            "percentunit",
-            steps((None, "green"), (0.1, "orange"), (0.5, "red")),
+            (failure_ratio_by_operation, "{{provider_namespace}}/{{resource_type}} {{operation}}"),
+            thresholds=steps((None, "green"), (0.1, "orange"), (0.5, "red")),
             threshold_lines=True,
             min=0,
             max=1,
         ),
     ]
     queue = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Job queue depth",
+            "short",
             "Messages on the job queue from RabbitMQ's exporter: ready (waiting "
             "for a worker) and unacked (delivered to a worker, running). KEDA scales on ready + unacked.",
-            [
-                (
-                    f"sum by (queue) (rabbitmq_detailed_queue_messages_ready{{{RABBIT}, {JOBS_QUEUE}}})",
-                    "ready {{queue}}",
-                ),
-                (
-                    f"sum by (queue) (rabbitmq_detailed_queue_messages_unacked{{{RABBIT}, {JOBS_QUEUE}}})",
-                    "unacked {{queue}}",
-                ),
-            ],
-            "short",
+            (gauge("rabbitmq_detailed_queue_messages_ready", jobs_queue, "queue"), "ready {{queue}}"),
+            (gauge("rabbitmq_detailed_queue_messages_unacked", jobs_queue, "queue"), "unacked {{queue}}"),
             stack=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Dead-letter queue",
-            "Messages in the dead-letter queue; they stay until redriven (`cpw dlq redrive`) or purged.",
-            [(f"sum by (queue) (rabbitmq_detailed_queue_messages{{{RABBIT}, {DLQ}}})", "{{queue}}")],
             "short",
-            steps((None, "green"), (1, "red")),
+            "Messages in the dead-letter queue; they stay until redriven (`cpw dlq redrive`) or purged.",
+            (gauge("rabbitmq_detailed_queue_messages", dlq, "queue"), "{{queue}}"),
+            thresholds=NONE_WANTED,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Consumers on the job queue",
+            "short",
             "Consumers RabbitMQ counts on the job queue (one per worker "
             "process). Zero with ready jobs fires CPWJobsWaitingWithoutConsumers.",
-            [(f"sum by (queue) (rabbitmq_detailed_queue_consumers{{{RABBIT}, {JOBS_QUEUE}}})", "{{queue}}")],
-            "short",
-            steps((None, "red"), (1, "green")),
+            (gauge("rabbitmq_detailed_queue_consumers", jobs_queue, "queue"), "{{queue}}"),
+            thresholds=AT_LEAST_ONE,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Arrivals vs. completions",
+            "ops",
             "Jobs accepted by the API per second vs. job attempts the "
             "workers finished per second: arrivals above completions grow the backlog.",
-            [
-                (f"sum(rate(cpw_api_submissions_total{{{SCOPE}}}[$__rate_interval]))", "submitted"),
-                (finished, "finished attempts"),
-            ],
-            "ops",
+            (per_second("cpw_api_submissions_total", SCOPE), "submitted"),
+            (finished, "finished attempts"),
         ),
     ]
     scaling = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Workers and KEDA replicas",
+            "short",
             "Worker pods scraped and ready, and the KEDA-made HPA's "
             "desired / current / maximum replicas (kube-state-metrics). Alert: CPWWorkersAtMaxReplicas.",
-            [
-                (f"count(cpw_worker_ready{{{SCOPE}}})", "worker pods"),
-                (f"sum(cpw_worker_ready{{{SCOPE}}})", "ready"),
-                (
-                    f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_desired_replicas{{{HPA}}})",
-                    "desired ({{horizontalpodautoscaler}})",
-                ),
-                (
-                    f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_current_replicas{{{HPA}}})",
-                    "current ({{horizontalpodautoscaler}})",
-                ),
-                (
-                    f"sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_spec_max_replicas{{{HPA}}})",
-                    "max ({{horizontalpodautoscaler}})",
-                ),
-            ],
-            "short",
+            (gauge("cpw_worker_ready", SCOPE, op="count"), "worker pods"),
+            (gauge("cpw_worker_ready", SCOPE), "ready"),
+            (gauge("kube_horizontalpodautoscaler_status_desired_replicas", HPA, hpa), "desired ({{" + hpa + "}})"),
+            (gauge("kube_horizontalpodautoscaler_status_current_replicas", HPA, hpa), "current ({{" + hpa + "}})"),
+            (gauge("kube_horizontalpodautoscaler_spec_max_replicas", HPA, hpa), "max ({{" + hpa + "}})"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Job slots",
+            "short",
             "Jobs running vs. job slots over all workers. "
             "Alert: CPWWorkersSaturated when in flight reaches 90% of capacity for 15 minutes.",
-            [
-                (f"sum(cpw_worker_jobs_in_flight{{{SCOPE}}})", "in flight"),
-                (f"sum(cpw_worker_capacity{{{SCOPE}}})", "capacity"),
-            ],
-            "short",
+            (gauge("cpw_worker_jobs_in_flight", SCOPE), "in flight"),
+            (gauge("cpw_worker_capacity", SCOPE), "capacity"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "KEDA scaler",
+            "short",
             "The queue length KEDA reads for the workers' ScaledObject and its "
             "errors per second (KEDA operator metrics). Alert: CPWKedaScalerErrors.",
-            [
-                (keda("sum by (scaledObject) (keda_scaler_metrics_value{sel})"), "metric {{scaledObject}}"),
-                (
-                    keda("sum by (scaledObject) (rate(keda_scaled_object_errors_total{sel}[$__rate_interval]))"),
-                    "errors/s {{scaledObject}}",
-                ),
-            ],
-            "short",
+            (keda("sum by (scaledObject) (keda_scaler_metrics_value{sel})"), "metric {{scaledObject}}"),
+            (
+                keda("sum by (scaledObject) (rate(keda_scaled_object_errors_total{sel}[$__rate_interval]))"),
+                "errors/s {{scaledObject}}",
+            ),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Broker connection",
+            "short",
             "Workers connected to RabbitMQ out of those scraped, and broker "
             "reconnects per second. Alert: CPWBrokerUnreachable.",
-            [
-                (f"sum(cpw_worker_broker_connected{{{SCOPE}}})", "connected"),
-                (f"count(cpw_worker_broker_connected{{{SCOPE}}})", "workers"),
-                (f"sum(rate(cpw_worker_broker_reconnects_total{{{SCOPE}}}[$__rate_interval]))", "reconnects/s"),
-            ],
-            "short",
+            (gauge("cpw_worker_broker_connected", SCOPE), "connected"),
+            (gauge("cpw_worker_broker_connected", SCOPE, op="count"), "workers"),
+            (per_second("cpw_worker_broker_reconnects_total", SCOPE), "reconnects/s"),
         ),
     ]
     api = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "API requests by code",
-            "HTTP requests the API answered per second, by status code.",
-            [(f"sum by (code) (rate(cpw_api_requests_total{{{SCOPE}}}[$__rate_interval]))", "{{code}}")],
             "reqps",
+            "HTTP requests the API answered per second, by status code.",
+            (per_second("cpw_api_requests_total", SCOPE, "code"), "{{code}}"),
             stack=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "API latency",
+            "s",
             "p50 / p95 / p99 of write requests (submissions answer 202 once the "
             "broker confirmed), and p95 of reads (may long-poll with ?wait=). Alert: CPWApiLatencyHigh (write "
             "p95 above 1s).",
-            [
-                *quantiles("cpw_api_request_duration_seconds", f"{SCOPE}, {WRITES}"),
-                (
-                    f'histogram_quantile(0.95, sum by (le) (rate(cpw_api_request_duration_seconds_bucket{{{SCOPE}, method="GET"}}[$__rate_interval])))',
-                    "reads p95",
-                ),
-            ],
-            "s",
-            steps((None, "green"), (1, "red")),
+            *quantiles("cpw_api_request_duration_seconds", f"{SCOPE}, {WRITES}"),
+            (quantile(0.95, "cpw_api_request_duration_seconds", f'{SCOPE}, method="GET"'), "reads p95"),
+            thresholds=NONE_WANTED,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "API errors",
+            "percentunit",
             "Share of 5xx answers (503: the broker did not confirm) and refusals per "
             "second by reason (401 unauthorized, 413 too large, 429 rate limited, 503 broker unavailable, ...). "
             "Alert: CPWApiErrorRatioHigh (1% warning, 5% critical).",
-            [
-                (api_5xx, "5xx ratio"),
-                (f"sum by (reason) (rate(cpw_api_rejections_total{{{SCOPE}}}[$__rate_interval]))", "{{reason}}/s"),
-            ],
-            "percentunit",
-            steps((None, "green"), (0.01, "orange"), (0.05, "red")),
+            (api_5xx, "5xx ratio"),
+            (per_second("cpw_api_rejections_total", SCOPE, "reason"), "{{reason}}/s"),
+            thresholds=steps((None, "green"), (0.01, "orange"), (0.05, "red")),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Submissions by priority",
-            "Jobs accepted (confirmed by the broker) per second, by priority (9 is the most urgent).",
-            [
-                (
-                    f"sum by (priority) (rate(cpw_api_submissions_total{{{SCOPE}}}[$__rate_interval]))",
-                    "priority {{priority}}",
-                )
-            ],
             "ops",
+            "Jobs accepted (confirmed by the broker) per second, by priority (9 is the most urgent).",
+            (per_second("cpw_api_submissions_total", SCOPE, "priority"), "priority {{priority}}"),
             stack=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Status index",
+            "short",
             "Jobs held in each API replica's status index, and the age of the last "
             "event it applied from the results stream (grows while no job changes state).",
-            [
-                (f"sum by (pod) (cpw_api_index_jobs{{{SCOPE}}})", "jobs {{pod}}"),
-                (f"max by (pod) (cpw_api_index_lag_seconds{{{SCOPE}}})", "lag {{pod}}"),
-            ],
-            "short",
+            (gauge("cpw_api_index_jobs", SCOPE, "pod"), "jobs {{pod}}"),
+            (gauge("cpw_api_index_lag_seconds", SCOPE, "pod", op="max"), "lag {{pod}}"),
         ),
-        Panel(
-            "stat",
+        stat_panel(
             "API replicas ready",
-            "API pods connected with their index rebuilt (cpw_api_ready). Alert: CPWApiNotReady.",
-            [(f"sum(cpw_api_ready{{{SCOPE}}})", "ready")],
             "short",
-            steps((None, "red"), (1, "green")),
+            "API pods connected with their index rebuilt (cpw_api_ready). Alert: CPWApiNotReady.",
+            (gauge("cpw_api_ready", SCOPE), "ready"),
+            thresholds=AT_LEAST_ONE,
             width=12,
+            height=8,
         ),
     ]
     return dashboard(
@@ -607,187 +597,142 @@ def fleet_overview() -> db.Dashboard:
 
 
 def worker_detail() -> db.Dashboard:
-    rate = "[$__rate_interval]"
+    pods = WORKER_POD
+    heartbeat_age = f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{pods}}}"
     state = [
-        Panel(
-            "stat",
+        up_down_stat(
             "Ready",
             "Whether each selected worker accepts jobs (cpw_worker_ready).",
-            [(f"cpw_worker_ready{{{WORKER_POD}}}", "{{pod}}")],
-            "none",
-            steps((None, "red"), (1, "green")),
-            width=6,
-            height=5,
-            mappings=up_down("ready", "not ready"),
+            "cpw_worker_ready",
+            "ready",
+            "not ready",
         ),
-        Panel(
-            "stat",
+        up_down_stat(
             "Broker",
             "Whether each selected worker is connected to RabbitMQ (cpw_worker_broker_connected).",
-            [(f"cpw_worker_broker_connected{{{WORKER_POD}}}", "{{pod}}")],
-            "none",
-            steps((None, "red"), (1, "green")),
-            width=6,
-            height=5,
-            mappings=up_down("connected", "disconnected"),
+            "cpw_worker_broker_connected",
+            "connected",
+            "disconnected",
         ),
-        Panel(
-            "stat",
+        stat_panel(
             "Heartbeat age",
+            "s",
             "Seconds since each worker's last heartbeat (sent every 5s). Alert: CPWWorkerHeartbeatMissing above 60s.",
-            [(f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{WORKER_POD}}}", "{{pod}}")],
-            "s",
-            steps((None, "green"), (15, "orange"), (60, "red")),
+            (heartbeat_age, "{{pod}}"),
+            thresholds=HEARTBEAT_AGE,
             width=6,
-            height=5,
         ),
-        Panel(
-            "stat",
+        stat_panel(
             "Uptime",
-            "Seconds since each worker process started (the seed's worker_uptime_seconds).",
-            [(f"worker_uptime_seconds{{{WORKER_POD}}}", "{{pod}}")],
             "s",
+            "Seconds since each worker process started (the seed's worker_uptime_seconds).",
+            (f"worker_uptime_seconds{{{pods}}}", "{{pod}}"),
             width=6,
-            height=5,
         ),
     ]
     jobs = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "In flight vs. capacity",
-            "Jobs each worker runs now and the jobs it runs at once (CPW_MAX_CONCURRENT_JOBS).",
-            [
-                (f"sum by (pod) (cpw_worker_jobs_in_flight{{{WORKER_POD}}})", "in flight {{pod}}"),
-                (f"sum by (pod) (cpw_worker_capacity{{{WORKER_POD}}})", "capacity {{pod}}"),
-            ],
             "short",
+            "Jobs each worker runs now and the jobs it runs at once (CPW_MAX_CONCURRENT_JOBS).",
+            (gauge("cpw_worker_jobs_in_flight", pods, "pod"), "in flight {{pod}}"),
+            (gauge("cpw_worker_capacity", pods, "pod"), "capacity {{pod}}"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Attempts by outcome",
-            "Job attempts each worker finished per second, by outcome.",
-            [(f"sum by (pod, outcome) (rate(cpw_worker_jobs_total{{{WORKER_POD}}}{rate}))", "{{pod}} {{outcome}}")],
             "ops",
+            "Job attempts each worker finished per second, by outcome.",
+            (per_second("cpw_worker_jobs_total", pods, "pod, outcome"), "{{pod}} {{outcome}}"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Job duration p95 by pod",
+            "s",
             "95th percentile of an attempt's duration per worker "
             "(finished attempts). One slow pod points at its node or a stuck dependency connection.",
-            [
-                (
-                    f"histogram_quantile(0.95, sum by (pod, le) (rate(cpw_worker_job_duration_seconds_bucket{{{WORKER_POD}, {FINISHED}}}{rate})))",
-                    "{{pod}}",
-                )
-            ],
-            "s",
-            steps((None, "green"), (900, "red")),
+            (quantile(0.95, "cpw_worker_job_duration_seconds", f"{pods}, {FINISHED}", "pod"), "{{pod}}"),
+            thresholds=JOB_DURATION,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Job duration p95 by operation",
+            "s",
             "95th percentile of an attempt's duration per provider "
             "namespace / resource type / operation, on the selected workers.",
-            [
-                (
-                    f"histogram_quantile(0.95, sum by (provider_namespace, resource_type, operation, le) "
-                    f"(rate(cpw_worker_job_duration_seconds_bucket{{{WORKER_POD}, {FINISHED}}}{rate})))",
-                    "{{provider_namespace}}/{{resource_type}} {{operation}}",
-                )
-            ],
-            "s",
-            steps((None, "green"), (900, "red")),
+            (
+                quantile(
+                    0.95,
+                    "cpw_worker_job_duration_seconds",
+                    f"{pods}, {FINISHED}",
+                    "provider_namespace, resource_type, operation",
+                ),
+                "{{provider_namespace}}/{{resource_type}} {{operation}}",
+            ),
+            thresholds=JOB_DURATION,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Queue wait p95 by pod",
-            "95th percentile of the wait from submission to the first attempt, for the jobs each worker started.",
-            [
-                (
-                    f"histogram_quantile(0.95, sum by (pod, le) (rate(cpw_worker_queue_wait_seconds_bucket{{{WORKER_POD}}}{rate})))",
-                    "{{pod}}",
-                )
-            ],
             "s",
-            steps((None, "green"), (120, "red")),
+            "95th percentile of the wait from submission to the first attempt, for the jobs each worker started.",
+            (quantile(0.95, "cpw_worker_queue_wait_seconds", pods, "pod"), "{{pod}}"),
+            thresholds=QUEUE_WAIT,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Finished jobs (seed counters)",
+            "ops",
             "The seed's counters per worker: jobs finished (any "
             "terminal outcome) and jobs finished as Failed, per second.",
-            [
-                (f"sum by (pod) (rate(worker_jobs_processed_total{{{WORKER_POD}}}{rate}))", "processed {{pod}}"),
-                (f"sum by (pod) (rate(worker_jobs_failed_total{{{WORKER_POD}}}{rate}))", "failed {{pod}}"),
-            ],
-            "ops",
+            (per_second("worker_jobs_processed_total", pods, "pod"), "processed {{pod}}"),
+            (per_second("worker_jobs_failed_total", pods, "pod"), "failed {{pod}}"),
         ),
     ]
     delivery = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Retries, dead letters, cancellations",
+            "ops",
             "Per worker and second: attempts scheduled "
             "again, messages dead-lettered (by reason), jobs canceled on request.",
-            [
-                (f"sum by (pod) (rate(cpw_worker_retries_total{{{WORKER_POD}}}{rate}))", "retries {{pod}}"),
-                (
-                    f"sum by (pod, reason) (rate(cpw_worker_dead_lettered_total{{{WORKER_POD}}}{rate}))",
-                    "dead-lettered {{reason}} {{pod}}",
-                ),
-                (f"sum by (pod) (rate(cpw_worker_canceled_total{{{WORKER_POD}}}{rate}))", "canceled {{pod}}"),
-            ],
-            "ops",
+            (per_second("cpw_worker_retries_total", pods, "pod"), "retries {{pod}}"),
+            (per_second("cpw_worker_dead_lettered_total", pods, "pod, reason"), "dead-lettered {{reason}} {{pod}}"),
+            (per_second("cpw_worker_canceled_total", pods, "pod"), "canceled {{pod}}"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Broker events",
+            "ops",
             "Per worker and second: reconnects to RabbitMQ, deliveries flagged "
             "redelivered, acks lost on a dropped channel (the broker redelivers those jobs).",
-            [
-                (
-                    f"sum by (pod) (rate(cpw_worker_broker_reconnects_total{{{WORKER_POD}}}{rate}))",
-                    "reconnects {{pod}}",
-                ),
-                (f"sum by (pod) (rate(cpw_worker_redelivered_total{{{WORKER_POD}}}{rate}))", "redelivered {{pod}}"),
-                (f"sum by (pod) (rate(cpw_worker_ack_lost_total{{{WORKER_POD}}}{rate}))", "ack lost {{pod}}"),
-            ],
-            "ops",
+            (per_second("cpw_worker_broker_reconnects_total", pods, "pod"), "reconnects {{pod}}"),
+            (per_second("cpw_worker_redelivered_total", pods, "pod"), "redelivered {{pod}}"),
+            (per_second("cpw_worker_ack_lost_total", pods, "pod"), "ack lost {{pod}}"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Heartbeat age",
-            "Seconds since each worker's last heartbeat over time; a saw-tooth up to the heartbeat interval is normal.",
-            [(f"time() - cpw_worker_last_heartbeat_timestamp_seconds{{{WORKER_POD}}}", "{{pod}}")],
             "s",
-            steps((None, "green"), (15, "orange"), (60, "red")),
+            "Seconds since each worker's last heartbeat over time; a saw-tooth up to the heartbeat interval is normal.",
+            (heartbeat_age, "{{pod}}"),
+            thresholds=HEARTBEAT_AGE,
             threshold_lines=True,
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Version",
-            "The controlplane-workers version each worker runs (cpw_build_info); two lines during a rollout.",
-            [(f"count by (version) (cpw_build_info{{{WORKER_POD}}})", "{{version}}")],
             "short",
+            "The controlplane-workers version each worker runs (cpw_build_info); two lines during a rollout.",
+            (gauge("cpw_build_info", pods, "version", op="count"), "{{version}}"),
         ),
     ]
     process = [
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "CPU",
-            "CPU seconds per second each worker process uses (prometheus-client's process collector).",
-            [(f"sum by (pod) (rate(process_cpu_seconds_total{{{WORKER_POD}}}{rate}))", "{{pod}}")],
             "percentunit",
+            "CPU seconds per second each worker process uses (prometheus-client's process collector).",
+            (per_second("process_cpu_seconds_total", pods, "pod"), "{{pod}}"),
         ),
-        Panel(
-            "timeseries",
+        timeseries_panel(
             "Memory",
-            "Resident memory of each worker process.",
-            [(f"sum by (pod) (process_resident_memory_bytes{{{WORKER_POD}}})", "{{pod}}")],
             "bytes",
+            "Resident memory of each worker process.",
+            (gauge("process_resident_memory_bytes", pods, "pod"), "{{pod}}"),
         ),
     ]
     return dashboard(
