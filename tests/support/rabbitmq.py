@@ -129,12 +129,14 @@ class RabbitMQServer:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until the node answers on AMQP and the management API (the event, not a sleep)."""
+        """Wait until the node answers on AMQP and the management API (the event, not a sleep).
+
+        Both: once, right after a restart, the management API answered while AMQP was still refused."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"rabbitmq-server exited: {self.tail_log()}")
-            if self._management_answers():
+            if self._management_answers() and self._amqp_answers():
                 return
             time.sleep(0.2)
         raise TimeoutError(f"rabbitmq-server not ready in {timeout}s: {self.tail_log()}")
@@ -145,6 +147,15 @@ class RabbitMQServer:
         try:
             with urllib.request.urlopen(request, timeout=1) as response:
                 return response.status == 200
+        except OSError:
+            return False
+
+    def _amqp_answers(self) -> bool:
+        """The AMQP listener answers the protocol header with Connection.Start (a method frame)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=1) as conn:
+                conn.sendall(b"AMQP\x00\x00\x09\x01")
+                return conn.recv(1) == b"\x01"
         except OSError:
             return False
 
