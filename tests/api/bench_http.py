@@ -2,8 +2,11 @@
 500 req/s, and end-to-end HTTP submit -> Succeeded with one API and one worker process.
 
 Run: .venv/bin/python -m pytest tests/api/bench_http.py -m bench -s -o addopts=""
-Load generator: wrk (Debian package `wrk`; 1 thread, 64 connections, 5 s) for throughput; an
-open-loop asyncio/httpx generator in the test process for the fixed-rate latency run.
+Load generator: wrk (Debian package `wrk`, 1 thread) for everything over HTTP: 64 connections for
+5 s for throughput, 50 connections paced at 10 req/s each (a Lua delay) for the fixed-rate latency.
+The broker floor is what the broker alone costs a submission at the same pacing: an aiormq client in
+the test process publishes a persistent job and then appends a record to a stream, each confirmed,
+as the API does, with no HTTP; the API's p99 cannot be lower than it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import textwrap
 import time
 
+import aiormq
 import httpx
 import pytest
 
@@ -65,9 +69,44 @@ def wrk(url: str, script: str, seconds: int = 5, connections: int = 64) -> tuple
         timeout=seconds + 30,
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\\d+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     assert errors is None, out
     return rate, out
+
+
+async def broker_floor(url: str, seconds: float = 10.0, tasks: int = 50, interval: float = 0.1) -> dict[str, float]:
+    """p50/p90/p99 of (persistent job publish, then stream append), both confirmed, at tasks/interval per s."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.queue_declare("bench-floor-jobs", durable=True)
+        await channel.queue_declare("bench-floor-stream", durable=True, arguments={"x-queue-type": "stream"})
+        job = b'{"id":"01a22fa7890d7d598a7337fbca26066f","provider_namespace":"Test.Scripted"}' + b" " * 200
+        record = b'[{"type":"accepted","job":' + job + b"}]"
+        persistent = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        latencies: list[float] = []
+
+        async def submitter(offset: float) -> None:
+            due = loop.time() + offset
+            while True:
+                await asyncio.sleep(max(0.0, due - loop.time()))  # pacing, as wrk's delay(): not a wait for an event
+                if loop.time() >= end:
+                    return
+                started = time.perf_counter()
+                await channel.basic_publish(job, routing_key="bench-floor-jobs", properties=persistent)
+                await channel.basic_publish(record, routing_key="bench-floor-stream", properties=persistent)
+                latencies.append(time.perf_counter() - started)
+                due += interval
+
+        await asyncio.gather(*(submitter(i * interval / tasks) for i in range(tasks)))
+        await channel.queue_delete("bench-floor-jobs")
+        await channel.queue_delete("bench-floor-stream")
+    finally:
+        await connection.close()
+    latencies.sort()
+    return {p: latencies[min(len(latencies) - 1, int(len(latencies) * int(p) / 100))] for p in ("50", "90", "99")}
 
 
 @pytest.mark.timeout(600)
@@ -111,6 +150,12 @@ async def test_http_benchmark(vhost_url, tmp_path):
         )
     finally:
         api.stop()
+
+    floor = await broker_floor(vhost_url)
+    print(
+        f"broker floor at 500/s (confirmed persistent job + stream append, no HTTP, aiormq in the test "
+        f"process): p50 {floor['50'] * 1000:.1f} ms, p90 {floor['90'] * 1000:.1f} ms, p99 {floor['99'] * 1000:.1f} ms"
+    )
 
     # end to end: HTTP submit -> Succeeded, one API and one worker process
     api = await start_api(vhost_url, tmp_path, CPW_API_TENANT_MAX_QUEUED=10_000_000, CPW_LOG_LEVEL="ERROR")
