@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -37,7 +37,10 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+JSON = "application/json"
+DEFAULT_EXCHANGE = ""  # AMQP's default exchange: the routing key is the queue (or stream) name
+Properties = aiormq.spec.Basic.Properties
 STREAM_PREFETCH = 2000
 STREAM_ACK_EVERY = 500
 
@@ -246,17 +249,34 @@ class RabbitMQBroker(Broker):
             with contextlib.suppress(Exception):
                 await self.connection.close()
 
-    async def _publish(
-        self, exchange: aio_pika.abc.AbstractExchange | None, message: aio_pika.Message, key: str
-    ) -> None:
-        if exchange is None or not self.connected.is_set():
+    async def _publish(self, exchange: str | None, body: bytes, properties: Properties, key: str) -> None:
+        """Publish on the confirmed channel and return once the broker confirmed the message.
+
+        Straight through aiormq rather than aio-pika's Exchange.publish: no aio-pika Message per
+        publish, and `wait=False`, so the channel lock is released as soon as the frames are queued
+        for the connection's writer. With aio-pika's default (wait for the socket drain while holding
+        the lock) concurrent publishers go through the writer one at a time, a few event-loop turns
+        each. The guarantee is unchanged: the confirm (or a nack, a return, a closed channel, the
+        timeout) is awaited either way, and the lock still keeps delivery tags in write order.
+        """
+        if exchange is None or self.publisher is None or not self.connected.is_set():
             raise BrokerUnavailable("broker not connected")
         try:
-            await exchange.publish(message, key, mandatory=True, timeout=self.publish_timeout)
-        except DeliveryError as exc:
+            # the concrete aiormq Channel: its basic_publish takes `wait`, the abstract one does not say so
+            channel = cast(aiormq.Channel, await self.publisher.get_underlay_channel())
+            await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=key,
+                properties=properties,
+                mandatory=True,
+                timeout=self.publish_timeout,
+                wait=False,
+            )
+        except DeliveryError as exc:  # a nack, or (PublishError) a return: on_return_raises is set
             frame = getattr(exc, "frame", None)
             if frame is not None and getattr(frame, "reply_code", None) == 312:
-                raise UnroutableJob(f"no queue bound for routing key {key!r} on {exchange.name!r}") from exc
+                raise UnroutableJob(f"no queue bound for routing key {key!r} on {exchange!r}") from exc
             raise BrokerUnavailable(f"broker refused the message: {exc}") from exc
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"broker did not confirm: {redact_text(repr(exc))}") from exc
@@ -264,54 +284,54 @@ class RabbitMQBroker(Broker):
     async def publish_job(
         self, body: bytes, *, message_id: str, routing_key: str, priority: int, headers: Headers
     ) -> None:
-        message = aio_pika.Message(
-            body,
+        properties = Properties(
             headers={KIND: "job", **headers},
             message_id=message_id,
             priority=priority,
             delivery_mode=PERSISTENT,
-            content_type="application/json",
+            content_type=JSON,
         )
-        await self._publish(self.exchange, message, routing_key)
+        await self._publish(self.exchange.name if self.exchange else None, body, properties, routing_key)
 
     async def publish_retry(
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
     ) -> None:
-        message = aio_pika.Message(
-            body,
+        properties = Properties(
             headers=headers,
             message_id=message_id,
             priority=priority,
             delivery_mode=PERSISTENT,
-            content_type="application/json",
-            expiration=max(delay, 0.001),
+            content_type=JSON,
+            expiration=str(int(max(delay, 0.001) * 1000)),  # milliseconds, as aio-pika encoded it
         )
-        assert self.publisher is not None
-        await self._publish(self.publisher.default_exchange, message, self.topology.retry_queue(attempt))
+        await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.retry_queue(attempt))
 
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
-        message = aio_pika.Message(
-            body, headers=headers, message_id=message_id, delivery_mode=PERSISTENT, content_type="application/json"
-        )
-        await self._publish(self.dlx, message, self.topology.dead_letter_queue)
+        properties = Properties(headers=headers, message_id=message_id, delivery_mode=PERSISTENT, content_type=JSON)
+        await self._publish(self.dlx.name if self.dlx else None, body, properties, self.topology.dead_letter_queue)
 
     async def publish_events(self, bodies: Sequence[tuple[bytes, Headers]]) -> None:
-        assert self.publisher is not None
-        exchange = self.publisher.default_exchange
         stream = self.topology.results_stream
-        messages = [
-            aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT, content_type="application/json")
-            for body, headers in bodies
-        ]
-        if len(messages) == 1:  # the common case: no gather on the hot path
-            await self._publish(exchange, messages[0], stream)
+        if len(bodies) == 1:  # the common case: no gather on the hot path
+            body, headers = bodies[0]
+            properties = Properties(headers=headers, delivery_mode=PERSISTENT, content_type=JSON)
+            await self._publish(DEFAULT_EXCHANGE, body, properties, stream)
         else:
-            await asyncio.gather(*(self._publish(exchange, m, stream) for m in messages))
+            await asyncio.gather(
+                *(
+                    self._publish(
+                        DEFAULT_EXCHANGE,
+                        body,
+                        Properties(headers=headers, delivery_mode=PERSISTENT, content_type=JSON),
+                        stream,
+                    )
+                    for body, headers in bodies
+                )
+            )
 
     async def publish_control(self, body: bytes, headers: Headers) -> None:
-        assert self.publisher is not None
-        message = aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT, content_type="application/json")
-        await self._publish(self.publisher.default_exchange, message, self.topology.control_stream)
+        properties = Properties(headers=headers, delivery_mode=PERSISTENT, content_type=JSON)
+        await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.control_stream)
 
     async def publish_heartbeat(self, body: bytes) -> None:
         if self.heartbeats is None or not self.connected.is_set():
