@@ -28,7 +28,7 @@ from controlplane_workers.run import connect_with_backoff, install_stop_handlers
 from controlplane_workers.settings import Settings
 from controlplane_workers.status import MARKER
 
-from . import metrics
+from . import gcpolicy, metrics
 from .app import ApiContext, build_app
 from .auth import TokenAuth, TokenFileError
 from .openapi import build_openapi
@@ -199,6 +199,7 @@ def run_api(settings: Settings) -> int:
     if settings.api_tokens_file is None:
         log.warning("api: serving WITHOUT authentication (CPW_API_ALLOW_ANONYMOUS=true)")
     tracing.setup_from_env("cpw-api", instance_id=settings.worker_id, version=__version__)
+    gcpolicy.install()  # no full-GC pause proportional to the status index (gcpolicy.py)
 
     async def main() -> None:
         stop = asyncio.Event()
