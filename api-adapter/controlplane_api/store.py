@@ -123,7 +123,8 @@ class IndexStore:
         return await self.index.wait(job_id, timeout)
 
     def accept(self, job: Job) -> None:
-        self.index.accept(job)
+        if job.id not in self.index.jobs:  # JobQueue.submit_encoded indexed it already: no second pass
+            self.index.accept(job)
 
     def active_count(self, tenant: str | None) -> int:
         return self.index.active_count(tenant)
