@@ -23,6 +23,7 @@ import aiormq
 import httpx
 import pytest
 
+from controlplane_workers.topology import MAX_PRIORITY
 from tests.api.support import RG, ROOT, A, V, start_api, start_worker
 from tests.support.rabbitmq import free_port
 
@@ -79,11 +80,12 @@ async def broker_floor(url: str, seconds: float = 10.0, tasks: int = 50, interva
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        await channel.queue_declare("bench-floor-jobs", durable=True)
+        # the job queue's own type: a classic queue with priorities (topology.py), persistent messages
+        await channel.queue_declare("bench-floor-jobs", durable=True, arguments={"x-max-priority": MAX_PRIORITY})
         await channel.queue_declare("bench-floor-stream", durable=True, arguments={"x-queue-type": "stream"})
         job = b'{"id":"01a22fa7890d7d598a7337fbca26066f","provider_namespace":"Test.Scripted"}' + b" " * 200
         record = b'[{"type":"accepted","job":' + job + b"}]"
-        persistent = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json")
+        persistent = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json", priority=5)
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         latencies: list[float] = []
