@@ -21,6 +21,7 @@ from aio_pika.exceptions import DeliveryError
 from ..errors import BrokerUnavailable, UnroutableJob
 from ..redact import redact_text, redact_url
 from ..topology import Topology
+from .acks import AckCoalescer
 from .base import (
     KIND,
     Broker,
@@ -53,14 +54,18 @@ _UNAVAILABLE = (
 )
 
 
-def _delivery(message: AbstractIncomingMessage) -> Delivery:
-    """An aio-pika message as the core's Delivery, settled through that message."""
+def _delivery(message: AbstractIncomingMessage, acks: AckCoalescer | None = None) -> Delivery:
+    """An aio-pika message as the core's Delivery, settled through that message (acks coalesced
+    with the other deliveries of its channel when `acks` is given)."""
 
     async def settle(ack: bool, requeue: bool) -> None:
-        if ack:
-            await message.ack()
+        if acks is None:
+            await (message.ack() if ack else message.reject(requeue=requeue))
+        elif ack:
+            await acks.ack(message.delivery_tag or 0)
         else:
             await message.reject(requeue=requeue)
+            acks.settled_elsewhere(message.delivery_tag or 0)
 
     return Delivery(
         body=message.body,
@@ -179,6 +184,7 @@ class RabbitMQBroker(Broker):
         self.followers: list[_StreamFollower] = []
         self._consume_channel: AbstractRobustChannel | None = None
         self._jobs: set[asyncio.Future[None]] = set()
+        self.job_acks: AckCoalescer | None = None  # of the current consuming channel (frames vs acks)
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker({redact_url(self.url)})"
@@ -348,16 +354,24 @@ class RabbitMQBroker(Broker):
             self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
         )
 
+        acks: AckCoalescer | None = None
+
         async def on_message(message: AbstractIncomingMessage) -> None:
-            delivery = _delivery(message)
-            # The job runs in a task of its own: closing the channel (the broker's consumer timeout,
-            # a lost connection) cancels aio-pika's consumer task, and a job cancelled with it would
-            # be cut off, requeued and cut off again, forever if it outlasts the consumer timeout.
-            # Shielded, it finishes and publishes its outcome; its redelivery is settled by the worker.
+            nonlocal acks
+            try:
+                underlay = message.channel
+            except aio_pika.exceptions.ChannelInvalidStateError:
+                return  # its channel closed already: the broker redelivers it
+            if acks is None or acks.channel is not underlay:  # a reopened channel numbers from 1 again
+                acks = self.job_acks = AckCoalescer(underlay)
+            delivery = _delivery(message, acks)
+            # The job runs in a task of its own, not in aio-pika's consumer task: closing the channel
+            # (the broker's consumer timeout, a lost connection) cancels that task, and a job cancelled
+            # with it would be cut off, requeued and cut off again, forever if it outlasts the consumer
+            # timeout. On its own it finishes and publishes its outcome; the worker settles its redelivery.
             job = asyncio.ensure_future(handler(delivery))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
-            await asyncio.shield(job)
 
         tag = await queue.consume(on_message)
         return _Consumer(queue, tag)
