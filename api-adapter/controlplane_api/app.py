@@ -87,9 +87,31 @@ def error_of(record: JobResult) -> dict[str, Any] | None:
     return {"code": record.error.code, "message": record.error.message, "details": []}
 
 
+def shared_key(tenant: str | None, key: str) -> str:
+    """The Idempotency-Key as it travels on the results stream: hashed with its tenant, so keys are
+    per tenant and a client's key is not written out as it came."""
+    return hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:32]
+
+
+def key_reused() -> ApiError:
+    return ApiError(
+        422,
+        "IdempotencyKeyReused",
+        "This Idempotency-Key was used with another request; use a new key.",
+        details=[
+            {
+                "code": "IdempotencyKeyReused",
+                "target": "Idempotency-Key",
+                "message": "the same key came with another method, path or body",
+            }
+        ],
+        reason="conflict",
+    )
+
+
 @dataclass
 class _Remembered:
-    fingerprint: bytes
+    fingerprint: str
     at: float
     done: asyncio.Event = field(default_factory=asyncio.Event)
     response: tuple[int, bytes, dict[str, str]] | None = None
@@ -115,7 +137,7 @@ class IdempotencyCache:
         self._expire(time.time())
         return self.entries.get(key)
 
-    def begin(self, key: tuple[str | None, str], fingerprint: bytes) -> _Remembered:
+    def begin(self, key: tuple[str | None, str], fingerprint: str) -> _Remembered:
         entry = self.entries[key] = _Remembered(fingerprint, time.time())
         return entry
 
@@ -265,32 +287,30 @@ class ApiContext:
         key = request.headers.get("idempotency-key")
         entry: _Remembered | None = None
         cache_key: tuple[str | None, str] | None = None
+        shared = fingerprint = ""
         if key is not None:
             if not _IDEMPOTENCY_KEY.fullmatch(key):
                 raise invalid("'Idempotency-Key' must be 1 to 255 printable ASCII characters.", "Idempotency-Key")
             fingerprint = hashlib.sha256(
                 request.method.encode() + b" " + request.url.path.encode() + b"\n" + raw_body
-            ).digest()
+            ).hexdigest()[:32]
             cache_key = (tenant, key)
+            shared = shared_key(tenant, key)
             while True:
                 entry = self.idempotency.get(cache_key)
                 if entry is None:
+                    # Not submitted here: maybe on another replica, or before this process restarted.
+                    seen = self.store.idempotent(shared)
+                    if seen is not None and time.time() - seen[2] < self.idempotency.window:
+                        if seen[1] != fingerprint:
+                            raise key_reused()
+                        response = await answer(seen[0], self.wait_for(request))
+                        response.headers["Idempotent-Replayed"] = "true"
+                        return response
                     entry = self.idempotency.begin(cache_key, fingerprint)
                     break
                 if entry.fingerprint != fingerprint:
-                    raise ApiError(
-                        422,
-                        "IdempotencyKeyReused",
-                        "This Idempotency-Key was used with another request; use a new key.",
-                        details=[
-                            {
-                                "code": "IdempotencyKeyReused",
-                                "target": "Idempotency-Key",
-                                "message": "the same key came with another method, path or body",
-                            }
-                        ],
-                        reason="conflict",
-                    )
+                    raise key_reused()
                 if entry.response is None:
                     await entry.done.wait()  # the first request with this key is still in progress
                     continue
@@ -333,7 +353,9 @@ class ApiContext:
             except ValidationError as exc:
                 raise validation_error(exc) from None
             try:
-                await self.queue.submit_encoded(orjson.dumps(job), accepted)
+                await self.queue.submit_encoded(
+                    orjson.dumps(job), accepted, idempotency=(shared, fingerprint) if key is not None else None
+                )
             except (BrokerUnavailable, UnroutableJob):
                 raise ApiError(
                     503,

@@ -71,6 +71,11 @@ class OperationStore(Protocol):
 
     def active_count(self, tenant: str | None) -> int: ...
 
+    def idempotent(self, key: str) -> tuple[str, str, float] | None:
+        """(job id, request fingerprint, submitted at) of the job submitted with this hashed key, by
+        any replica."""
+        ...
+
     def page(
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]: ...
@@ -125,6 +130,9 @@ class IndexStore:
     def accept(self, job: Job) -> None:
         if job.id not in self.index.jobs:  # JobQueue.submit_encoded indexed it already: no second pass
             self.index.accept(job)
+
+    def idempotent(self, key: str) -> tuple[str, str, float] | None:
+        return self.index.idempotent(key)
 
     def active_count(self, tenant: str | None) -> int:
         return self.index.active_count(tenant)

@@ -21,11 +21,19 @@ MAX_BATCH = 512
 MAX_IN_FLIGHT = 2
 
 
-def accepted_record(job_id: str, at: float, job_json: bytes, *, redrive: bool = False) -> bytes:
-    """The `accepted` event readers index a job by; `job_json` is the job message as published."""
+def accepted_record(
+    job_id: str, at: float, job_json: bytes, *, redrive: bool = False, idempotency: tuple[str, str] | None = None
+) -> bytes:
+    """The `accepted` event readers index a job by; `job_json` is the job message as published.
+
+    `idempotency` is (key, request fingerprint) of a submission that came with an idempotency key,
+    the key already hashed with the tenant: every reader can then answer a retry of it.
+    """
     record: dict[str, object] = {"job_id": job_id, "type": "accepted", "at": at, "job": orjson.Fragment(job_json)}
     if redrive:
         record["redrive"] = True
+    if idempotency is not None:
+        record["idempotency"] = {"key": idempotency[0], "fingerprint": idempotency[1]}
     return orjson.dumps(record)
 
 

@@ -108,11 +108,19 @@ class JobQueue:
         """Publish a prepared job."""
         await self.submit_encoded(job.model_dump_json().encode(), job, headers=headers)
 
-    async def submit_encoded(self, body: bytes, job: Job, *, headers: dict[str, Any] | None = None) -> None:
+    async def submit_encoded(
+        self,
+        body: bytes,
+        job: Job,
+        *,
+        headers: dict[str, Any] | None = None,
+        idempotency: tuple[str, str] | None = None,
+    ) -> None:
         """Publish a job already encoded as `body` (the API encodes its own); `job` describes it.
 
         Raises BrokerUnavailable or UnroutableJob when the broker did not take the job. Once it did,
-        nothing raises: a caller that retried then would submit the job twice.
+        nothing raises: a caller that retried then would submit the job twice. `idempotency` (key,
+        fingerprint) rides on the Accepted record (events.accepted_record).
         """
         message_headers = {JOB_ID: job.id, **(headers or {})}
         # With tracing on, the job's headers carry the trace to the worker (tracing.py).
@@ -132,7 +140,7 @@ class JobQueue:
         self.index.accept(job)
         if self.topology.accepted_on_stream:
             try:
-                await self.events.publish(accepted_record(job.id, job.submitted_at, body))
+                await self.events.publish(accepted_record(job.id, job.submitted_at, body, idempotency=idempotency))
             except BrokerUnavailable:
                 log.warning("Accepted record of job %s not published; readers learn of the job from its events", job.id)
 

@@ -42,6 +42,10 @@ class StatusIndex:
         # and the submission time of the newest evicted job (an older unknown id was evicted).
         self.active: dict[str | None, int] = {}
         self.evicted_before: float | None = None
+        # Idempotency keys from Accepted records (events.accepted_record): key -> (job id, request
+        # fingerprint, time). Every replica, and a restarted one after its rebuild, can then answer a
+        # retried submission with the job the first one made. Bounded like the jobs.
+        self.idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -114,6 +118,9 @@ class StatusIndex:
         """One event as written by this project (events.py): read as plain data, the hot path of replay."""
         job = data.get("job")
         if job is not None:
+            key = data.get("idempotency")
+            if key is not None:
+                self._remember_key(key["key"], job["id"], key["fingerprint"], float(data["at"]))
             self._accepted(
                 job["id"],
                 job["provider_namespace"],
@@ -137,6 +144,17 @@ class StatusIndex:
             JobError.model_construct(**error) if error else None,
             data.get("tenant"),
         )
+
+    def idempotent(self, key: str) -> tuple[str, str, float] | None:
+        """(job id, request fingerprint, submitted at) of the job first submitted with `key`."""
+        return self.idempotency.get(key)
+
+    def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
+        # The latest submission with a key counts: a key reused after its window made a new job.
+        self.idempotency.pop(key, None)
+        self.idempotency[key] = (job_id, fingerprint, at)
+        while len(self.idempotency) > self.max_jobs:
+            self.idempotency.popitem(last=False)
 
     def accept(self, job: Job) -> None:
         """Record a job its submitter just published (its stream record, arriving later, changes nothing)."""
