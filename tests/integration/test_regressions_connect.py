@@ -8,6 +8,7 @@ escaped the connect backoff and the worker process exited 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiormq
 import pytest
@@ -69,3 +70,45 @@ async def test_stream_messages_received_before_a_reconnect_are_not_dropped(vhost
         assert seen == [41] and follower.batch == []
     finally:
         await broker.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_reader_resumes_when_the_broker_closed_only_its_channel(vhost_url, rabbitmq):
+    # A channel error (here an ack of an unknown delivery tag: PRECONDITION_FAILED) closes one
+    # channel, not the connection. aio-pika reopens the channel, but the stream consumer was ours to
+    # restore and only a connection reconnect did: the reader stopped for good, silently (an API
+    # replica would have answered every later job as never ending).
+    broker = RabbitMQBroker(vhost_url, Topology())
+    await broker.connect()
+    seen: list[bytes] = []
+    try:
+        follower = await broker.follow(broker.topology.results_stream, lambda b: seen.extend(m.body for m in b), "next")
+        await broker.publish_events([(b'{"n": 1}', {})])
+        await until(lambda: seen == [b'{"n": 1}'])
+        assert follower.channel is not None
+        underlay = await follower.channel.get_underlay_channel()
+        with contextlib.suppress(Exception):
+            await underlay.basic_ack(10**9)  # the broker closes this channel
+        await until(lambda: underlay.is_closed)
+        await broker.publish_events([(b'{"n": 2}', {})])
+        await until(lambda: seen == [b'{"n": 1}', b'{"n": 2}'])
+        # A lost connection reopens every channel: the reader resumes once, not once per path.
+        if rabbitmq.server is not None:
+            reconnects = broker.reconnects
+            await asyncio.to_thread(rabbitmq.server.close_all_connections)
+            await until(lambda: broker.reconnects > reconnects)
+            await broker.publish_events([(b'{"n": 3}', {})])
+            await until(lambda: len(seen) == 3)
+            assert seen[-1] == b'{"n": 3}'
+            reopened = await follower.channel.get_underlay_channel()
+            assert len(reopened.consumers) == 1, reopened.consumers  # one consumer, not one per path
+    finally:
+        await broker.close()
+
+
+async def until(predicate, timeout: float = 15.0) -> None:  # noqa: ANN001
+    """Poll a condition the broker gives no event for."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)

@@ -186,7 +186,9 @@ class RabbitMQServer:
         self.start(timeout)
 
     def close_all_connections(self) -> None:
-        self.ctl("close_all_connections", "test drill")
+        """Every client connection on the node, in every vhost (without --global, rabbitmqctl closes
+        only the default vhost's, and the tests' own vhosts were never touched)."""
+        self.ctl("close_all_connections", "--global", "test drill")
 
     def stop(self) -> None:
         if self.process is None:

@@ -101,6 +101,7 @@ class _StreamFollower(Subscription):
         self.unacked = 0
         self.flush_scheduled = False
         self.cancelled = False
+        self._resume: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         connection = self.broker.connection
@@ -111,6 +112,27 @@ class _StreamFollower(Subscription):
             self.stream, durable=True, arguments=self.broker.topology.stream_arguments()
         )
         await self._subscribe()
+        # aio-pika reopens the channel after a lost connection and after a channel error alone (the
+        # broker closes one channel, e.g. a stream briefly unavailable); the consumer is ours to restore.
+        self.channel.reopen_callbacks.add(self._on_reopen)
+
+    def _on_reopen(self, *_: Any) -> None:
+        # Called while aio-pika restores the channel (and, after a lost connection, before the
+        # connection is ready): consuming from here would wait for that restore, so it is a task.
+        self._resume = asyncio.ensure_future(self._resume_when_ready())
+
+    async def _resume_when_ready(self) -> None:
+        assert self.channel is not None
+        delay = 0.2
+        while not self.cancelled:
+            try:
+                await self.channel.ready()
+                await self.resubscribe()
+                return
+            except Exception:
+                log.warning("could not resume stream %s; retrying", self.stream, exc_info=True)
+            await asyncio.sleep(delay)  # a backoff, not a synchronisation: the stream may still recover
+            delay = min(delay * 2, 5.0)
 
     async def _subscribe(self) -> None:
         assert self.queue is not None
@@ -237,12 +259,7 @@ class RabbitMQBroker(Broker):
             self.connected.clear()
 
     async def _on_reconnect(self, *_: Any) -> None:
-        self.reconnects += 1
-        for follower in list(self.followers):
-            try:
-                await follower.resubscribe()
-            except Exception:
-                log.exception("could not resume stream %s", follower.stream)
+        self.reconnects += 1  # stream followers resumed already, as their channels reopened
         self.connected.set()
         for callback in self.on_reconnect:
             callback()
