@@ -35,7 +35,8 @@ def _env(broker_url: str, extra: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPW_") or k.startswith("CPW_TEST_")}
     env.update(
         {
-            "PYTHONPATH": str(ROOT),
+            # This tree's code, whatever checkout the venv's editable install points at.
+            "PYTHONPATH": os.pathsep.join(str(p) for p in (ROOT, ROOT / "worker", ROOT / "api-adapter")),
             "CPW_RABBITMQ_URL": broker_url,
             "CPW_LOG_FORMAT": "text",
             "CPW_LOG_LEVEL": "WARNING",

@@ -6,8 +6,10 @@ the job will reach exactly one visible terminal state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import orjson
@@ -15,7 +17,6 @@ import orjson
 from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
-from .errors import BrokerUnavailable
 from .events import EventBatcher, accepted_record
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
@@ -46,12 +47,15 @@ class JobQueue:
         self.replay_from = replay_from
         self._results: Subscription | None = None
         self.events = EventBatcher(self.broker)
+        self._records: set[asyncio.Future[None]] = set()
 
     async def connect(self) -> None:
         await self.broker.connect()
         self._results = await self.broker.follow(self.topology.results_stream, self.index.apply_batch, self.replay_from)
 
     async def disconnect(self) -> None:
+        if self._records:  # Accepted records still on their way
+            await asyncio.gather(*self._records, return_exceptions=True)
         if self._results is not None:
             await self._results.cancel()
         await self.broker.close()
@@ -119,8 +123,9 @@ class JobQueue:
         """Publish a job already encoded as `body` (the API encodes its own); `job` describes it.
 
         Raises BrokerUnavailable or UnroutableJob when the broker did not take the job. Once it did,
-        nothing raises: a caller that retried then would submit the job twice. `idempotency` (key,
-        fingerprint) rides on the Accepted record (events.accepted_record).
+        nothing raises: a caller that retried then would submit the job twice. Returns once the job
+        is confirmed; its Accepted record (with `idempotency`, the key and request fingerprint, see
+        events.accepted_record) follows in the background.
         """
         message_headers = {JOB_ID: job.id, **(headers or {})}
         # With tracing on, the job's headers carry the trace to the worker (tracing.py).
@@ -139,10 +144,19 @@ class JobQueue:
         # Only a confirmed job gets its Accepted record: a failed publish leaves no phantom behind.
         self.index.accept(job)
         if self.topology.accepted_on_stream:
-            try:
-                await self.events.publish(accepted_record(job.id, job.submitted_at, body, idempotency=idempotency))
-            except BrokerUnavailable:
-                log.warning("Accepted record of job %s not published; readers learn of the job from its events", job.id)
+            # The record's own confirm is not waited for: the job is safe once its confirm came, and a
+            # lost record costs only its early visibility to other readers (worker events carry the
+            # tenant). Waiting for it made every submission two confirm round trips instead of one.
+            record = asyncio.ensure_future(
+                self.events.publish(accepted_record(job.id, job.submitted_at, body, idempotency=idempotency))
+            )
+            self._records.add(record)
+            record.add_done_callback(partial(self._record_done, job.id))
+
+    def _record_done(self, job_id: str, record: asyncio.Future[None]) -> None:
+        self._records.discard(record)
+        if not record.cancelled() and record.exception() is not None:
+            log.warning("Accepted record of job %s not published; readers learn of the job from its events", job_id)
 
     async def get_job_result(self, job_id: str, timeout: float | None = 30.0) -> JobResult | None:
         """The job's terminal state; None if it is not terminal within `timeout` seconds."""
