@@ -119,7 +119,7 @@ async def start_api(broker_url: str, tmp: Path, *, ready: bool = True, **setting
     return proc
 
 
-async def start_worker(broker_url: str, tmp: Path, **settings: Any) -> Proc:
+async def start_worker(broker_url: str, tmp: Path, *, ready_timeout: float = 30.0, **settings: Any) -> Proc:
     ops_port = free_port()
     extra = {
         "CPW_PROVIDERS": "tests.support.providers:registry",
@@ -132,7 +132,7 @@ async def start_worker(broker_url: str, tmp: Path, **settings: Any) -> Proc:
     }
     log = tmp / f"worker-{ops_port}.log"
     proc = Proc(spawn(["worker"], _env(broker_url, extra), log), log, 0, ops_port)
-    await wait_ready(proc, f"{proc.ops_url}/health/ready")
+    await wait_ready(proc, f"{proc.ops_url}/health/ready", timeout=ready_timeout)
     return proc
 
 

@@ -104,7 +104,9 @@ class Cluster:
         self.events.append((time.time(), what))
 
     async def add_worker(self, track: bool = True) -> Proc:
-        proc = await start_worker(self.url, self.tmp, **self.worker_settings)
+        # A replacement started during a full node restart waits for the node, as a pod would: the
+        # node takes tens of seconds to stop and start again on a loaded 2-vCPU machine.
+        proc = await start_worker(self.url, self.tmp, ready_timeout=120, **self.worker_settings)
         if track:
             self.workers.append(proc)
             self.note(f"worker started :{proc.ops_port}")
