@@ -42,6 +42,8 @@ CANCEL_MEMORY = 100_000
 # Attempts whose outcome this worker published and acked (or tried to ack): a redelivery of one is
 # settled without running the provider again.
 SETTLED_MEMORY = 10_000
+# Seconds before a job whose outcome could not be published is handed back to the broker.
+OUTCOME_LOST_BACKOFF = 1.0
 
 
 @dataclass
@@ -491,13 +493,18 @@ class ProviderWorker:
             return False
 
     async def _outcome_lost(self, delivery: Delivery) -> None:
-        """The outcome could not be published (broker gone): nothing is settled, the broker redelivers
-        the job. Redeliveries of this attempt that waited for it are handed back to run afresh; held
-        here, they would stay unacked on a live channel and the job would never end."""
-        self._lost(delivery)
-        key = _key(delivery)
-        for waiting in self._attached.pop(key, []) if key is not None else []:
-            await self._settle_one(waiting, False, True)
+        """The outcome (or the retry, or the dead letter) could not be published: the job is handed
+        back to the broker to run again, with the redeliveries of this attempt that waited for it.
+
+        Not acked and not held: a publish can fail while the consuming channel lives on (the
+        publishing channel closed alone, a confirm timed out), and a delivery held unacked on a live
+        channel never ends (found by the everything-at-once drill). If the channel is gone the
+        reject fails and the broker requeues the job anyway."""
+        log.warning("outcome not published; the job goes back to the queue to run again")
+        self.stats.ack_lost += 1
+        metrics.ACK_LOST.inc()
+        await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # a broker that refuses now would get it back at once
+        await self._settle(delivery, ack=False, requeue=True)
 
     def _lost(self, delivery: Delivery) -> None:
         self.stats.ack_lost += 1
