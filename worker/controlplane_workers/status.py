@@ -191,10 +191,7 @@ class StatusIndex:
         if current is not None:
             current.provider_namespace = namespace
             current.submitted_at = submitted_at
-            if current.tenant is None and tenant is not None:  # an event came before the job
-                self._count(current, -1)
-                current.tenant = tenant
-                self._count(current, 1)
+            self._adopt_tenant(current, tenant)  # an event came before the job
             current.resource_type = current.resource_type or resource_type
             current.operation = current.operation or operation
             current.resource_name = current.resource_name or resource_name
@@ -236,10 +233,7 @@ class StatusIndex:
         if record is None:
             record = JobResult(job_id=job_id, status=JobStatus.ACCEPTED)
             self._insert(record)
-        if record.tenant is None and tenant is not None:  # its Accepted record never came (models.JobEvent)
-            self._count(record, -1)
-            record.tenant = tenant
-            self._count(record, 1)
+        self._adopt_tenant(record, tenant)  # its Accepted record may never come (models.JobEvent)
         if record.terminal:
             if status.terminal:
                 self.duplicates += 1
@@ -261,6 +255,13 @@ class StatusIndex:
                     waiter.set_result(record)
         elif error is not None:
             record.error = error
+
+    def _adopt_tenant(self, record: JobResult, tenant: str | None) -> None:
+        """Give a job learned of without its tenant the tenant a later record names."""
+        if record.tenant is None and tenant is not None:
+            self._count(record, -1)
+            record.tenant = tenant
+            self._count(record, 1)
 
     def _insert(self, record: JobResult) -> None:
         self.jobs[record.job_id] = record

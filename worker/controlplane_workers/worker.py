@@ -489,7 +489,7 @@ class ProviderWorker:
                 await delivery.reject(requeue=requeue)
             return True
         except Exception:
-            self._lost(delivery)
+            self._lost()
             return False
 
     async def _outcome_lost(self, delivery: Delivery) -> None:
@@ -500,16 +500,14 @@ class ProviderWorker:
         publishing channel closed alone, a confirm timed out), and a delivery held unacked on a live
         channel never ends (found by the everything-at-once drill). If the channel is gone the
         reject fails and the broker requeues the job anyway."""
-        log.warning("outcome not published; the job goes back to the queue to run again")
-        self.stats.ack_lost += 1
-        metrics.ACK_LOST.inc()
+        self._lost("outcome not published; the job goes back to the queue to run again")
         await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # a broker that refuses now would get it back at once
         await self._settle(delivery, ack=False, requeue=True)
 
-    def _lost(self, delivery: Delivery) -> None:
+    def _lost(self, why: str = "broker connection lost before the job was settled; it will be redelivered") -> None:
         self.stats.ack_lost += 1
         metrics.ACK_LOST.inc()
-        log.warning("broker connection lost before the job was settled; it will be redelivered")
+        log.warning(why)
 
     def _count(self, kind: EventType) -> None:
         self.stats.processed += 1
