@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 
 from controlplane_workers import JobStatus
-from tests.support.harness import client, eventually, request
+from tests.support.harness import client, eventually, request, running_worker
 from tests.support.processes import CpwProcess, worker_env
 from tests.support.rabbitmq import RabbitMQServer, installed
 
@@ -93,3 +94,42 @@ async def test_ops_port_answers_through_the_sigterm_drain(vhost_url, tmp_path):
             assert (await queue.get_job_result(job_id, timeout=5)).status is JobStatus.SUCCEEDED
     finally:
         worker.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_whose_dead_letter_the_broker_refuses_runs_again_until_it_is_accepted(rabbitmq, vhost_url):
+    """Drill `everything at once` (CI, 2026-12-01): one accepted job never ended.
+
+    Its last attempt could not publish its dead letter; the worker left the delivery unacked,
+    expecting the broker to take it back with the channel, but the consuming channel lived on, so
+    the job stayed Running for ever. Here the broker refuses the dead letter for real (a policy
+    makes the DLQ full, with `overflow: reject-publish`, so the publish gets a basic.nack while every
+    channel stays open). The job must go back to the queue and run again, and end Failed, dead
+    lettered once, as soon as the DLQ takes messages again.
+    """
+    from controlplane_workers.dlq import list_dead_letters
+    from tests.support.providers import CALLS, registry
+
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(vhost_url).path.lstrip("/"))
+    policy = f"/api/policies/{urllib.parse.quote(vhost, safe='')}/dlq-full"
+    rabbitmq._request(
+        "PUT",
+        policy,
+        {
+            "pattern": r"^provider\.jobs\.dlq$",
+            "definition": {"max-length": 0, "overflow": "reject-publish"},
+            "apply-to": "queues",
+            "priority": 10,
+        },
+    )
+    runs = lambda: [c for c in CALLS if c["name"] == "refused"]  # noqa: E731
+    async with running_worker(vhost_url, registry) as worker, client(vhost_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("refused", "permanent"))
+        # refused once, handed back, run again: the delivery is not held on the live channel
+        await eventually(lambda: len(runs()) >= 2 and worker.stats.ack_lost >= 2, timeout=20)
+        assert queue.get_job_status(job_id).status is not JobStatus.FAILED
+        rabbitmq._request("DELETE", policy)
+        result = await queue.get_job_result(job_id, timeout=20)
+        assert result is not None and result.status is JobStatus.FAILED, result
+        assert [letter["job_id"] for letter in await list_dead_letters(worker.broker)] == [job_id]
+        await eventually(lambda: worker.stats.dead_lettered == 1 and not worker.running, timeout=10)
