@@ -19,7 +19,7 @@ import orjson
 import uvloop
 from starlette.routing import Route
 
-from controlplane_workers import __version__, tracing
+from controlplane_workers import __version__, gcpolicy, tracing
 from controlplane_workers.broker.base import KIND
 from controlplane_workers.fleet import WorkerRegistry
 from controlplane_workers.ops import ops_app, server
@@ -28,7 +28,7 @@ from controlplane_workers.run import connect_with_backoff, install_stop_handlers
 from controlplane_workers.settings import Settings
 from controlplane_workers.status import MARKER
 
-from . import gcpolicy, metrics
+from . import metrics
 from .app import ApiContext, build_app
 from .auth import TokenAuth, TokenFileError
 from .openapi import build_openapi
@@ -199,7 +199,7 @@ def run_api(settings: Settings) -> int:
     if settings.api_tokens_file is None:
         log.warning("api: serving WITHOUT authentication (CPW_API_ALLOW_ANONYMOUS=true)")
     tracing.setup_from_env("cpw-api", instance_id=settings.worker_id, version=__version__)
-    gcpolicy.install()  # no full-GC pause proportional to the status index (gcpolicy.py)
+    gcpolicy.install()  # no full-GC pause proportional to the status index (controlplane_workers/gcpolicy.py)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from controlplane_api import gcpolicy
+from controlplane_workers import gcpolicy
 
 
 @pytest.fixture
