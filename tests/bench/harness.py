@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import json
 import math
@@ -115,9 +116,22 @@ def conditions(endpoint: Any) -> dict[str, Any]:
     }
 
 
+def quiet_heap() -> None:
+    """Leave the benchmark process's own heap (pytest, earlier rounds, every system's imports) out of
+    the garbage collector's full collections during the next run, for every system alike.
+
+    A full collection walks every tracked object; in this process that was 60-100 ms by the later
+    rounds (gc.callbacks), and each one landed in some system's p99. What a system allocates during
+    its own run is still collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _with_system(endpoint: Any, tmp: Path, key: str, workers: int, body: Callable[[System], Any]) -> Any:
     vhost = endpoint.new_vhost()
     system = CLASSES[key](endpoint, vhost, tmp)
+    quiet_heap()
     try:
         await system.start(workers)
         return await body(system)
