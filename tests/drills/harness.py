@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import random
 import signal
 import time
@@ -255,6 +256,7 @@ class Load:
         self.started = 0.0
         self.started_epoch = time.time()
         self.submitted_in = 0.0
+        self.last_new_at = 0.0  # epoch of the last new job the generator started
         self.recoveries: list[tuple[str, float]] = []
         self.submit_errors: Counter[str] = Counter()
         self.http: aiohttp.ClientSession | None = None
@@ -292,6 +294,7 @@ class Load:
             await self.slots.acquire()
             record = JobRecord(n, f"drill-{self.run_id}-{n}", self.script(n))
             self.records.append(record)
+            self.last_new_at = time.time()
             task = asyncio.create_task(self._job(record))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -415,11 +418,11 @@ class Account:
 
     @property
     def max_recovery_s(self) -> float:
-        return max((max(a, f) for _, a, f in self.recoveries), default=0.0)
+        return max((x for _, a, f in self.recoveries for x in (a, f) if not math.isnan(x)), default=0.0)
 
     def line(self) -> str:
         states = " ".join(f"{k}={v}" for k, v in sorted(self.by_state.items()))
-        rec = ",".join(f"{what}:{a:.1f}/{f:.1f}" for what, a, f in self.recoveries)
+        rec = ",".join(f"{what}:{_s(a)}/{_s(f)}" for what, a, f in self.recoveries)
         return (
             f"{self.name}: accepted={self.accepted} terminal={self.terminal} ({states}) lost={self.lost} "
             f"duplicates={self.duplicates} wrong_outcome={self.wrong_outcome} redelivered={self.redelivered} "
@@ -499,6 +502,10 @@ async def settle(cluster: Cluster, load: Load, name: str, settle_s: float) -> Ac
     return account
 
 
+def _s(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds:.1f}"
+
+
 def recovery(load: Load, back_at: float, what: str) -> tuple[str, float, float]:
     """Seconds from `back_at` (epoch) to the first job accepted after it and the first job finished after it."""
     accepted = [r.accepted_at for r in load.records if r.accepted_at and r.accepted_at >= back_at]
@@ -507,8 +514,12 @@ def recovery(load: Load, back_at: float, what: str) -> tuple[str, float, float]:
         if r.final and r.final.get("finishedAt"):
             finished.append(_epoch(r.final["finishedAt"]))
     finished = [f for f in finished if f >= back_at]
-    first_accept = min(accepted) - back_at if accepted else float("inf")
-    first_finish = min(finished) - back_at if finished else float("inf")
+    # Nothing left to accept (the load had ended and every job was in) is not a failure to recover:
+    # n/a, and the drill's max leaves it out. A job still waiting to be accepted stays `inf`.
+    waiting = load.last_new_at >= back_at or any(r.job_id is None and not r.gave_up for r in load.records)
+    first_accept = min(accepted) - back_at if accepted else (float("inf") if waiting else math.nan)
+    unfinished = any(r.final is None for r in load.records if r.job_id)
+    first_finish = min(finished) - back_at if finished else (float("inf") if unfinished else math.nan)
     return (what, first_accept, first_finish)
 
 
