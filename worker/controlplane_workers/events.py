@@ -18,7 +18,7 @@ from .broker.base import KIND
 
 BATCH = "batch"  # KIND of a stream message whose body is a JSON array of events
 MAX_BATCH = 512
-MAX_IN_FLIGHT = 2
+MAX_IN_FLIGHT = 1  # one batch on its way at a time: bigger batches, ~7-10% less CPU per job (docs/benchmarks.md)
 
 
 def accepted_record(
