@@ -76,17 +76,25 @@ def wrk(url: str, script: str, seconds: int = 5, connections: int = 64) -> tuple
     return rate, out
 
 
+# A job as the broker sees it, without the API: ~270 bytes, persistent, with a priority.
+JOB = b'{"id":"01a22fa7890d7d598a7337fbca26066f","provider_namespace":"Test.Scripted"}' + b" " * 200
+PERSISTENT = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json", priority=5)
+
+
+async def jobs_channel(connection: aiormq.abc.AbstractConnection, queue: str) -> aiormq.abc.AbstractChannel:
+    """A confirming channel and a queue of the job queue's own type: classic, with priorities (topology.py)."""
+    channel = await connection.channel(publisher_confirms=True)
+    await channel.queue_declare(queue, durable=True, arguments={"x-max-priority": MAX_PRIORITY})
+    return channel
+
+
 async def broker_floor(url: str, seconds: float = 10.0, tasks: int = 50, interval: float = 0.1) -> dict[str, float]:
     """p50/p90/p99 of (persistent job publish, then stream append), both confirmed, at tasks/interval per s."""
     connection = await aiormq.connect(url)
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        # the job queue's own type: a classic queue with priorities (topology.py), persistent messages
-        await channel.queue_declare("bench-floor-jobs", durable=True, arguments={"x-max-priority": MAX_PRIORITY})
+        channel = await jobs_channel(connection, "bench-floor-jobs")
         await channel.queue_declare("bench-floor-stream", durable=True, arguments={"x-queue-type": "stream"})
-        job = b'{"id":"01a22fa7890d7d598a7337fbca26066f","provider_namespace":"Test.Scripted"}' + b" " * 200
-        record = b'[{"type":"accepted","job":' + job + b"}]"
-        persistent = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json", priority=5)
+        record = b'[{"type":"accepted","job":' + JOB + b"}]"
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         latencies: list[float] = []
@@ -98,8 +106,8 @@ async def broker_floor(url: str, seconds: float = 10.0, tasks: int = 50, interva
                 if loop.time() >= end:
                     return
                 started = time.perf_counter()
-                await channel.basic_publish(job, routing_key="bench-floor-jobs", properties=persistent)
-                await channel.basic_publish(record, routing_key="bench-floor-stream", properties=persistent)
+                await channel.basic_publish(JOB, routing_key="bench-floor-jobs", properties=PERSISTENT)
+                await channel.basic_publish(record, routing_key="bench-floor-stream", properties=PERSISTENT)
                 latencies.append(time.perf_counter() - started)
                 due += interval
 
@@ -118,10 +126,7 @@ async def broker_ceiling(url: str, seconds: float = 5.0, in_flight: int = 64) ->
     any API that answers after the job's confirm could reach on this machine."""
     connection = await aiormq.connect(url)
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        await channel.queue_declare("bench-ceiling-jobs", durable=True, arguments={"x-max-priority": MAX_PRIORITY})
-        job = b'{"id":"01a22fa7890d7d598a7337fbca26066f","provider_namespace":"Test.Scripted"}' + b" " * 200
-        persistent = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json", priority=5)
+        channel = await jobs_channel(connection, "bench-ceiling-jobs")
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         done = 0
@@ -129,7 +134,7 @@ async def broker_ceiling(url: str, seconds: float = 5.0, in_flight: int = 64) ->
         async def publisher() -> None:
             nonlocal done
             while loop.time() < end:
-                await channel.basic_publish(job, routing_key="bench-ceiling-jobs", properties=persistent)
+                await channel.basic_publish(JOB, routing_key="bench-ceiling-jobs", properties=PERSISTENT)
                 done += 1
 
         started = time.perf_counter()

@@ -18,7 +18,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,7 +267,7 @@ class Load:
         urls = self.cluster.api_urls
         return urls[(next(self._api) + shift) % len(urls)]
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, str], str] | None:
+    async def request(self, method: str, url: str, **kwargs: Any) -> tuple[int, Mapping[str, str], str] | None:
         """(status, headers, body), or None when the API is not there (killed, restarting, too slow)."""
         if self.http is None:
             self.http = aiohttp.ClientSession(
@@ -276,7 +276,8 @@ class Load:
             )
         try:
             async with self.http.request(method, url, headers=A | kwargs.pop("headers", {}), **kwargs) as response:
-                return response.status, dict(response.headers), await response.text()
+                # a CIMultiDict: header names stay case-insensitive (a dict kept aiohttp's spelling)
+                return response.status, response.headers.copy(), await response.text()
         except (aiohttp.ClientError, TimeoutError):
             return None
 

@@ -49,11 +49,16 @@ class EventBatcher:
 
     async def publish(self, event_json: bytes) -> None:
         """Append one event (a JSON object) to the stream; returns once the broker confirmed it."""
+        await self.append(event_json)
+
+    def append(self, event_json: bytes) -> asyncio.Future[None]:
+        """Queue one event; the future is done once the broker confirmed its batch (for a caller
+        that does not wait, without a task per event)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((event_json, future))
         if self._in_flight < self.max_in_flight:
             self._send_next()
-        await future
+        return future
 
     async def publish_many(self, events_json: Sequence[bytes]) -> None:
         await asyncio.gather(*(self.publish(e) for e in events_json))

@@ -2,9 +2,9 @@
 
 A process that follows the results stream (`cpw api`, any `JobQueue` user) holds every job of the
 stream's retention in its index (3-4 GC-tracked objects per job: the record, its __dict__, its
-fields-set, a result dict). CPython runs a full (generation 2)
-collection each time the long-lived objects grew by a quarter, and a full collection walks all of
-them: ~100 ms per 100,000 jobs on a 2-vCPU machine, seconds for the 1,000,000 the index may hold.
+fields-set, a result dict). CPython runs a full (generation 2) collection each time the long-lived
+objects grew by a quarter, and a full collection walks all of them: ~100 ms per 100,000 jobs on a
+2-vCPU machine, seconds for the 1,000,000 the index may hold.
 Every request in flight waits that long; it was the API's submit p99 under steady load. `cpw api`
 installs this policy; an application that submits through `JobQueue` can call `install()` too
 (docs/providers.md) — it changes the whole process's collector, so it is the application's choice.

@@ -142,9 +142,7 @@ class JobQueue:
             # The record's own confirm is not waited for: the job is safe once its confirm came, and a
             # lost record costs only its early visibility to other readers (worker events carry the
             # tenant). Waiting for it made every submission two confirm round trips instead of one.
-            record = asyncio.ensure_future(
-                self.events.publish(accepted_record(job.id, job.submitted_at, body, idempotency=idempotency))
-            )
+            record = self.events.append(accepted_record(job.id, job.submitted_at, body, idempotency=idempotency))
             self._records.add(record)
             record.add_done_callback(partial(self._record_done, job.id))
 
