@@ -133,3 +133,62 @@ async def test_a_job_whose_dead_letter_the_broker_refuses_runs_again_until_it_is
         assert result is not None and result.status is JobStatus.FAILED, result
         assert [letter["job_id"] for letter in await list_dead_letters(worker.broker)] == [job_id]
         await eventually(lambda: worker.stats.dead_lettered == 1 and not worker.running, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def own_node() -> Iterator[RabbitMQServer]:
+    """A node of this module's own: the test stops and starts it."""
+    if not installed():
+        pytest.fail("rabbitmq-server is not installed")
+    server = RabbitMQServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_node(own_node):
+    """Drill `everything at once` (CI, 2026-12-01): a replacement worker exited with status 1.
+
+    It connected just as the node began to stop; following the control stream then failed with
+    aiormq's CONNECTION_FORCED (here: "Connection was not opened"), which was not BrokerUnavailable,
+    so the start was not retried. Now that step says BrokerUnavailable, the half-open connection is
+    closed, and the worker's start is retried until the node is back.
+    """
+    from controlplane_workers import ProviderWorker
+    from controlplane_workers.errors import BrokerUnavailable
+    from controlplane_workers.providers import as_lookup
+    from controlplane_workers.run import connect_with_backoff
+    from tests.support.harness import fast_settings
+    from tests.support.providers import registry
+
+    worker = ProviderWorker(fast_settings(own_node.amqp_url), as_lookup(registry))
+    connect = worker.broker.connect
+    stops = 0
+
+    async def connect_then_the_node_stops() -> None:  # the fault, at the one moment that matters
+        nonlocal stops
+        await connect()
+        if stops == 0:
+            stops += 1
+            await asyncio.to_thread(own_node.stop_app)
+
+    worker.broker.connect = connect_then_the_node_stops  # type: ignore[method-assign]
+    first = worker.broker
+    with pytest.raises(BrokerUnavailable):
+        await worker.start()
+    assert first.connection is not None and first.connection.is_closed  # nothing left reconnecting
+
+    stop = asyncio.Event()
+    starting = asyncio.create_task(connect_with_backoff(worker.start, "worker", stop))
+    await asyncio.to_thread(own_node.start_app)
+    try:
+        assert await asyncio.wait_for(starting, 60)
+        assert worker.ready
+        async with client(own_node.amqp_url) as queue:
+            job_id = await queue.submit_job(NS, TYPE, "create", request("after"))
+            assert (await queue.get_job_result(job_id, timeout=20)).status is JobStatus.SUCCEEDED
+    finally:
+        stop.set()
+        await worker.stop(drain_timeout=1.0)

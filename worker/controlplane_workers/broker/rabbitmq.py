@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import aio_pika
@@ -52,6 +52,21 @@ _UNAVAILABLE = (
     asyncio.TimeoutError,
     RuntimeError,
 )
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """The broker went away (or its node stopped) mid-call: BrokerUnavailable, which callers retry.
+
+    A worker that connected just as the node shut down failed in its next step (following the
+    control stream) with aiormq's CONNECTION_FORCED and exited instead of waiting for the node.
+    """
+    try:
+        yield
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        raise  # the topology on the broker disagrees with our settings: retrying cannot help
+    except _UNAVAILABLE as exc:
+        raise BrokerUnavailable(f"{what}: {redact_text(repr(exc))}") from exc
 
 
 def _delivery(message: AbstractIncomingMessage, acks: AckCoalescer | None = None) -> Delivery:
@@ -364,12 +379,13 @@ class RabbitMQBroker(Broker):
 
     async def consume_jobs(self, handler: JobHandler, prefetch: int) -> Subscription:
         assert self.connection is not None
-        channel = await self.connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        self._consume_channel = channel
-        queue = await channel.declare_queue(
-            self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
-        )
+        with _unavailable("cannot consume jobs"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            self._consume_channel = channel
+            queue = await channel.declare_queue(
+                self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
+            )
 
         acks: AckCoalescer | None = None
 
@@ -390,12 +406,14 @@ class RabbitMQBroker(Broker):
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
 
-        tag = await queue.consume(on_message)
+        with _unavailable("cannot consume jobs"):
+            tag = await queue.consume(on_message)
         return _Consumer(queue, tag)
 
     async def follow(self, stream: str, handler: StreamHandler, offset: Offset = "first") -> Subscription:
         follower = _StreamFollower(self, stream, handler, offset)
-        await follower.start()
+        with _unavailable(f"cannot follow {stream}"):
+            await follower.start()
         self.followers.append(follower)
         return follower
 
