@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import BrokerEndpoint
-from tests.support.rabbitmq import RabbitMQServer, installed
+from tests.support.rabbitmq import own_node
 
 BENCH_LINES: list[str] = []
 
@@ -15,13 +15,8 @@ BENCH_LINES: list[str] = []
 @pytest.fixture(scope="module")
 def bench_broker() -> Iterator[BrokerEndpoint]:
     """A RabbitMQ node of the benchmark's own (never CPW_TEST_RABBITMQ_URL's, never another suite's)."""
-    if not installed():
-        pytest.fail("rabbitmq-server is not installed: run `make system-deps`")
-    server = RabbitMQServer().start()
-    try:
+    for server in own_node():
         yield BrokerEndpoint(server.amqp_url, server.management_url, server)
-    finally:
-        server.cleanup()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

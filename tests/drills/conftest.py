@@ -8,22 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.drills.harness import RESULTS, Cluster
-from tests.support.rabbitmq import RabbitMQServer, installed
-
-
-def node(**options) -> Iterator[RabbitMQServer]:  # noqa: ANN003
-    if not installed():
-        pytest.fail("rabbitmq-server is not installed: run `make system-deps`")
-    server = RabbitMQServer(**options).start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+from tests.support.rabbitmq import RabbitMQServer, own_node
 
 
 @pytest.fixture(scope="module")
 def drill_node() -> Iterator[RabbitMQServer]:
-    yield from node()
+    yield from own_node()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from controlplane_workers import JobStatus
 from tests.support.harness import client, eventually, request, running_worker
 from tests.support.processes import CpwProcess, worker_env
-from tests.support.rabbitmq import RabbitMQServer, installed
+from tests.support.rabbitmq import RabbitMQServer, own_node
 
 NS, TYPE = "Test.Scripted", "things"
 
@@ -19,14 +19,9 @@ NS, TYPE = "Test.Scripted", "things"
 @pytest.fixture(scope="module")
 def short_consumer_timeout() -> Iterator[RabbitMQServer]:
     """A node whose consumer timeout (2 s) is checked every 0.5 s instead of once a minute."""
-    if not installed():
-        pytest.fail("rabbitmq-server is not installed")
-    server = RabbitMQServer(consumer_timeout_ms=2000).start()
-    try:
+    for server in own_node(consumer_timeout_ms=2000):
         server.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.mark.timeout(120)
@@ -136,19 +131,13 @@ async def test_a_job_whose_dead_letter_the_broker_refuses_runs_again_until_it_is
 
 
 @pytest.fixture(scope="module")
-def own_node() -> Iterator[RabbitMQServer]:
+def stoppable_node() -> Iterator[RabbitMQServer]:
     """A node of this module's own: the test stops and starts it."""
-    if not installed():
-        pytest.fail("rabbitmq-server is not installed")
-    server = RabbitMQServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from own_node()
 
 
 @pytest.mark.timeout(120)
-async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_node(own_node):
+async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_node(stoppable_node):
     """Drill `everything at once` (CI, 2026-12-01): a replacement worker exited with status 1.
 
     It connected just as the node began to stop; following the control stream then failed with
@@ -163,7 +152,7 @@ async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_
     from tests.support.harness import fast_settings
     from tests.support.providers import registry
 
-    worker = ProviderWorker(fast_settings(own_node.amqp_url), as_lookup(registry))
+    worker = ProviderWorker(fast_settings(stoppable_node.amqp_url), as_lookup(registry))
     connect = worker.broker.connect
     stops = 0
 
@@ -172,7 +161,7 @@ async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_
         await connect()
         if stops == 0:
             stops += 1
-            await asyncio.to_thread(own_node.stop_app)
+            await asyncio.to_thread(stoppable_node.stop_app)
 
     worker.broker.connect = connect_then_the_node_stops  # type: ignore[method-assign]
     first = worker.broker
@@ -182,11 +171,11 @@ async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_
 
     stop = asyncio.Event()
     starting = asyncio.create_task(connect_with_backoff(worker.start, "worker", stop))
-    await asyncio.to_thread(own_node.start_app)
+    await asyncio.to_thread(stoppable_node.start_app)
     try:
         assert await asyncio.wait_for(starting, 60)
         assert worker.ready
-        async with client(own_node.amqp_url) as queue:
+        async with client(stoppable_node.amqp_url) as queue:
             job_id = await queue.submit_job(NS, TYPE, "create", request("after"))
             assert (await queue.get_job_result(job_id, timeout=20)).status is JobStatus.SUCCEEDED
     finally:

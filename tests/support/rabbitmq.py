@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -212,3 +214,17 @@ class RabbitMQServer:
             if path.exists():
                 out.extend(path.read_text(errors="replace").splitlines()[-lines:])
         return "\n".join(out[-lines:])
+
+
+def own_node(**options: Any) -> Iterator[RabbitMQServer]:
+    """A node of the caller's own, for a fixture to `yield from`: drills and benchmarks stop,
+    restart or load it, so it is never the shared test broker."""
+    if not installed():
+        import pytest
+
+        pytest.fail("rabbitmq-server is not installed: run `make system-deps`")
+    server = RabbitMQServer(**options).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
