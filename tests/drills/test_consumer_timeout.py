@@ -13,17 +13,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.drills.conftest import node
 from tests.drills.harness import Load, drill
 from tests.drills.test_drills import SIZES, sized
-from tests.support.rabbitmq import RabbitMQServer
+from tests.support.rabbitmq import RabbitMQServer, own_node
 
 CONSUMER_TIMEOUT_MS = 2000
 
 
 @pytest.fixture(scope="module")
 def drill_node() -> Iterator[RabbitMQServer]:
-    for server in node(consumer_timeout_ms=CONSUMER_TIMEOUT_MS):
+    for server in own_node(consumer_timeout_ms=CONSUMER_TIMEOUT_MS):
         server.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")
         yield server
 
