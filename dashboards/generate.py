@@ -104,6 +104,13 @@ NONE_WANTED = steps((None, "green"), (1, "red"))  # dead letters, slow requests:
 JOB_DURATION = steps((None, "green"), (900, "red"))  # CPWJobDurationHigh: p95 above 15 minutes
 QUEUE_WAIT = steps((None, "green"), (120, "red"))  # CPWQueueWaitHigh: p95 above 2 minutes
 HEARTBEAT_AGE = steps((None, "green"), (15, "orange"), (60, "red"))  # CPWWorkerHeartbeatMissing at 60s
+LOOP_LAG = steps((None, "green"), (0.025, "orange"), (0.1, "red"))  # CPWEventLoopLagHigh: p99 above 100 ms
+LOOP_LAG_HELP = (
+    "How late each process's event loop ran a timer that was due (cpw_event_loop_lag_seconds, sampled every "
+    "20 ms): every request, job and broker confirm of the process waits as long. High with a core to spare: "
+    "bursts of work hold the loop; high with the CPU saturated: the process needs another replica. Alert: "
+    "CPWEventLoopLagHigh (p99 above 100 ms)."
+)
 
 
 @dataclass
@@ -580,6 +587,19 @@ def fleet_overview() -> db.Dashboard:
             width=12,
             height=8,
         ),
+        timeseries_panel(
+            "API event-loop lag p99",
+            "s",
+            LOOP_LAG_HELP,
+            # the API pods only: the workers export the same metric (worker detail shows theirs)
+            (
+                f"{quantile(0.99, 'cpw_event_loop_lag_seconds', SCOPE, 'pod')} "
+                f"and on (pod) {gauge('cpw_api_ready', SCOPE, 'pod', op='group')}",
+                "{{pod}}",
+            ),
+            thresholds=LOOP_LAG,
+            threshold_lines=True,
+        ),
     ]
     return dashboard(
         "cpw-fleet-overview",
@@ -734,12 +754,20 @@ def worker_detail() -> db.Dashboard:
             "Resident memory of each worker process.",
             (gauge("process_resident_memory_bytes", pods, "pod"), "{{pod}}"),
         ),
+        timeseries_panel(
+            "Event-loop lag p99",
+            "s",
+            LOOP_LAG_HELP,
+            (quantile(0.99, "cpw_event_loop_lag_seconds", pods, "pod"), "{{pod}}"),
+            thresholds=LOOP_LAG,
+            threshold_lines=True,
+        ),
     ]
     return dashboard(
         "cpw-worker-detail",
         "controlplane-workers / worker detail",
         "One or several worker pods: state, heartbeats, jobs in flight, outcomes, durations, retries and broker "
-        "events, CPU and memory.",
+        "events, CPU, memory and event-loop lag.",
         [("State", state), ("Jobs", jobs), ("Delivery", delivery), ("Process", process)],
         with_pod=True,
     )

@@ -19,7 +19,7 @@ import orjson
 import uvloop
 from starlette.routing import Route
 
-from controlplane_workers import __version__, gcpolicy, tracing
+from controlplane_workers import __version__, gcpolicy, looplag, tracing
 from controlplane_workers.broker.base import KIND
 from controlplane_workers.fleet import WorkerRegistry
 from controlplane_workers.ops import ops_app, server
@@ -204,7 +204,8 @@ def run_api(settings: Settings) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
-        await serve_api(settings, stop)
+        async with looplag.watching():
+            await serve_api(settings, stop)
 
     try:
         uvloop.run(main())

@@ -188,9 +188,10 @@ def _module_metrics(module: object) -> dict[str, set[str]]:
 
 
 def worker_metrics() -> dict[str, set[str]]:
+    import controlplane_workers.looplag as looplag
     import controlplane_workers.metrics as metrics
 
-    exported = _module_metrics(metrics)
+    exported = _module_metrics(metrics) | _module_metrics(looplag)  # every process's ops port serves looplag's
     # the process and platform collectors of prometheus-client's default registry, which /metrics serves
     for family in REGISTRY.collect():
         for sample in family.samples:
@@ -201,8 +202,9 @@ def worker_metrics() -> dict[str, set[str]]:
 
 def api_metrics() -> dict[str, set[str]]:
     import controlplane_api.metrics as metrics
+    import controlplane_workers.looplag as looplag
 
-    return _module_metrics(metrics)
+    return _module_metrics(metrics) | _module_metrics(looplag)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvloop
 
-from . import __version__, tracing
+from . import __version__, looplag, tracing
 from .logs import setup_logging
 from .providers import load_providers
 from .run import install_stop_handlers, serve_worker
@@ -43,7 +43,8 @@ def run_dev(args: argparse.Namespace) -> int:
             log.warning("the API adapter is not available; running the worker only")
         else:
             tasks.append(asyncio.create_task(serve_api(settings, stop, banner=True)))
-        await asyncio.gather(*tasks)
+        async with looplag.watching():
+            await asyncio.gather(*tasks)
 
     try:
         uvloop.run(main())

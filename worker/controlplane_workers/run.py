@@ -9,7 +9,7 @@ import time
 
 import uvloop
 
-from . import __version__, metrics, tracing
+from . import __version__, looplag, metrics, tracing
 from .errors import BrokerUnavailable
 from .ops import ops_app, server
 from .providers import ProviderLookup, load_providers
@@ -74,7 +74,8 @@ def run_worker(settings: Settings) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
-        await serve_worker(settings, providers, stop)
+        async with looplag.watching():
+            await serve_worker(settings, providers, stop)
 
     try:
         uvloop.run(main())
