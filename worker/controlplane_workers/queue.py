@@ -17,7 +17,6 @@ import orjson
 from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset
-from .errors import BrokerUnavailable
 from .events import EventBatcher, accepted_record
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
@@ -52,14 +51,10 @@ class JobQueue:
 
     async def connect(self) -> None:
         """Connect and follow the results stream; BrokerUnavailable leaves nothing open."""
-        await self.broker.connect()
-        try:
+        async with self.broker.connecting():
             self._results = await self.broker.follow(
                 self.topology.results_stream, self.index.apply_batch, self.replay_from
             )
-        except BrokerUnavailable:
-            await self.broker.close()
-            raise
 
     async def disconnect(self) -> None:
         if self._records:  # Accepted records still on their way

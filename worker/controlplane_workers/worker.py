@@ -103,15 +103,11 @@ class ProviderWorker:
 
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
-        await self.broker.connect()
-        try:
+        async with self.broker.connecting():
             since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
             self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
             await self._read_cancel_backlog()
             self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
-        except BrokerUnavailable:
-            await self.broker.close()  # the next attempt connects afresh
-            raise
         self.consuming = True
         self._heartbeat = asyncio.create_task(self._heartbeats())
         log.info("worker ready", extra={"capacity": self.settings.max_concurrent_jobs})

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from ..errors import BrokerUnavailable
 from ..topology import Topology
 
 Headers = dict[str, Any]
@@ -106,6 +108,18 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @contextlib.asynccontextmanager
+    async def connecting(self) -> AsyncIterator[None]:
+        """Connect, then run the caller's first steps (follow a stream, consume). If the broker goes
+        away during them, close before BrokerUnavailable propagates: the caller's next attempt then
+        connects afresh instead of leaving a half-open connection reconnecting behind it."""
+        await self.connect()
+        try:
+            yield
+        except BrokerUnavailable:
+            await self.close()
+            raise
 
     @abc.abstractmethod
     async def publish_job(
