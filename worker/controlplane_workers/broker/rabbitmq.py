@@ -54,6 +54,12 @@ _UNAVAILABLE = (
 )
 
 
+# RabbitMQ refuses to consume from a stream whose member on the node has not started yet, with a
+# PRECONDITION_FAILED: a passing state right after another process declared the stream (two workers
+# starting together on a fresh vhost, CI 2026-12-01), not a topology that disagrees with ours.
+_STREAM_MEMBER_STARTING = "does not have a replica on the local node"
+
+
 @contextlib.contextmanager
 def _unavailable(what: str) -> Iterator[None]:
     """The broker went away (or its node stopped) mid-call: BrokerUnavailable, which callers retry.
@@ -63,8 +69,10 @@ def _unavailable(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except aiormq.exceptions.ChannelPreconditionFailed:
-        raise  # the topology on the broker disagrees with our settings: retrying cannot help
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        if _STREAM_MEMBER_STARTING not in str(exc):
+            raise  # the topology on the broker disagrees with our settings: retrying cannot help
+        raise BrokerUnavailable(f"{what}: {redact_text(str(exc))}") from exc
     except _UNAVAILABLE as exc:
         raise BrokerUnavailable(f"{what}: {redact_text(repr(exc))}") from exc
 
