@@ -9,7 +9,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from . import __version__
+from ._version import __version__
 
 # The worker's own registry: a process that merely imports the SDK (the API adapter, a provider
 # author's server) must not export worker series, or `cpw_worker_ready 0` from it would page.

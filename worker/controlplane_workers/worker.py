@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from . import __version__, metrics, tracing
+from . import metrics, tracing
+from ._version import __version__
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
