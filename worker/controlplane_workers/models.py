@@ -7,11 +7,12 @@ request they expect.
 from __future__ import annotations
 
 import time
-import uuid
 from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .ids import new_job_id
 
 
 class JobStatus(str, Enum):
@@ -68,7 +69,7 @@ class ResourceRequest(BaseModel):
 class Job(BaseModel):
     """The message on `provider.jobs`. Its copy on the results stream is the Accepted event."""
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = Field(default_factory=new_job_id)  # time-ordered: see ids.py
     provider_namespace: str
     resource_type: str
     operation: Operation
