@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import Any
 
 import uvloop
 
-from . import __version__, looplag, tracing
-from .logs import setup_logging
-from .providers import load_providers
-from .run import install_stop_handlers, serve_worker
-from .settings import settings_or_exit
+from controlplane_workers import __version__, looplag, tracing
+from controlplane_workers.lifecycle import install_stop_handlers
+from controlplane_workers.logs import setup_logging
+from controlplane_workers.providers import load_providers
+from controlplane_workers.run import serve_worker
+
+from .serve import serve_api
+from .settings import api_settings_or_exit
 
 log = logging.getLogger("cpw.dev")
 
@@ -21,7 +23,7 @@ DEMO = "controlplane_workers.examples.demo:registry"
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    settings = settings_or_exit(
+    settings = api_settings_or_exit(
         rabbitmq_url=args.url,
         providers=args.providers or DEMO,
         api_host=args.host,
@@ -36,15 +38,8 @@ def run_dev(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
-        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(serve_worker(settings, providers, stop))]
-        try:
-            from controlplane_api.serve import serve_api
-        except ImportError:
-            log.warning("the API adapter is not available; running the worker only")
-        else:
-            tasks.append(asyncio.create_task(serve_api(settings, stop, banner=True)))
         async with looplag.watching():
-            await asyncio.gather(*tasks)
+            await asyncio.gather(serve_worker(settings, providers, stop), serve_api(settings, stop, banner=True))
 
     try:
         uvloop.run(main())

@@ -62,3 +62,10 @@ def internal_error() -> Response:
         status_code=500,
         media_type=JSON,
     )
+
+
+def unavailable(message: str, retry_after: str) -> ApiError:
+    """503 + Retry-After: the broker (or the status index) cannot serve this now; nothing was done."""
+    return ApiError(
+        503, "ServiceUnavailable", message, reason="broker_unavailable", headers={"Retry-After": retry_after}
+    )

@@ -1,16 +1,21 @@
-"""/openapi.json: OpenAPI 3.1, its schemas generated from the pydantic models in `schemas`."""
+"""/openapi.json: OpenAPI 3.1, its schemas generated from the pydantic models in `schemas`.
+
+The paths come from the route table (routes/): each route's operation id names its entry here, so a
+route cannot be served undocumented (build_openapi raises KeyError) and a path is written once.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
 from controlplane_workers import __version__
-from controlplane_workers.settings import Settings
 
 from . import schemas
-from .app import ACTION, COLLECTION, RESOURCE
+from .routes import ROUTES
+from .settings import ApiSettings
 
 REF = "#/components/schemas/{model}"
 _INPUT = (schemas.ResourceBody, schemas.ActionBody, schemas.JobSubmission)
@@ -37,7 +42,7 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return out
 
 
-def build_openapi(settings: Settings) -> dict[str, Any]:
+def build_openapi(settings: ApiSettings) -> dict[str, Any]:
     _, top = models_json_schema(
         [(m, "validation") for m in _INPUT] + [(m, "serialization") for m in _OUTPUT], ref_template=REF
     )
@@ -137,180 +142,153 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "content": {"application/json": {"schema": _ref("AcceptedOperation")}},
     }
     submit_params = [api_version, wait, prefer, priority_header, priority_query, idempotency]
-    resource_params = path_params("subscription", "resourceGroup", "namespace", "type", "name")
 
-    paths: dict[str, Any] = {
-        RESOURCE: {
-            "parameters": resource_params,
-            "put": {
-                "operationId": "Resources_CreateOrUpdate",
-                "summary": "create_or_update, offloaded",
-                "parameters": submit_params,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ResourceBody")}}},
-                "responses": {
-                    "201": {
-                        "description": "Accepted: provisioningState Accepted, the job id in jobId.",
-                        "headers": poll_headers,
-                        "content": {"application/json": {"schema": _ref("AcceptedResource")}},
-                    },
-                    **final,
-                    **submit_errors,
+    # Operation id -> its OpenAPI operation; the routes' path templates place them.
+    operations: dict[str, Any] = {
+        "Resources_CreateOrUpdate": {
+            "summary": "create_or_update, offloaded",
+            "parameters": submit_params,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ResourceBody")}}},
+            "responses": {
+                "201": {
+                    "description": "Accepted: provisioningState Accepted, the job id in jobId.",
+                    "headers": poll_headers,
+                    "content": {"application/json": {"schema": _ref("AcceptedResource")}},
                 },
-            },
-            "get": {
-                "operationId": "Resources_Get",
-                "summary": "get, offloaded",
-                "parameters": submit_params,
-                "responses": {"202": accepted_op, **final, **submit_errors},
-            },
-            "delete": {
-                "operationId": "Resources_Delete",
-                "summary": "delete, offloaded",
-                "parameters": submit_params,
-                "responses": {"202": accepted_op, "204": {"description": "Deleted in time."}, **final, **submit_errors},
+                **final,
+                **submit_errors,
             },
         },
-        ACTION: {
-            "parameters": path_params("subscription", "resourceGroup", "namespace", "type", "name", "action"),
-            "post": {
-                "operationId": "Resources_Action",
-                "summary": "action, offloaded",
-                "parameters": submit_params,
-                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ActionBody")}}},
-                "responses": {"202": accepted_op, **final, **submit_errors},
+        "Resources_Get": {
+            "summary": "get, offloaded",
+            "parameters": submit_params,
+            "responses": {"202": accepted_op, **final, **submit_errors},
+        },
+        "Resources_Delete": {
+            "summary": "delete, offloaded",
+            "parameters": submit_params,
+            "responses": {"202": accepted_op, "204": {"description": "Deleted in time."}, **final, **submit_errors},
+        },
+        "Resources_Action": {
+            "summary": "action, offloaded",
+            "parameters": submit_params,
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ActionBody")}}},
+            "responses": {"202": accepted_op, **final, **submit_errors},
+        },
+        "Resources_List": {
+            "summary": "list, offloaded",
+            "parameters": submit_params,
+            "responses": {"202": accepted_op, **final, **submit_errors},
+        },
+        "Operations_Get": {
+            "summary": "The operation status resource.",
+            "parameters": [job_id],
+            "responses": {
+                "200": {
+                    "description": "The operation.",
+                    "content": {"application/json": {"schema": _ref("OperationStatusResource")}},
+                },
+                **lookup_errors,
             },
         },
-        COLLECTION: {
-            "parameters": path_params("subscription", "resourceGroup", "namespace", "type"),
-            "get": {
-                "operationId": "Resources_List",
-                "summary": "list, offloaded",
-                "parameters": submit_params,
-                "responses": {"202": accepted_op, **final, **submit_errors},
+        "Operations_Result": {
+            "summary": "202 while running, then the final answer.",
+            "parameters": [job_id, wait, prefer],
+            "responses": {
+                "202": accepted_op,
+                "204": {"description": "A delete finished."},
+                **final,
+                "400": _error("A bad parameter, or the operation failed with a client error."),
+                **lookup_errors,
             },
         },
-        "/operations/{id}": {
-            "get": {
-                "operationId": "Operations_Get",
-                "summary": "The operation status resource.",
-                "parameters": [job_id],
-                "responses": {
-                    "200": {
-                        "description": "The operation.",
-                        "content": {"application/json": {"schema": _ref("OperationStatusResource")}},
-                    },
-                    **lookup_errors,
+        "Jobs_Submit": {
+            "summary": "Submit a job for any provider.",
+            "parameters": [wait, prefer, idempotency],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSubmission")}}},
+            "responses": {
+                "202": {
+                    "description": "Accepted.",
+                    "headers": poll_headers,
+                    "content": {"application/json": {"schema": _ref("JobView")}},
                 },
-            }
-        },
-        "/operationResults/{id}": {
-            "get": {
-                "operationId": "Operations_Result",
-                "summary": "202 while running, then the final answer.",
-                "parameters": [job_id, wait, prefer],
-                "responses": {
-                    "202": accepted_op,
-                    "204": {"description": "A delete finished."},
-                    **final,
-                    "400": _error("A bad parameter, or the operation failed with a client error."),
-                    **lookup_errors,
+                "200": {
+                    "description": "Finished within ?wait.",
+                    "content": {"application/json": {"schema": _ref("JobView")}},
                 },
-            }
-        },
-        "/jobs": {
-            "post": {
-                "operationId": "Jobs_Submit",
-                "summary": "Submit a job for any provider.",
-                "parameters": [wait, prefer, idempotency],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSubmission")}}},
-                "responses": {
-                    "202": {
-                        "description": "Accepted.",
-                        "headers": poll_headers,
-                        "content": {"application/json": {"schema": _ref("JobView")}},
-                    },
-                    "200": {
-                        "description": "Finished within ?wait.",
-                        "content": {"application/json": {"schema": _ref("JobView")}},
-                    },
-                    **submit_errors,
-                },
-            },
-            "get": {
-                "operationId": "Jobs_List",
-                "summary": "This tenant's jobs, newest first, paged.",
-                "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string", "enum": [s.value for s in schemas.JobStatus]},
-                    },
-                    {
-                        "name": "top",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
-                    {"name": "skipToken", "in": "query", "required": False, "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {"description": "A page.", "content": {"application/json": {"schema": _ref("JobPage")}}},
-                    "400": _error("A bad parameter."),
-                    **common,
-                },
+                **submit_errors,
             },
         },
-        "/jobs/{id}": {
-            "get": {
-                "operationId": "Jobs_Get",
-                "parameters": [job_id],
-                "responses": {
-                    "200": {"description": "The job.", "content": {"application/json": {"schema": _ref("JobView")}}},
-                    **lookup_errors,
+        "Jobs_List": {
+            "summary": "This tenant's jobs, newest first, paged.",
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": [s.value for s in schemas.JobStatus]},
                 },
-            },
-            "delete": {
-                "operationId": "Jobs_Cancel",
-                "summary": "Cancel (idempotent); 409 once the job has ended.",
-                "parameters": [job_id, wait, prefer],
-                "responses": {
-                    "202": {
-                        "description": "Cancel requested.",
-                        "headers": {"Retry-After": retry_after},
-                        "content": {"application/json": {"schema": _ref("JobView")}},
-                    },
-                    "200": {
-                        "description": "Canceled within ?wait.",
-                        "content": {"application/json": {"schema": _ref("JobView")}},
-                    },
-                    "400": _error("A bad parameter."),
-                    "409": _error("The job has already ended."),
-                    **lookup_errors,
+                {
+                    "name": "top",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                 },
+                {"name": "skipToken", "in": "query", "required": False, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "A page.", "content": {"application/json": {"schema": _ref("JobPage")}}},
+                "400": _error("A bad parameter."),
+                **common,
             },
         },
-        "/workers": {
-            "get": {
-                "operationId": "Fleet_Get",
-                "summary": "Workers heard through heartbeats.",
-                "responses": {
-                    "200": {"description": "The fleet.", "content": {"application/json": {"schema": _ref("Fleet")}}},
-                    **common,
-                },
-            }
+        "Jobs_Get": {
+            "parameters": [job_id],
+            "responses": {
+                "200": {"description": "The job.", "content": {"application/json": {"schema": _ref("JobView")}}},
+                **lookup_errors,
+            },
         },
-        "/stats": {
-            "get": {
-                "operationId": "Stats_Get",
-                "summary": "Queue depth, DLQ, consumers, jobs by state.",
-                "responses": {
-                    "200": {"description": "Statistics.", "content": {"application/json": {"schema": _ref("Stats")}}},
-                    **common,
+        "Jobs_Cancel": {
+            "summary": "Cancel (idempotent); 409 once the job has ended.",
+            "parameters": [job_id, wait, prefer],
+            "responses": {
+                "202": {
+                    "description": "Cancel requested.",
+                    "headers": {"Retry-After": retry_after},
+                    "content": {"application/json": {"schema": _ref("JobView")}},
                 },
-            }
+                "200": {
+                    "description": "Canceled within ?wait.",
+                    "content": {"application/json": {"schema": _ref("JobView")}},
+                },
+                "400": _error("A bad parameter."),
+                "409": _error("The job has already ended."),
+                **lookup_errors,
+            },
+        },
+        "Fleet_Get": {
+            "summary": "Workers heard through heartbeats.",
+            "responses": {
+                "200": {"description": "The fleet.", "content": {"application/json": {"schema": _ref("Fleet")}}},
+                **common,
+            },
+        },
+        "Stats_Get": {
+            "summary": "Queue depth, DLQ, consumers, jobs by state.",
+            "responses": {
+                "200": {"description": "Statistics.", "content": {"application/json": {"schema": _ref("Stats")}}},
+                **common,
+            },
         },
     }
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        entry = paths.setdefault(route.path, {})
+        names = re.findall(r"{(\w+)}", route.path)
+        if names and "id" not in names:  # ARM path segments, shared by every method of the path
+            entry["parameters"] = path_params(*names)
+        entry[route.method.lower()] = {"operationId": route.operation_id, **operations[route.operation_id]}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -22,17 +22,19 @@ from starlette.routing import Route
 from controlplane_workers import __version__, gcpolicy, looplag, tracing
 from controlplane_workers.broker.base import KIND
 from controlplane_workers.fleet import WorkerRegistry
+from controlplane_workers.lifecycle import connect_with_backoff, install_stop_handlers
 from controlplane_workers.ops import ops_app, server
 from controlplane_workers.queue import JobQueue
-from controlplane_workers.run import connect_with_backoff, install_stop_handlers
-from controlplane_workers.settings import Settings
 from controlplane_workers.status import MARKER
 
 from . import metrics
-from .app import ApiContext, build_app
+from .app import build_app
 from .auth import TokenAuth, TokenFileError
+from .context import ApiContext
+from .index import MARKER_ID
 from .openapi import build_openapi
-from .store import MARKER_ID, ApiIndex, IndexStore, retention_seconds
+from .settings import ApiSettings
+from .store import IndexStore, retention_seconds
 
 log = logging.getLogger("controlplane_api")
 
@@ -40,22 +42,21 @@ log = logging.getLogger("controlplane_api")
 class ApiProcess:
     """One API process: the queue, its index, the fleet view, the app and its readiness."""
 
-    def __init__(self, settings: Settings, *, dev: bool = False) -> None:
+    def __init__(self, settings: ApiSettings, *, dev: bool = False) -> None:
         self.settings = settings
         self.dev = dev
         self.auth = TokenAuth(settings.api_tokens_file) if settings.api_tokens_file else None
-        self.queue = JobQueue(settings=settings, name=f"cpw-api {settings.worker_id}")
-        self.index = ApiIndex(settings.api_index_max_jobs)
-        self.queue.index = self.index
-        self.store = IndexStore(self.index, retention_seconds(settings.results_max_age))
+        self.store = IndexStore(settings.api_index_max_jobs, retention_seconds(settings.results_max_age))
+        self.index = self.store.index
+        self.queue = JobQueue(settings=settings, index=self.index, name=f"cpw-api {settings.worker_id}")
         self.fleet = WorkerRegistry()
-        self.ctx = ApiContext(settings, self.queue, self.store, self.fleet, self.auth)
+        self.ctx = ApiContext(settings, self.queue, self.store, self.fleet, self.auth, build_openapi(settings))
         self.rebuilt = asyncio.Event()
         self.rebuild_seconds: float | None = None
         self.started = time.time()
         self.ops = ops_app(is_ready=self.is_ready, status=self.status, identity=self.identity)
-        extra = [Route(r.path, r.endpoint) for r in self.ops.routes if isinstance(r, Route)] if dev else None
-        self.app = tracing.instrument_app(build_app(self.ctx, extra_routes=extra, openapi=build_openapi(settings)))
+        extra = [Route(r.path, r.endpoint) for r in self.ops.routes if isinstance(r, Route)] if dev else []
+        self.app = tracing.instrument_app(build_app(self.ctx, extra_routes=extra))
         metrics.INDEX_JOBS.set_function(lambda: len(self.index))
         metrics.INDEX_LAG.set_function(self._lag)
         metrics.READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
@@ -129,7 +130,7 @@ class ApiProcess:
         await self.queue.disconnect()
 
 
-def dev_banner(settings: Settings, process: ApiProcess) -> str:
+def dev_banner(settings: ApiSettings, process: ApiProcess) -> str:
     base = f"http://{settings.api_host}:{settings.api_port}"
     auth = (
         f"auth: bearer tokens from {settings.api_tokens_file}"
@@ -158,7 +159,7 @@ def dev_banner(settings: Settings, process: ApiProcess) -> str:
     )
 
 
-async def serve_api(settings: Settings, stop: asyncio.Event, *, banner: bool = False) -> ApiProcess:
+async def serve_api(settings: ApiSettings, stop: asyncio.Event, *, banner: bool = False) -> ApiProcess:
     """Serve until `stop` is set. banner=True is `cpw dev`: ops routes on the public port, no auth
     unless tokens are set, and the URL and a curl example printed."""
     dev = banner
@@ -181,7 +182,7 @@ async def serve_api(settings: Settings, stop: asyncio.Event, *, banner: bool = F
     return process
 
 
-def run_api(settings: Settings) -> int:
+def run_api(settings: ApiSettings) -> int:
     """`cpw api`: refuse to serve without tokens unless CPW_API_ALLOW_ANONYMOUS says so."""
     if settings.api_tokens_file is None and not settings.api_allow_anonymous:
         print(

@@ -1,26 +1,23 @@
 """Where the API looks up operations: a small interface, and the stream-fed index behind it.
 
-`OperationStore` is all the routes use, so another backend (Redis, PostgreSQL) can be added
-without touching them. `IndexStore` is the default: the process's own `StatusIndex`, rebuilt by
-reading `provider.results` from its retention start.
+`OperationStore` is all the routes use, so another backend (PostgreSQL) can be added without
+touching them. `IndexStore` is the default: the process's own `ApiIndex`, rebuilt by reading
+`provider.results` from its retention start.
 
-Job ids made here are time-ordered (UUIDv7 layout, 32 hex digits), so an id that is no longer
-held can be told apart: older than the retention or than the newest evicted job -> expired.
+Job ids are time-ordered (`controlplane_workers.ids`), so an id that is no longer held can be told
+apart: older than the retention or than the newest evicted job -> expired.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Sequence
 from typing import Protocol
 
-from controlplane_workers.broker.base import KIND, StreamMessage
-from controlplane_workers.models import Job, JobResult, JobStatus
-from controlplane_workers.status import MARKER, StatusIndex
+from controlplane_workers.ids import job_id_time
+from controlplane_workers.models import JobResult, JobStatus
 
-MARKER_ID = "x-cpw-marker"
+from .index import ApiIndex
 
 _UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -31,25 +28,6 @@ def retention_seconds(max_age: str) -> float:
     if not match:
         raise ValueError(f"not a stream max-age: {max_age!r}")
     return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def new_job_id(now: float | None = None) -> str:
-    """32 hex digits: 48 bits of Unix milliseconds, version 7, then random bits."""
-    ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
-    value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 9562 variant bits
-    return f"{value:032x}"
-
-
-def job_id_time(job_id: str) -> float | None:
-    """When a job id made by `new_job_id` was made; None for any other id."""
-    if len(job_id) != 32 or job_id[12] != "7":
-        return None
-    try:
-        return int(job_id[:12], 16) / 1000.0
-    except ValueError:
-        return None
 
 
 class OperationStore(Protocol):
@@ -64,10 +42,6 @@ class OperationStore(Protocol):
         ...
 
     async def wait(self, job_id: str, timeout: float) -> JobResult | None: ...
-
-    def accept(self, job: Job) -> None:
-        """Record a job this process just published."""
-        ...
 
     def active_count(self, tenant: str | None) -> int: ...
 
@@ -85,30 +59,11 @@ class OperationStore(Protocol):
     def info(self) -> dict[str, object]: ...
 
 
-class ApiIndex(StatusIndex):
-    """The StatusIndex, plus: notice this process's own start marker when it comes round."""
-
-    def __init__(self, max_jobs: int) -> None:
-        super().__init__(max_jobs)
-        self.marker: str | None = None
-        self.marker_seen = False
-        self.on_marker: list[object] = []
-
-    def apply_batch(self, messages: Sequence[StreamMessage]) -> None:
-        apply = self.apply
-        for message in messages:
-            apply(message)
-            if message.headers.get(KIND) == MARKER and message.headers.get(MARKER_ID) == self.marker:
-                self.marker_seen = True
-                for callback in self.on_marker:
-                    callback()  # type: ignore[operator]
-
-
 class IndexStore:
-    """OperationStore over this process's StatusIndex."""
+    """OperationStore over this process's ApiIndex, which the API's JobQueue feeds."""
 
-    def __init__(self, index: StatusIndex, retention: float) -> None:
-        self.index = index
+    def __init__(self, max_jobs: int, retention: float) -> None:
+        self.index = ApiIndex(max_jobs)
         self.retention = retention
         self.ready = False
 
@@ -126,10 +81,6 @@ class IndexStore:
 
     async def wait(self, job_id: str, timeout: float) -> JobResult | None:
         return await self.index.wait(job_id, timeout)
-
-    def accept(self, job: Job) -> None:
-        if job.id not in self.index.jobs:  # JobQueue.submit_encoded indexed it already: no second pass
-            self.index.accept(job)
 
     def idempotent(self, key: str) -> tuple[str, str, float] | None:
         return self.index.idempotent(key)

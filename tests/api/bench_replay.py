@@ -17,7 +17,7 @@ import uuid
 import orjson
 import pytest
 
-from controlplane_api.store import ApiIndex
+from controlplane_api.index import ApiIndex
 from controlplane_workers.broker import open_broker
 from controlplane_workers.broker.base import KIND, StreamMessage
 from controlplane_workers.events import BATCH

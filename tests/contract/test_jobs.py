@@ -241,12 +241,16 @@ async def test_other_readers_see_a_job_accepted_once_confirmed(broker_url):
 async def test_a_job_whose_accepted_record_never_reached_the_stream_still_belongs_to_its_tenant(broker_url):
     """The broker can go away between a job's confirm and its Accepted record; the submitter has
     answered by then, so it only logs. The worker's events carry the tenant: every reader still shows
-    the job to its owner (and only to it) once it runs. Found by the everything-at-once drill."""
-    async with client(broker_url, accepted_on_stream=False) as submitter, client(broker_url) as other:
+    the job to its owner (and only to it) once it runs, and the API's count of the tenant's jobs in
+    flight goes back to zero. Found by the everything-at-once drill."""
+    from controlplane_api.index import ApiIndex
+
+    index = ApiIndex(1000)
+    async with client(broker_url, accepted_on_stream=False) as submitter, client(broker_url, index) as other:
         async with running_worker(broker_url, providers.registry):
             job_id = await submitter.submit_job(NS, TYPE, "create", request("no-record"), tenant="t1")
             result = await other.get_job_result(job_id, timeout=10)
     assert result is not None and result.status is JobStatus.SUCCEEDED
     assert other.index.get_for(job_id, "t1") is result
     assert other.index.get_for(job_id, "t2") is None
-    assert other.index.active_count("t1") == 0 and other.index.active_count(None) == 0
+    assert index.active_count("t1") == 0 and index.active_count(None) == 0

@@ -14,7 +14,7 @@ import aiormq
 import pytest
 
 from controlplane_workers.broker.rabbitmq import RabbitMQBroker
-from controlplane_workers.run import connect_with_backoff
+from controlplane_workers.lifecycle import connect_with_backoff
 from controlplane_workers.topology import Topology
 
 

@@ -147,8 +147,8 @@ async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_
     """
     from controlplane_workers import ProviderWorker
     from controlplane_workers.errors import BrokerUnavailable
+    from controlplane_workers.lifecycle import connect_with_backoff
     from controlplane_workers.providers import as_lookup
-    from controlplane_workers.run import connect_with_backoff
     from tests.support.harness import fast_settings
     from tests.support.providers import registry
 

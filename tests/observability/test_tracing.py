@@ -17,10 +17,10 @@ import httpx
 import orjson
 import pytest
 
-from controlplane_api.app import RESOURCE
+from controlplane_api.routes.resources import RESOURCE
+from controlplane_api.settings import load_api_settings
 from controlplane_workers import tracing
 from controlplane_workers.logs import JsonFormatter
-from controlplane_workers.settings import load_settings
 from tests.api.support import RG, V, write_tokens
 from tests.observability.spans import SpanRecorder
 from tests.support.harness import running_worker
@@ -67,7 +67,7 @@ async def api(vhost_url, tmp_path, recorder):
     from controlplane_api.serve import serve_api
 
     port = free_port()
-    settings = load_settings(
+    settings = load_api_settings(
         rabbitmq_url=vhost_url,
         api_host="127.0.0.1",
         api_port=port,

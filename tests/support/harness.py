@@ -9,6 +9,7 @@ from typing import Any
 from controlplane_workers import JobQueue, ProviderWorker, load_settings
 from controlplane_workers.providers import as_lookup
 from controlplane_workers.settings import Settings
+from controlplane_workers.status import StatusIndex
 
 
 def fast_settings(url: str, **overrides: Any) -> Settings:
@@ -41,8 +42,8 @@ async def running_worker(url: str, provider: Any, **overrides: Any):
 
 
 @asynccontextmanager
-async def client(url: str, **overrides: Any):
-    queue = JobQueue(url, settings=fast_settings(url, **overrides))
+async def client(url: str, index: StatusIndex | None = None, **overrides: Any):
+    queue = JobQueue(url, settings=fast_settings(url, **overrides), index=index)
     await queue.connect()
     try:
         yield queue

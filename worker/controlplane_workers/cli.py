@@ -1,25 +1,41 @@
-"""`cpw`: run a worker, the API or the local platform, and operate the queue from a shell."""
+"""`cpw`: run a worker and operate the queue from a shell.
+
+Other packages add commands through the entry point group `cpw.commands` (a callable that takes the
+subparsers): the API adapter adds `cpw api`, `cpw dev` and `cpw jobs`. The core imports none of
+them, so an install of the core alone has a working worker CLI.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from .settings import Settings, settings_or_exit
 
+COMMANDS = "cpw.commands"
+log = logging.getLogger(__name__)
 
-def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Settings given as flags (--providers, --url); they win over the environment."""
+    overrides: dict[str, object] = {}
     if getattr(args, "providers", None):
         overrides["providers"] = args.providers
     if getattr(args, "url", None):
         overrides["rabbitmq_url"] = args.url
-    return settings_or_exit(**overrides)
+    return overrides
 
 
-def _logging(settings: Settings) -> None:
+def _settings(args: argparse.Namespace) -> Settings:
+    return settings_or_exit(**cli_overrides(args))
+
+
+def setup_cli_logging(settings: Settings) -> None:
     from .logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format, settings.worker_id)
@@ -27,27 +43,10 @@ def _logging(settings: Settings) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _logging(settings)
+    setup_cli_logging(settings)
     from .run import run_worker
 
     return run_worker(settings)
-
-
-def cmd_dev(args: argparse.Namespace) -> int:
-    from .dev import run_dev
-
-    return run_dev(args)
-
-
-def cmd_api(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _logging(settings)
-    try:
-        from controlplane_api.serve import run_api
-    except ImportError as exc:  # pragma: no cover - the API package ships with this distribution
-        print(f"cpw: the API adapter is not installed: {exc}", file=sys.stderr)
-        return 2
-    return run_api(settings)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -108,7 +107,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cpw", description=__doc__)
+    p = argparse.ArgumentParser(prog="cpw", description=(__doc__ or "").split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a worker (CPW_* settings)")
@@ -116,23 +115,13 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
     worker.set_defaults(func=cmd_worker)
 
-    api = sub.add_parser("api", help="run the API adapter (CPW_* settings)")
-    api.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
-    api.set_defaults(func=cmd_api)
-
-    dev = sub.add_parser("dev", help="the local platform: API, worker and the demo provider on memory://")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--url", default="memory://", help="broker URL (default: the embedded broker)")
-    dev.add_argument("--providers", help="module:attr of the providers (default: the demo)")
-    dev.set_defaults(func=cmd_dev)
-
-    try:  # `cpw jobs`: the API's client, shipped with the API adapter
-        from controlplane_api.client_cli import add_parser as add_jobs_parser
-    except ImportError:  # pragma: no cover - the API package ships with this distribution
-        pass
-    else:
-        add_jobs_parser(sub)
+    for plugin in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        try:
+            register = plugin.load()
+        except ImportError as exc:  # its package is not installed: the core's commands still work
+            log.debug("cpw: commands %s not available: %s", plugin.name, exc)
+            continue
+        register(sub)
 
     config = sub.add_parser("config", help="print the effective settings (passwords redacted)")
     config.set_defaults(func=cmd_config)

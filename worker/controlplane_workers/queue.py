@@ -20,7 +20,7 @@ from .broker.base import JOB_ID, Offset
 from .events import EventBatcher, accepted_record
 from .models import Job, JobResult, Operation, ResourceRequest
 from .settings import Settings, load_settings
-from .status import StatusIndex
+from .status import DEFAULT_MAX_JOBS, StatusIndex
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,17 @@ class JobQueue:
         settings: Settings | None = None,
         replay_from: Offset = "first",
         index_max_jobs: int | None = None,
+        index: StatusIndex | None = None,
         name: str = "cpw-client",
     ) -> None:
+        """`index`: where the results stream is read into (the API hands its own, which also counts
+        tenants and keys); by default a StatusIndex of `index_max_jobs` jobs."""
         self.settings = settings or load_settings(**({"rabbitmq_url": url} if url else {}))
         self.url = url or self.settings.rabbitmq_url
         self.topology = Topology.from_settings(self.settings)
         options: dict[str, Any] = {"name": name, "publish_timeout": self.settings.publish_timeout}
         self.broker: Broker = open_broker(self.url, self.topology, **options)
-        self.index = StatusIndex(index_max_jobs or self.settings.api_index_max_jobs)
+        self.index = index if index is not None else StatusIndex(index_max_jobs or DEFAULT_MAX_JOBS)
         self.replay_from = replay_from
         self._results: Subscription | None = None
         self.events = EventBatcher(self.broker)

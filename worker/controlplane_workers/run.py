@@ -4,43 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 import uvloop
 
-from . import __version__, looplag, metrics, tracing
-from .errors import BrokerUnavailable
+from . import looplag, metrics, tracing
+from ._version import __version__
+from .lifecycle import connect_with_backoff, install_stop_handlers
 from .ops import ops_app, server
 from .providers import ProviderLookup, load_providers
-from .redact import redact_text
 from .settings import Settings
 from .worker import ProviderWorker
 
 log = logging.getLogger(__name__)
-
-
-async def connect_with_backoff(start, what: str, stop: asyncio.Event, cap: float = 10.0) -> bool:  # noqa: ANN001
-    """Call `start()` until it connects; False if asked to stop first."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await start()
-            return True
-        except BrokerUnavailable as exc:
-            log.warning("%s: broker unavailable, retrying in %.1fs: %s", what, delay, redact_text(str(exc)))
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
-            delay = min(delay * 2, cap)
-    return False
-
-
-def install_stop_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
 
 async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyncio.Event) -> ProviderWorker:

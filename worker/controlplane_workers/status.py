@@ -22,12 +22,13 @@ _STARTED = (JobStatus.RUNNING,)
 # Stream messages with this kind are position markers a reader publishes for itself (the API
 # adapter publishes one at start and is ready once it has read it back); the index skips them.
 MARKER = "marker"
+DEFAULT_MAX_JOBS = 1_000_000
 
 
 class StatusIndex:
     """job id -> JobResult, bounded: the oldest jobs are evicted first."""
 
-    def __init__(self, max_jobs: int = 1_000_000) -> None:
+    def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS) -> None:
         self.max_jobs = max_jobs
         self.jobs: OrderedDict[str, JobResult] = OrderedDict()
         self.waiters: dict[str, list[asyncio.Future[JobResult]]] = {}
@@ -38,14 +39,8 @@ class StatusIndex:
         self.events = 0
         self.last_offset = -1
         self.last_event_at: float | None = None
-        # Additive, for the API adapter: jobs not yet terminal per tenant (the per-tenant queue cap)
-        # and the submission time of the newest evicted job (an older unknown id was evicted).
-        self.active: dict[str | None, int] = {}
+        # The submission time of the newest evicted job: an unknown id made before it was evicted.
         self.evicted_before: float | None = None
-        # Idempotency keys from Accepted records (events.accepted_record): key -> (job id, request
-        # fingerprint, time). Every replica, and a restarted one after its rebuild, can then answer a
-        # retried submission with the job the first one made. Bounded like the jobs.
-        self.idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -60,10 +55,6 @@ class StatusIndex:
             return None
         return record
 
-    def active_count(self, tenant: str | None) -> int:
-        """Jobs of `tenant` that are Accepted or Running."""
-        return self.active.get(tenant, 0)
-
     def iter_jobs(
         self, tenant: str | None = None, status: JobStatus | None = None, newest_first: bool = True
     ) -> Iterator[JobResult]:
@@ -77,8 +68,9 @@ class StatusIndex:
             yield record
 
     def _count(self, record: JobResult, delta: int) -> None:
-        if not record.terminal:
-            self.active[record.tenant] = self.active.get(record.tenant, 0) + delta
+        """Hook: a job that is not terminal entered (+1) or left (-1) this index, or changed tenant.
+
+        A subclass that counts jobs in flight (the API's per-tenant cap) overrides it."""
 
     def apply_batch(self, messages: Sequence[StreamMessage]) -> None:
         for message in messages:
@@ -145,16 +137,9 @@ class StatusIndex:
             data.get("tenant"),
         )
 
-    def idempotent(self, key: str) -> tuple[str, str, float] | None:
-        """(job id, request fingerprint, submitted at) of the job first submitted with `key`."""
-        return self.idempotency.get(key)
-
     def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
-        # The latest submission with a key counts: a key reused after its window made a new job.
-        self.idempotency.pop(key, None)
-        self.idempotency[key] = (job_id, fingerprint, at)
-        while len(self.idempotency) > self.max_jobs:
-            self.idempotency.popitem(last=False)
+        """Hook: an Accepted record carried an idempotency key (events.accepted_record). The API keeps
+        them, so every replica can answer a retried submission with the job the first one made."""
 
     def accept(self, job: Job) -> None:
         """Record a job its submitter just published (its stream record, arriving later, changes nothing)."""

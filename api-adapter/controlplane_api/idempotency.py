@@ -1,0 +1,99 @@
+"""Idempotency-Key: a retried submission gets the first one's answer instead of a second job.
+
+This replica remembers the answers it gave (`IdempotencyCache`); a key first used on another replica,
+or before this one restarted, is found in the Accepted records every replica reads (`shared_key`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import JSON, ApiError
+
+CacheKey = tuple[str | None, str]
+
+
+def shared_key(tenant: str | None, key: str) -> str:
+    """The Idempotency-Key as it travels on the results stream: hashed with its tenant, so keys are
+    per tenant and a client's key is not written out as it came."""
+    return hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:32]
+
+
+def fingerprint(request: Request, raw_body: bytes) -> str:
+    """What makes two requests "the same" for a key: method, path and body."""
+    return hashlib.sha256(request.method.encode() + b" " + request.url.path.encode() + b"\n" + raw_body).hexdigest()[
+        :32
+    ]
+
+
+def key_reused() -> ApiError:
+    return ApiError(
+        422,
+        "IdempotencyKeyReused",
+        "This Idempotency-Key was used with another request; use a new key.",
+        details=[
+            {
+                "code": "IdempotencyKeyReused",
+                "target": "Idempotency-Key",
+                "message": "the same key came with another method, path or body",
+            }
+        ],
+        reason="conflict",
+    )
+
+
+@dataclass
+class Remembered:
+    """One key's first request: in progress until `done`, then its success answer (if it succeeded)."""
+
+    fingerprint: str
+    at: float
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    response: tuple[int, bytes, dict[str, str]] | None = None
+
+    def keep(self, response: Response) -> None:
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        self.response = (response.status_code, bytes(response.body), headers)
+        self.done.set()
+
+    def replay(self) -> Response:
+        assert self.response is not None
+        status, body, headers = self.response
+        return Response(body, status_code=status, headers={**headers, "Idempotent-Replayed": "true"}, media_type=JSON)
+
+
+class IdempotencyCache:
+    """(tenant, Idempotency-Key) -> the first success answered for it, for `window` seconds."""
+
+    def __init__(self, window: float, max_entries: int = 200_000) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self.entries: OrderedDict[CacheKey, Remembered] = OrderedDict()
+
+    def _expire(self, now: float) -> None:
+        entries = self.entries
+        while entries:
+            key, oldest = next(iter(entries.items()))
+            if now - oldest.at < self.window and len(entries) <= self.max_entries:
+                break
+            del entries[key]
+
+    def get(self, key: CacheKey) -> Remembered | None:
+        self._expire(time.time())
+        return self.entries.get(key)
+
+    def begin(self, key: CacheKey, fingerprint: str) -> Remembered:
+        entry = self.entries[key] = Remembered(fingerprint, time.time())
+        return entry
+
+    def forget(self, key: CacheKey, entry: Remembered) -> None:
+        if self.entries.get(key) is entry:
+            del self.entries[key]
+        entry.done.set()

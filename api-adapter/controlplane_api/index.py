@@ -1,0 +1,59 @@
+"""The API's status index: the core's StatusIndex plus what only the API needs.
+
+- jobs in flight per tenant, for the per-tenant queue cap (`CPW_API_TENANT_MAX_QUEUED`);
+- the idempotency keys of Accepted records, so every replica, and a restarted one after its
+  rebuild, answers a retried submission with the job the first one made;
+- this process's own start marker: the replica is ready once it has read it back.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from controlplane_workers.broker.base import KIND, StreamMessage
+from controlplane_workers.models import JobResult
+from controlplane_workers.status import MARKER, StatusIndex
+
+MARKER_ID = "x-cpw-marker"
+
+
+class ApiIndex(StatusIndex):
+    """StatusIndex + per-tenant counts in flight + idempotency keys + the start marker."""
+
+    def __init__(self, max_jobs: int) -> None:
+        super().__init__(max_jobs)
+        self.active: dict[str | None, int] = {}
+        # hashed key -> (job id, request fingerprint, submitted at); bounded like the jobs.
+        self.idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self.marker: str | None = None
+        self.marker_seen = False
+        self.on_marker: list[Callable[[], object]] = []
+
+    def active_count(self, tenant: str | None) -> int:
+        """Jobs of `tenant` that are Accepted or Running."""
+        return self.active.get(tenant, 0)
+
+    def idempotent(self, key: str) -> tuple[str, str, float] | None:
+        """(job id, request fingerprint, submitted at) of the job last submitted with `key`."""
+        return self.idempotency.get(key)
+
+    def _count(self, record: JobResult, delta: int) -> None:
+        if not record.terminal:
+            self.active[record.tenant] = self.active.get(record.tenant, 0) + delta
+
+    def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
+        # The latest submission with a key counts: a key reused after its window made a new job.
+        self.idempotency.pop(key, None)
+        self.idempotency[key] = (job_id, fingerprint, at)
+        while len(self.idempotency) > self.max_jobs:
+            self.idempotency.popitem(last=False)
+
+    def apply_batch(self, messages: Sequence[StreamMessage]) -> None:
+        apply = self.apply
+        for message in messages:
+            apply(message)
+            if message.headers.get(KIND) == MARKER and message.headers.get(MARKER_ID) == self.marker:
+                self.marker_seen = True
+                for callback in self.on_marker:
+                    callback()

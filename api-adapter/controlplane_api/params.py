@@ -1,0 +1,156 @@
+"""Reading a request: path segments, query parameters, headers and the JSON body, each validated.
+
+Every bad input becomes a 4xx ApiError naming the offending field; nothing here raises anything else.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from controlplane_workers.models import JobStatus, Operation
+from controlplane_workers.offloading import DEFAULT_PRIORITY
+
+from .errors import ApiError, invalid
+from .schemas import API_VERSION, IDEMPOTENCY_KEY, SEGMENT
+
+_SEGMENT = re.compile(SEGMENT.strip("^$"))
+_API_VERSION = re.compile(API_VERSION.strip("^$"))
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY.strip("^$"))
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([^,;\s]+)", re.IGNORECASE)
+PAGE_MAX = 1000
+
+
+def segment(request: Request, name: str) -> str:
+    value = request.path_params[name]
+    if not _SEGMENT.fullmatch(value):
+        raise invalid(f"'{name}' must be 1 to 90 letters, digits or ._()- starting with a letter or digit.", name)
+    return value
+
+
+def api_version(request: Request) -> str:
+    value = request.query_params.get("api-version")
+    if value is None:
+        raise invalid(
+            "The 'api-version' query parameter is required (YYYY-MM-DD).", "api-version", "MissingApiVersionParameter"
+        )
+    if not _API_VERSION.fullmatch(value):
+        raise invalid(
+            f"'api-version' must be YYYY-MM-DD, not {value[:40]!r}.", "api-version", "InvalidApiVersionParameter"
+        )
+    return value
+
+
+def priority(request: Request, operation: Operation) -> int:
+    """x-ms-priority or ?priority=, 0-9; the operation's default when neither is given."""
+    value = request.headers.get("x-ms-priority")
+    target = "x-ms-priority"
+    if value is None:
+        value, target = request.query_params.get("priority"), "priority"
+    if value is None:
+        return DEFAULT_PRIORITY[operation]
+    if not value.isdigit() or not 0 <= int(value) <= 9:
+        raise invalid(f"'{target}' must be an integer from 0 to 9.", target)
+    return int(value)
+
+
+def wait_for(request: Request, max_wait: float) -> float:
+    """?wait=N or `Prefer: wait=N` (RFC 7240): seconds to wait for the outcome, capped at `max_wait`."""
+    value = request.query_params.get("wait")
+    target = "wait"
+    if value is None:
+        prefer = request.headers.get("prefer")
+        if not prefer:
+            return 0.0
+        match = _PREFER_WAIT.search(prefer)
+        if match is None:
+            return 0.0
+        value, target = match.group(1), "Prefer"
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600 or seconds != seconds:
+        raise invalid(f"'{target}' must be a number of seconds from 0 to {max_wait:g}.", target)
+    return min(seconds, max_wait)
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise invalid("'Idempotency-Key' must be 1 to 255 printable ASCII characters.", "Idempotency-Key")
+    return key
+
+
+def status_filter(request: Request) -> JobStatus | None:
+    value = request.query_params.get("status")
+    if value is None:
+        return None
+    try:
+        return JobStatus(value)
+    except ValueError:
+        raise invalid("'status' must be one of Accepted, Running, Succeeded, Failed, Canceled.", "status") from None
+
+
+def page_size(request: Request) -> int:
+    value = request.query_params.get("top", "100")
+    if not value.isdigit() or not 1 <= int(value) <= PAGE_MAX:
+        raise invalid(f"'top' must be an integer from 1 to {PAGE_MAX}.", "top")
+    return int(value)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "RequestEntityTooLarge", f"The request body is larger than {limit} bytes.", reason="too_large")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            over = int(length) > limit
+        except ValueError:
+            raise invalid("Content-Length is not a number.", "Content-Length") from None
+        if over:
+            raise too_large(limit)
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, model: type[BaseModel], required: bool, limit: int) -> tuple[dict, bytes]:
+    """(the JSON object, its raw bytes), validated against `model`; ({}, b"") for an optional empty body."""
+    raw = await read_body(request, limit)
+    if not raw.strip():
+        if required:
+            raise invalid("The request body is required: a JSON object.", "body", "InvalidRequestContent")
+        return {}, raw
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"The request body is not valid JSON: {exc.msg}.", "body", "InvalidRequestContent") from None
+    if not isinstance(data, dict):
+        raise invalid("The request body must be a JSON object.", "body", "InvalidRequestContent")
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    return data, raw
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """400 InvalidRequestContent with one detail per invalid field (at most 20)."""
+    details = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=False)[:20]:
+        target = ".".join(str(part) for part in err["loc"]) or "body"
+        details.append({"code": "InvalidField", "target": target, "message": f"'{target}': {err['msg']}"})
+    first = details[0]
+    return ApiError(400, "InvalidRequestContent", f"The field {first['message']}", details=details, reason="invalid")

@@ -1,0 +1,8 @@
+"""The API's route table: one module per group of routes, each a list of `ApiRoute`."""
+
+from __future__ import annotations
+
+from ..context import ApiRoute
+from . import fleet, jobs, operations, resources
+
+ROUTES: list[ApiRoute] = [*resources.ROUTES, *operations.ROUTES, *jobs.ROUTES, *fleet.ROUTES]

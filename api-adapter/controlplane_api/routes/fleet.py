@@ -1,0 +1,39 @@
+"""The fleet and the queue as the API sees them: /workers (heartbeats) and /stats."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..context import ApiContext, ApiRoute
+from ..views import json_response
+
+
+async def workers(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    return json_response(ctx.fleet.get_registry_status())
+
+
+async def stats(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    try:
+        q = await ctx.queue.get_queue_stats()
+    except Exception:
+        raise ctx.unavailable("The job broker is unavailable; queue statistics cannot be read.") from None
+    fleet = ctx.fleet.get_registry_status()
+    return json_response(
+        {
+            "ready": q.ready,
+            "unacked": max(q.unacked, int(fleet["in_flight"])),
+            "deadLetters": q.dead_letters,
+            "retrying": q.retrying,
+            "consumers": q.consumers,
+            "inFlight": int(fleet["in_flight"]),
+            "jobs": ctx.store.counts(tenant),
+            "index": ctx.store.info(),
+        }
+    )
+
+
+ROUTES = [
+    ApiRoute("/workers", "GET", workers, "Fleet_Get"),
+    ApiRoute("/stats", "GET", stats, "Stats_Get"),
+]

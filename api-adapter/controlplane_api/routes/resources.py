@@ -1,0 +1,123 @@
+"""The ARM resource routes: PUT, GET, DELETE, POST action and the collection GET, each offloaded.
+
+PUT answers 201 with the resource in provisioningState Accepted; the others 202 with the job. Both
+carry Location / Azure-AsyncOperation to poll. With ?wait=N the answer is the outcome if it comes
+in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from controlplane_workers.models import Operation
+
+from ..context import ApiContext, ApiRoute
+from ..params import api_version, segment
+from ..schemas import ActionBody, ResourceBody
+from ..submission import Submission, submit
+from ..views import final_response, json_response
+
+COLLECTION = "/subscriptions/{subscription}/resourceGroups/{resourceGroup}/providers/{namespace}/{type}"
+RESOURCE = COLLECTION + "/{name}"
+ACTION = RESOURCE + "/{action}"
+
+
+def resource_request(
+    request: Request, version: str, *, body: dict[str, Any], named: bool = True, action: str | None = None
+) -> dict[str, Any]:
+    """The provider's ResourceRequest (as a dict) from the path, validated segment by segment."""
+    return {
+        "subscription_id": segment(request, "subscription"),
+        "resource_group": segment(request, "resourceGroup"),
+        "provider_namespace": segment(request, "namespace"),
+        "resource_type": segment(request, "type"),
+        "resource_name": segment(request, "name") if named else "",
+        "location": None,  # a PUT's comes from its body
+        "body": body,
+        "action": action,
+        "api_version": version,
+    }
+
+
+async def put_resource(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    version = api_version(request)
+    req = resource_request(request, version, body={})
+    body, raw = await ctx.read_json(request, ResourceBody, required=True)
+    req["body"], req["location"] = body, body.get("location")
+    ns, rtype, name = req["provider_namespace"], req["resource_type"], req["resource_name"]
+
+    async def answer(job_id: str, wait: float) -> Response:
+        if wait:
+            record = await ctx.store.wait(job_id, wait)
+            if record is not None:
+                return final_response(record, Operation.CREATE)
+        accepted = {
+            "id": f"/subscriptions/{req['subscription_id']}/resourceGroups/{req['resource_group']}"
+            f"/providers/{ns}/{rtype}/{name}",
+            "name": name,
+            "type": f"{ns}/{rtype}",
+            "location": body.get("location"),
+            "properties": {**(body.get("properties") or {}), "provisioningState": "Accepted"},
+            "jobId": job_id,
+        }
+        if body.get("tags") is not None:
+            accepted["tags"] = body["tags"]
+        return json_response(accepted, 201, ctx.poll_headers(request, job_id, version))
+
+    return await submit(ctx, request, tenant, Submission(Operation.CREATE, ns, rtype, req, raw), answer)
+
+
+async def _offload(
+    request: Request, ctx: ApiContext, tenant: str | None, operation: Operation, req: dict[str, Any], raw: bytes
+) -> Response:
+    """Submit `operation` and answer 202 with the job, or its outcome within ?wait."""
+    version = req["api_version"]
+
+    async def answer(job_id: str, wait: float) -> Response:
+        if wait:
+            record = await ctx.store.wait(job_id, wait)
+            if record is not None:
+                return final_response(record, operation)
+        return json_response(
+            {"jobId": job_id, "status": "Accepted", "operation": operation.value},
+            202,
+            ctx.poll_headers(request, job_id, version),
+        )
+
+    job = Submission(operation, req["provider_namespace"], req["resource_type"], req, raw)
+    return await submit(ctx, request, tenant, job, answer)
+
+
+async def get_resource(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    req = resource_request(request, api_version(request), body={})
+    return await _offload(request, ctx, tenant, Operation.GET, req, b"")
+
+
+async def delete_resource(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    req = resource_request(request, api_version(request), body={})
+    return await _offload(request, ctx, tenant, Operation.DELETE, req, b"")
+
+
+async def list_resources(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    req = resource_request(request, api_version(request), body={}, named=False)
+    return await _offload(request, ctx, tenant, Operation.LIST, req, b"")
+
+
+async def post_action(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+    version = api_version(request)
+    req = resource_request(request, version, body={}, action=segment(request, "action"))
+    body, raw = await ctx.read_json(request, ActionBody, required=False)
+    req["body"] = body
+    return await _offload(request, ctx, tenant, Operation.ACTION, req, raw)
+
+
+ROUTES = [
+    ApiRoute(RESOURCE, "PUT", put_resource, "Resources_CreateOrUpdate"),
+    ApiRoute(RESOURCE, "GET", get_resource, "Resources_Get"),
+    ApiRoute(RESOURCE, "DELETE", delete_resource, "Resources_Delete"),
+    ApiRoute(ACTION, "POST", post_action, "Resources_Action"),
+    ApiRoute(COLLECTION, "GET", list_resources, "Resources_List"),
+]

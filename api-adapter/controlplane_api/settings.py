@@ -1,0 +1,83 @@
+"""The API adapter's settings: the core's Settings (broker, topology, logs, ops port) plus `CPW_API_*`.
+
+They live here so that the core package, and a worker image built from it, knows nothing of the API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from controlplane_workers.settings import Settings, env_alias, or_exit, read_settings
+
+
+class ApiSettings(Settings):
+    """What `cpw api` and `cpw dev` read. docs/configuration.md is generated from it."""
+
+    # -- API adapter
+    api_host: str = Field("0.0.0.0", validation_alias=env_alias("API_HOST"), description="Address the API listens on.")
+    api_port: int = Field(
+        8000, ge=0, le=65535, validation_alias=env_alias("API_PORT"), description="The API's public port."
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        validation_alias=env_alias("API_TOKENS_FILE"),
+        description="JSON or YAML mapping bearer token -> tenant (mounted from a Secret).",
+    )
+    api_max_body_bytes: int = Field(
+        1_048_576,
+        ge=1,
+        validation_alias=env_alias("API_MAX_BODY_BYTES"),
+        description="Largest request body the API accepts; larger ones get 413.",
+    )
+    api_retry_after: int = Field(
+        2,
+        ge=1,
+        validation_alias=env_alias("API_RETRY_AFTER"),
+        description="Seconds clients are told to wait before polling again (Retry-After).",
+    )
+    api_tenant_max_queued: int = Field(
+        10_000,
+        ge=1,
+        validation_alias=env_alias("API_TENANT_MAX_QUEUED"),
+        description="Jobs one tenant may have queued or running; more get 429.",
+    )
+    api_index_max_jobs: int = Field(
+        1_000_000,
+        ge=100,
+        validation_alias=env_alias("API_INDEX_MAX_JOBS"),
+        description="Jobs the status index keeps in memory (about 2 KB each); the oldest are evicted.",
+    )
+    api_idempotency_window: float = Field(
+        86_400.0,
+        gt=0,
+        validation_alias=env_alias("API_IDEMPOTENCY_WINDOW"),
+        description="Seconds an Idempotency-Key keeps answering with the same operation.",
+    )
+    api_max_wait: float = Field(
+        60.0,
+        ge=0,
+        validation_alias=env_alias("API_MAX_WAIT"),
+        description="Longest ?wait= / Prefer: wait= the API honours, in seconds.",
+    )
+    api_public_url: str | None = Field(
+        None,
+        validation_alias=env_alias("API_PUBLIC_URL"),
+        description="Base URL for Location headers (behind an ingress); default: from the request.",
+    )
+    api_allow_anonymous: bool = Field(
+        False,
+        validation_alias=env_alias("API_ALLOW_ANONYMOUS"),
+        description="Serve without tokens when CPW_API_TOKENS_FILE is unset (cpw dev does).",
+    )
+
+
+def load_api_settings(**overrides: object) -> ApiSettings:
+    """Read the environment; SettingsError with one readable line when a value is bad."""
+    return read_settings(ApiSettings, overrides)
+
+
+def api_settings_or_exit(**overrides: object) -> ApiSettings:
+    """For the CLI: a bad setting prints one line to stderr and exits with code 2."""
+    return or_exit(ApiSettings, overrides)
