@@ -70,7 +70,7 @@ drill: $(VENV)/.installed system-deps ## fault drills on real processes and a re
 autoscale-drill: $(VENV)/.installed system-deps ## the autoscaling drill (tests/autoscale), printing its numbers
 	$(PY) -m pytest tests/autoscale -m drill -o addopts="" -s
 
-docs: $(VENV)/.installed ## regenerate docs/configuration.md (settings model + values.schema.json) and docs/chart.md tables
+docs: $(VENV)/.installed ## regenerate docs/configuration.md, the docs/chart.md tables and every chart README.md
 	$(PY) docs/generate.py
 	$(PY) tests/chart/docs_gen.py
 

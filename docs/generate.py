@@ -207,16 +207,16 @@ def chart_env() -> dict[str, set[str]]:
     return out
 
 
-def env_values(tables: dict[str, list[tuple[str, str, str]]]) -> dict[str, list[str]]:
+def env_values(tables: dict[str, list[docs_gen.ValueDoc]]) -> dict[str, list[str]]:
     """Env var -> chart values whose description names it."""
     out: dict[str, list[str]] = {}
-    for key, desc, _default in (row for rows in tables.values() for row in rows):
-        for name in re.findall(r"\b((?:CPW|OTEL)_[A-Z_]+[A-Z])\b", desc):
-            out.setdefault(name, []).append(f"`{key}`")
+    for doc in (row for rows in tables.values() for row in rows):
+        for name in re.findall(r"\b((?:CPW|OTEL)_[A-Z_]+[A-Z])\b", doc.description):
+            out.setdefault(name, []).append(f"`{doc.key}`")
     return out
 
 
-def settings_section(tables: dict[str, list[tuple[str, str, str]]]) -> str:
+def settings_section(tables: dict[str, list[docs_gen.ValueDoc]]) -> str:
     fields = ApiSettings.model_fields  # the core's Settings and the API's own
     groups = _groups()
     by_chart, by_value = chart_env(), env_values(tables)
@@ -276,31 +276,6 @@ def settings_section(tables: dict[str, list[tuple[str, str, str]]]) -> str:
 # -- chart values ----------------------------------------------------------------------------------
 
 
-def _schema_node(schema: dict[str, Any], dotted: str) -> dict[str, Any] | None:
-    node: dict[str, Any] | None = schema
-    for part in dotted.split("."):
-        if node is None:
-            return None
-        node = (node.get("properties") or {}).get(part)
-    return node
-
-
-def _schema_type(node: dict[str, Any] | None, value: Any) -> str:
-    if node is None:
-        return docs_gen._type(value)
-    if "enum" in node:
-        return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in node["enum"])
-    kind = node.get("type")
-    if isinstance(kind, list):
-        return " or ".join(kind)
-    if kind:
-        return str(kind)
-    if "anyOf" in node or "oneOf" in node:
-        kinds = [a.get("type") for a in node.get("anyOf", node.get("oneOf", [])) if a.get("type")]
-        return " or ".join(str(k) for k in kinds) or docs_gen._type(value)
-    return docs_gen._type(value)
-
-
 def _schema_bounds(node: dict[str, Any] | None) -> str:
     if not node:
         return ""
@@ -324,14 +299,14 @@ def _schema_bounds(node: dict[str, Any] | None) -> str:
     return ", ".join(out)
 
 
-def chart_tables() -> dict[str, list[tuple[str, str, str]]]:
+def chart_tables() -> dict[str, list[docs_gen.ValueDoc]]:
     return {
-        name: [(prefix + key, desc, default) for key, desc, default in docs_gen.documented_values(path)]
+        name: [doc._replace(key=prefix + doc.key) for doc in docs_gen.documented_values(path)]
         for name, (path, prefix) in docs_gen.TABLES.items()
     }
 
 
-def values_section(tables: dict[str, list[tuple[str, str, str]]]) -> str:
+def values_section(tables: dict[str, list[docs_gen.ValueDoc]]) -> str:
     import yaml
 
     titles = {
@@ -349,21 +324,21 @@ def values_section(tables: dict[str, list[tuple[str, str, str]]]) -> str:
             "| Key | Type | Default | Allowed | Description |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for key, desc, default in tables[name]:
-            local = key[len(prefix) :]
+        for doc in tables[name]:
+            local = doc.key[len(prefix) :]
             value = docs_gen._lookup(values, local)
-            node = _schema_node(schema, local)
-            shown = default or f"`{json.dumps(value)}`"
+            node = docs_gen.schema_node(schema, local)
+            shown = doc.default or f"`{json.dumps(value)}`"
             out.append(
                 "| "
                 + " | ".join(
                     _cell(c)
                     for c in [
-                        f"`{key}`",
-                        _schema_type(node, value),
+                        f"`{doc.key}`",
+                        doc.type or docs_gen.schema_type(node, value),
                         shown,
                         _schema_bounds(node),
-                        desc,
+                        doc.description,
                     ]
                 )
                 + " |"

@@ -1,22 +1,24 @@
-"""The chart ships alerts/*.rules.yaml and dashboards/*.json without hand-kept copies.
+"""The chart ships alerts/*.rules.yaml and dashboards/*.json without hand-kept copies, and a README.md per chart.
 
 Mechanism: charts/controlplane-workers/files/alerts and files/dashboards are symlinks to the repository's
 alerts/ and dashboards/. Helm's loader follows them (it logs "found symbolic link in path") and `helm package`
 stores the linked files' content, so the packaged chart carries exactly what is in the source folders.
-These tests prove it on the packaged archive and on the rendered objects.
+These tests prove it on the packaged archive and on the rendered objects. Each chart's README.md must be in the
+archive with every relative link resolving inside it, so the packaged chart documents itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tarfile
-from pathlib import Path
 
 import helm_python
 import pytest
 import yaml
 
+from tests.chart import docs_gen
 from tests.chart.chartlib import CHART, RELEASE, ROOT, find, one, render_values
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,6 +36,14 @@ def source_dashboards() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(DASHBOARDS.glob("*.json"))}
 
 
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Path -> content of every file in the `helm package` archive, packaged once for the module."""
+    archive = helm_python.package(CHART, destination=tmp_path_factory.mktemp("package"))
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
 def test_files_are_symlinks_to_the_sources() -> None:
     for name, target in (("alerts", ALERTS), ("dashboards", DASHBOARDS)):
         link = CHART / "files" / name
@@ -44,10 +54,7 @@ def test_files_are_symlinks_to_the_sources() -> None:
     assert source_dashboards(), "dashboards/ holds no *.json"
 
 
-def test_packaged_chart_carries_exactly_the_source_files(tmp_path: Path) -> None:
-    archive = helm_python.package(CHART, destination=tmp_path)
-    with tarfile.open(archive) as tar:
-        shipped = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+def test_packaged_chart_carries_exactly_the_source_files(shipped: dict[str, bytes]) -> None:
     prefix = "controlplane-workers/files/"
     rules = {
         n[len(prefix + "alerts/") :]: b
@@ -62,6 +69,21 @@ def test_packaged_chart_carries_exactly_the_source_files(tmp_path: Path) -> None
     assert rules == source_rules()
     assert boards == source_dashboards()
     assert not [n for n in shipped if n.startswith(prefix + "alerts/") and n.endswith(".md")], "runbooks stay out"
+
+
+def test_packaged_chart_ships_each_charts_readme(shipped: dict[str, bytes]) -> None:
+    for chart in docs_gen.chart_dirs():
+        name = posixpath.normpath(f"{CHART.name}/{chart.relative_to(CHART).as_posix()}/README.md")
+        assert shipped.get(name) == (chart / "README.md").read_bytes(), f"{name} missing from the package"
+
+
+def test_packaged_readmes_link_only_to_packaged_files(shipped: dict[str, bytes]) -> None:
+    readmes = [n for n in shipped if posixpath.basename(n) == "README.md"]
+    assert len(readmes) >= 4
+    for name in readmes:
+        for link in docs_gen.relative_links(shipped[name].decode()):
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link.partition("#")[0]))
+            assert target in shipped or any(n.startswith(target + "/") for n in shipped), f"{name}: {link}"
 
 
 def test_prometheus_rule_holds_every_source_group() -> None:

@@ -67,6 +67,6 @@ def test_every_chart_value_is_documented() -> None:
     text = DOC.read_text()
     generator = _generator()
     for rows in generator.chart_tables().values():
-        for key, _desc, _default in rows:
-            assert f"| `{key}` |" in text
+        for doc in rows:
+            assert f"| `{doc.key}` |" in text
     assert "`workers.maxConcurrentJobs`" in text and "`api.auth.tokens`" in text
