@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 CPW := $(VENV)/bin/cpw
 CHECKOV_VENV ?= .tools/checkov
 # What the tests need from Debian: a real broker, Prometheus tools, the sandbox for the
-# read-only-root test, and wrk as the HTTP load generator of the benchmarks.
-APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk
+# read-only-root test, wrk as the HTTP load generator of the benchmarks, and haproxy in front of
+# the three-node test cluster (tests/support/cluster.py).
+APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk haproxy
 PYTEST_ARGS ?=
 
 .PHONY: help run test install system-deps tools lint fmt chart dashboards bench clean docs dev drill autoscale-drill

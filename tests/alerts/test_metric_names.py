@@ -188,10 +188,12 @@ def _module_metrics(module: object) -> dict[str, set[str]]:
 
 
 def worker_metrics() -> dict[str, set[str]]:
+    import controlplane_workers.broker.recovery as recovery
     import controlplane_workers.looplag as looplag
     import controlplane_workers.metrics as metrics
 
-    exported = _module_metrics(metrics) | _module_metrics(looplag)  # every process's ops port serves looplag's
+    # every process's ops port serves the default registry: looplag's and the broker recovery's
+    exported = _module_metrics(metrics) | _module_metrics(looplag) | _module_metrics(recovery)
     # the process and platform collectors of prometheus-client's default registry, which /metrics serves
     for family in REGISTRY.collect():
         for sample in family.samples:
@@ -202,9 +204,10 @@ def worker_metrics() -> dict[str, set[str]]:
 
 def api_metrics() -> dict[str, set[str]]:
     import controlplane_api.metrics as metrics
+    import controlplane_workers.broker.recovery as recovery
     import controlplane_workers.looplag as looplag
 
-    return _module_metrics(metrics) | _module_metrics(looplag)
+    return _module_metrics(metrics) | _module_metrics(looplag) | _module_metrics(recovery)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,10 @@ async def cluster(drill_node, tmp_path):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    from tests.drills.test_cluster import CLUSTER_RESULTS
+
+    for line in CLUSTER_RESULTS:
+        terminalreporter.write_line(line)
     if not RESULTS:
         return
     terminalreporter.section("drill account")

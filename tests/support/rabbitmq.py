@@ -11,6 +11,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,6 +32,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def amqp_answers(port: int) -> bool:
+    """The AMQP listener on `port` answers the protocol header with Connection.Start (a method frame)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(b"AMQP\x00\x00\x09\x01")
+            return conn.recv(1) == b"\x01"
+    except OSError:
+        return False
+
+
 def installed() -> bool:
     return Path(SERVER).exists()
 
@@ -48,6 +59,8 @@ class RabbitMQServer:
     # Extra rabbitmq.conf lines, e.g. ["collect_statistics_interval = 500"] for drills that read the
     # management API's message counts faster than the default 5 s refresh.
     extra_config: list[str] = field(default_factory=list)
+    # The Erlang cookie the nodes of one cluster share (tests/support/cluster.py); None: Erlang makes one.
+    cookie: str | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -111,6 +124,14 @@ class RabbitMQServer:
             )
         )
         (self.base / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
+        if self.cookie is not None:
+            # HOME is the base dir: the node and rabbitmqctl both read the cookie from there, and Erlang
+            # refuses a cookie file that others can read.
+            cookie = self.base / ".erlang.cookie"
+            if cookie.exists():
+                cookie.chmod(0o600)
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)
         if os.geteuid() == 0:
             owner = pwd.getpwnam("rabbitmq")
             for path in [self.base, *self.base.rglob("*")]:
@@ -153,13 +174,7 @@ class RabbitMQServer:
             return False
 
     def _amqp_answers(self) -> bool:
-        """The AMQP listener answers the protocol header with Connection.Start (a method frame)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=1) as conn:
-                conn.sendall(b"AMQP\x00\x00\x09\x01")
-                return conn.recv(1) == b"\x01"
-        except OSError:
-            return False
+        return amqp_answers(self.amqp_port)
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         result = subprocess.run(
@@ -191,6 +206,22 @@ class RabbitMQServer:
         """Every client connection on the node, in every vhost (without --global, rabbitmqctl closes
         only the default vhost's, and the tests' own vhosts were never touched)."""
         self.ctl("close_all_connections", "--global", "test drill")
+
+    def join(self, other: RabbitMQServer, timeout: float = 60.0) -> None:
+        """Join `other`'s cluster: stop the app, join, start it again (the documented sequence)."""
+        self.ctl("stop_app")
+        self.ctl("join_cluster", other.nodename, timeout=timeout)
+        self.start_app(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the node (the whole process group: the start script, beam and its helpers), as a
+        crashed pod; its data stays, so `start()` brings the same node back."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
 
     def stop(self) -> None:
         if self.process is None:

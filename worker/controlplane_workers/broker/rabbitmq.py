@@ -35,6 +35,7 @@ from .base import (
     StreamMessage,
     Subscription,
 )
+from .recovery import Backoff, Outage, cause_of, quiet_library_loops
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class _StreamFollower(Subscription):
         self.flush_scheduled = False
         self.cancelled = False
         self._resume: asyncio.Future[None] | None = None
+        self.outage = Outage(f"stream {stream}", "stream", log)
 
     async def start(self) -> None:
         connection = self.broker.connection
@@ -138,24 +140,32 @@ class _StreamFollower(Subscription):
         # aio-pika reopens the channel after a lost connection and after a channel error alone (the
         # broker closes one channel, e.g. a stream briefly unavailable); the consumer is ours to restore.
         self.channel.reopen_callbacks.add(self._on_reopen)
+        self.channel.close_callbacks.add(self._on_close)
+
+    def _on_close(self, _: Any, exc: BaseException | None = None) -> None:
+        if not self.cancelled:
+            # Closed with the connection: the connection's outage says so, once for every channel.
+            self.outage.lost(exc, quiet=self.broker.outage.down or cause_of(exc) == "connection-lost")
 
     def _on_reopen(self, *_: Any) -> None:
         # Called while aio-pika restores the channel (and, after a lost connection, before the
         # connection is ready): consuming from here would wait for that restore, so it is a task.
-        self._resume = asyncio.ensure_future(self._resume_when_ready())
+        # One resume loop per follower: a failed consume closes the channel, aio-pika reopens it and
+        # calls this again; a loop per reopen multiplied into hundreds of attempts a second (issue 22).
+        if self._resume is None or self._resume.done():
+            self._resume = asyncio.ensure_future(self._resume_when_ready())
 
     async def _resume_when_ready(self) -> None:
         assert self.channel is not None
-        delay = 0.2
         while not self.cancelled:
             try:
                 await self.channel.ready()
                 await self.resubscribe()
+                self.outage.recovered()
                 return
-            except Exception:
-                log.warning("could not resume stream %s; retrying", self.stream, exc_info=True)
+            except Exception as exc:  # logged once per outage, with its cause, by Outage
+                delay = self.outage.delay(exc)
             await asyncio.sleep(delay)  # a backoff, not a synchronisation: the stream may still recover
-            delay = min(delay * 2, 5.0)
 
     async def _subscribe(self) -> None:
         assert self.queue is not None
@@ -230,16 +240,23 @@ class RabbitMQBroker(Broker):
         self._consume_channel: AbstractRobustChannel | None = None
         self._jobs: set[asyncio.Future[None]] = set()
         self.job_acks: AckCoalescer | None = None  # of the current consuming channel (frames vs acks)
+        self.outage = Outage("broker connection", "connection", log)
+        # aio-pika's reconnect loop waits `reconnect_interval` between attempts; we set it from this
+        # backoff after each failed attempt (close callbacks) and reset it once reconnected.
+        self.reconnect_backoff = Backoff()
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker({redact_url(self.url)})"
 
     async def connect(self) -> None:
+        quiet_library_loops()
+        self._closing = False
         try:
             self.connection = await aio_pika.connect_robust(
                 self.url,
                 client_properties={"connection_name": self.name},
-                reconnect_interval=1.0,
+                reconnect_interval=self.reconnect_backoff.base,
                 fail_fast=True,
             )
         except Exception as exc:
@@ -270,24 +287,40 @@ class RabbitMQBroker(Broker):
         await jobs.bind(self.exchange, "#")
         dlq = await channel.declare_queue(t.dead_letter_queue, durable=True)
         await dlq.bind(self.dlx, t.dead_letter_queue)
-        for attempt in t.retry_attempts:
-            await channel.declare_queue(t.retry_queue(attempt), durable=True, arguments=t.retry_queue_arguments())
+        await self._declare_classic_queues(channel)
         # The job queue is the only binding of the exchange, so `mandatory` tells when a job reaches
         # no queue; Accepted records go to the stream from the submitter (see queue.py).
         await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
         await channel.declare_queue(t.control_stream, durable=True, arguments=t.stream_arguments())
 
-    def _on_close(self, *_: Any) -> None:
-        if self.connection is not None and not self.connection.is_closed:
+    async def _declare_classic_queues(self, channel: AbstractRobustChannel) -> None:
+        """The dead-letter and delay queues: classic queues, homed on the node that first declared them."""
+        t = self.topology
+        await channel.declare_queue(t.dead_letter_queue, durable=True)
+        for attempt in t.retry_attempts:
+            await channel.declare_queue(t.retry_queue(attempt), durable=True, arguments=t.retry_queue_arguments())
+
+    def _on_close(self, _: Any = None, exc: BaseException | None = None) -> None:
+        # Called when the connection is lost and again after each failed reconnect attempt (aio-pika
+        # runs the close callbacks when restoring the channels fails): the next wait backs off.
+        if self.connection is not None and not self.connection.is_closed and not self._closing:
             self.connected.clear()
+            self.outage.lost(exc)
+            with contextlib.suppress(AttributeError):
+                self.connection.reconnect_interval = self.reconnect_backoff.next()  # type: ignore[attr-defined]
 
     async def _on_reconnect(self, *_: Any) -> None:
         self.reconnects += 1  # stream followers resumed already, as their channels reopened
+        self.outage.recovered()
+        self.reconnect_backoff.reset()
+        with contextlib.suppress(AttributeError):
+            self.connection.reconnect_interval = self.reconnect_backoff.base  # type: ignore[union-attr]
         self.connected.set()
         for callback in self.on_reconnect:
             callback()
 
     async def close(self) -> None:
+        self._closing = True
         self.connected.clear()
         for follower in self.followers:
             follower.cancelled = True
@@ -391,6 +424,11 @@ class RabbitMQBroker(Broker):
             channel = await self.connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch)
             self._consume_channel = channel
+            # Declared on this channel first, so that after a reconnect aio-pika restores them before
+            # the consumer: while the node that homes these classic queues is down the restore fails
+            # there, and the worker takes no jobs it could neither retry nor dead-letter (it took a
+            # prefetch of jobs at each reconnect attempt, once a second, and handed them back).
+            await self._declare_classic_queues(channel)
             queue = await channel.declare_queue(
                 self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
             )
@@ -410,13 +448,24 @@ class RabbitMQBroker(Broker):
             # (the broker's consumer timeout, a lost connection) cancels that task, and a job cancelled
             # with it would be cut off, requeued and cut off again, forever if it outlasts the consumer
             # timeout. On its own it finishes and publishes its outcome; the worker settles its redelivery.
-            job = asyncio.ensure_future(handler(delivery))
+            job = asyncio.ensure_future(
+                handler(delivery) if self.connected.is_set() else self._when_connected(handler, delivery)
+            )
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
 
         with _unavailable("cannot consume jobs"):
             tag = await queue.consume(on_message)
         return _Consumer(queue, tag)
+
+    async def _when_connected(self, handler: JobHandler, delivery: Delivery) -> None:
+        """Run a delivery that came before the connection counts as restored: aio-pika restores the
+        consumer before the publishing channel and runs our reconnect callback last, and a job run in
+        between found no channel for its outcome and was handed back (32 jobs at each reconnect in the
+        cluster drill). Waits at most the publish timeout; the outcome's publish decides after that."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), self.publish_timeout)
+        await handler(delivery)
 
     async def follow(self, stream: str, handler: StreamHandler, offset: Offset = "first") -> Subscription:
         follower = _StreamFollower(self, stream, handler, offset)
