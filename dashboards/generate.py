@@ -578,6 +578,15 @@ def fleet_overview() -> db.Dashboard:
             (gauge("cpw_api_index_jobs", SCOPE, "pod"), "jobs {{pod}}"),
             (gauge("cpw_api_index_lag_seconds", SCOPE, "pod", op="max"), "lag {{pod}}"),
         ),
+        timeseries_panel(
+            "Status index memory",
+            "bytes",
+            "Estimated bytes each API replica's status index holds, and its bound (half of the container's memory "
+            "limit above a 96 MiB baseline, or CPW_API_INDEX_MAX_BYTES). At the bound the oldest finished jobs are "
+            "evicted (404 OperationExpired). Alert: CPWApiIndexEvicting.",
+            (gauge("cpw_api_index_bytes", SCOPE, "pod"), "used {{pod}}"),
+            (gauge("cpw_api_index_max_bytes", SCOPE, "pod", op="max"), "bound {{pod}}"),
+        ),
         stat_panel(
             "API replicas ready",
             "short",

@@ -125,7 +125,7 @@ FALLBACK = {
     "api_max_body_bytes": "Largest request body accepted (413 above).",
     "api_retry_after": "Retry-After seconds on 202, 429 and 503 answers.",
     "api_tenant_max_queued": "Jobs one tenant may have Accepted or Running before 429.",
-    "api_index_max_jobs": "Jobs the API's status index holds (oldest evicted first); about 2 kB each.",
+    "api_index_max_jobs": "Jobs the API's status index holds (oldest finished evicted first).",
 }
 COMPUTED_DEFAULTS = {"worker_id": "`<hostname>-<pid>`"}
 GROUP_TITLES = {

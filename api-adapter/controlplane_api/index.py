@@ -12,8 +12,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from controlplane_workers.broker.base import KIND, StreamMessage
-from controlplane_workers.models import JobResult
-from controlplane_workers.status import MARKER, StatusIndex
+from controlplane_workers.status import MARKER, Entry, StatusIndex
+
+from . import metrics
 
 MARKER_ID = "x-cpw-marker"
 
@@ -21,8 +22,8 @@ MARKER_ID = "x-cpw-marker"
 class ApiIndex(StatusIndex):
     """StatusIndex + per-tenant counts in flight + idempotency keys + the start marker."""
 
-    def __init__(self, max_jobs: int) -> None:
-        super().__init__(max_jobs)
+    def __init__(self, max_jobs: int, max_bytes: int | None = None, max_age: float | None = None) -> None:
+        super().__init__(max_jobs, max_bytes, max_age)
         self.active: dict[str | None, int] = {}
         # hashed key -> (job id, request fingerprint, submitted at); bounded like the jobs.
         self.idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
@@ -38,9 +39,12 @@ class ApiIndex(StatusIndex):
         """(job id, request fingerprint, submitted at) of the job last submitted with `key`."""
         return self.idempotency.get(key)
 
-    def _count(self, record: JobResult, delta: int) -> None:
-        if not record.terminal:
-            self.active[record.tenant] = self.active.get(record.tenant, 0) + delta
+    def _count(self, entry: Entry, delta: int) -> None:
+        if not entry.terminal:
+            self.active[entry.tenant] = self.active.get(entry.tenant, 0) + delta
+
+    def _evicted_one(self) -> None:
+        metrics.INDEX_EVICTIONS.inc()
 
     def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
         # The latest submission with a key counts: a key reused after its window made a new job.

@@ -36,6 +36,14 @@ SUBMISSIONS = Counter(
 )
 REJECTIONS = Counter("cpw_api_rejections", "Requests refused, by reason.", ("reason",))
 INDEX_JOBS = Gauge("cpw_api_index_jobs", "Jobs held in this process's status index.")
+INDEX_BYTES = Gauge("cpw_api_index_bytes", "Estimated bytes the jobs of this process's status index hold.")
+INDEX_MAX_BYTES = Gauge(
+    "cpw_api_index_max_bytes", "The status index's byte bound (CPW_API_INDEX_MAX_BYTES); 0 when it has none."
+)
+INDEX_EVICTIONS = Counter(
+    "cpw_api_index_evictions",
+    "Finished jobs evicted from the status index to stay within its bounds; they answer 404 OperationExpired.",
+)
 INDEX_LAG = Gauge("cpw_api_index_lag_seconds", "Seconds since the time of the last event applied to the status index.")
 READY = Gauge("cpw_api_ready", "1 while this API process is connected and its index is rebuilt.")
 

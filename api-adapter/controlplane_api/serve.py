@@ -32,6 +32,7 @@ from .app import build_app
 from .auth import TokenAuth, TokenFileError
 from .context import ApiContext
 from .index import MARKER_ID
+from .memory import index_max_bytes
 from .openapi import build_openapi
 from .settings import ApiSettings
 from .store import IndexStore, retention_seconds
@@ -46,7 +47,8 @@ class ApiProcess:
         self.settings = settings
         self.dev = dev
         self.auth = TokenAuth(settings.api_tokens_file) if settings.api_tokens_file else None
-        self.store = IndexStore(settings.api_index_max_jobs, retention_seconds(settings.results_max_age))
+        retention = retention_seconds(settings.results_max_age)
+        self.store = IndexStore(settings.api_index_max_jobs, retention, index_max_bytes(settings))
         self.index = self.store.index
         self.queue = JobQueue(settings=settings, index=self.index, name=f"cpw-api {settings.worker_id}")
         self.fleet = WorkerRegistry()
@@ -58,6 +60,8 @@ class ApiProcess:
         extra = [Route(r.path, r.endpoint) for r in self.ops.routes if isinstance(r, Route)] if dev else []
         self.app = tracing.instrument_app(build_app(self.ctx, extra_routes=extra))
         metrics.INDEX_JOBS.set_function(lambda: len(self.index))
+        metrics.INDEX_BYTES.set_function(lambda: self.index.nbytes)
+        metrics.INDEX_MAX_BYTES.set_function(lambda: self.index.max_bytes or 0)
         metrics.INDEX_LAG.set_function(self._lag)
         metrics.READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
 

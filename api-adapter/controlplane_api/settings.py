@@ -47,7 +47,21 @@ class ApiSettings(Settings):
         1_000_000,
         ge=100,
         validation_alias=env_alias("API_INDEX_MAX_JOBS"),
-        description="Jobs the status index keeps in memory (about 2 KB each); the oldest are evicted.",
+        description="Jobs the status index keeps in memory; over it the oldest finished jobs are evicted.",
+    )
+    api_index_max_bytes: int | None = Field(
+        None,
+        ge=1_000_000,
+        validation_alias=env_alias("API_INDEX_MAX_BYTES"),
+        description="Bytes the status index may hold; over it the oldest finished jobs are evicted (404 "
+        "OperationExpired). Default: half of the memory limit above a 96 MiB baseline.",
+    )
+    api_memory_limit_bytes: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=env_alias("API_MEMORY_LIMIT_BYTES"),
+        description="The container's memory limit (the chart sets it with the downward API); default: the "
+        "cgroup's limit. Sizes CPW_API_INDEX_MAX_BYTES when that is unset.",
     )
     api_idempotency_window: float = Field(
         86_400.0,

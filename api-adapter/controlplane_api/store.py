@@ -62,8 +62,8 @@ class OperationStore(Protocol):
 class IndexStore:
     """OperationStore over this process's ApiIndex, which the API's JobQueue feeds."""
 
-    def __init__(self, max_jobs: int, retention: float) -> None:
-        self.index = ApiIndex(max_jobs)
+    def __init__(self, max_jobs: int, retention: float, max_bytes: int | None = None) -> None:
+        self.index = ApiIndex(max_jobs, max_bytes, max_age=retention)
         self.retention = retention
         self.ready = False
 
@@ -104,10 +104,7 @@ class IndexStore:
         return out, None
 
     def counts(self, tenant: str | None) -> dict[str, int]:
-        counts = {s.value: 0 for s in JobStatus}
-        for record in self.index.iter_jobs(tenant):
-            counts[record.status.value] += 1
-        return counts
+        return self.index.counts(tenant)
 
     def info(self) -> dict[str, object]:
         index = self.index
@@ -116,8 +113,11 @@ class IndexStore:
             "events": index.events,
             "duplicates": index.duplicates,
             "evicted": index.evicted,
+            "expired": index.expired,
             "malformed": index.malformed,
             "maxJobs": index.max_jobs,
+            "bytes": index.nbytes,
+            "maxBytes": index.max_bytes,
             "lastOffset": index.last_offset,
             "retentionSeconds": self.retention,
         }

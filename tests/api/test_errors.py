@@ -168,12 +168,19 @@ async def test_cancel_is_idempotent_then_409_once_ended(vhost_url, tmp_path, htt
         api.stop()
 
 
-async def test_404_says_expired_once_evicted(vhost_url, tmp_path, http):
+async def test_404_says_expired_once_evicted(vhost_url, tmp_path, http, worker):
+    """Over its bound the index evicts the job that finished first; an Accepted or Running job never goes."""
     api = await start_api(vhost_url, tmp_path, CPW_API_INDEX_MAX_JOBS=100, CPW_API_TENANT_MAX_QUEUED=1000)
     try:
         ids = []
         for i in range(101):
             ids.append((await http.put(f"{api.url}{RG}/e{i}", params=V, headers=A, json={})).json()["jobId"])
+            if i == 0:  # the first job finishes before the others are submitted
+                done = await http.get(f"{api.url}/operationResults/{ids[0]}", params={**V, "wait": "10"}, headers=A)
+                assert done.status_code == 200
+        for job_id in ids[1:]:
+            done = await http.get(f"{api.url}/operationResults/{job_id}", params={**V, "wait": "10"}, headers=A)
+            assert done.status_code == 200
         arm(await http.get(f"{api.url}/operations/{ids[0]}", headers=A), "OperationExpired")
         assert (await http.get(f"{api.url}/operations/{ids[1]}", headers=A)).status_code == 200
     finally:

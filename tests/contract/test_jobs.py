@@ -251,6 +251,6 @@ async def test_a_job_whose_accepted_record_never_reached_the_stream_still_belong
             job_id = await submitter.submit_job(NS, TYPE, "create", request("no-record"), tenant="t1")
             result = await other.get_job_result(job_id, timeout=10)
     assert result is not None and result.status is JobStatus.SUCCEEDED
-    assert other.index.get_for(job_id, "t1") is result
+    assert other.index.get_for(job_id, "t1") == result
     assert other.index.get_for(job_id, "t2") is None
     assert index.active_count("t1") == 0 and index.active_count(None) == 0

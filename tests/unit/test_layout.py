@@ -3,6 +3,7 @@ API is one module per idea."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -37,8 +38,9 @@ sys.exit(main(sys.argv[1:]))
 
 def run_core_alone(*args: str) -> subprocess.CompletedProcess[str]:
     code = CORE_ALONE.format(core=str(ROOT / "worker"), site=sysconfig.get_paths()["purelib"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a PYTHONPATH could hold the adapter
     return subprocess.run(
-        [sys.executable, "-S", "-c", code, *args], capture_output=True, text=True, timeout=50, cwd="/"
+        [sys.executable, "-S", "-c", code, *args], capture_output=True, text=True, timeout=50, cwd="/", env=env
     )
 
 

@@ -1,0 +1,161 @@
+"""The status index stays within its bounds, evicts the oldest finished jobs first, and its byte
+accounting matches what the entries really cost (tracemalloc)."""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+
+import orjson
+import pytest
+
+from controlplane_api.memory import BASELINE_BYTES, cgroup_memory_limit, index_budget, index_max_bytes
+from controlplane_api.settings import load_api_settings
+from controlplane_api.store import IndexStore
+from controlplane_workers.broker.base import KIND, StreamMessage
+from controlplane_workers.events import BATCH
+from controlplane_workers.ids import new_job_id
+from controlplane_workers.models import JobStatus
+from controlplane_workers.status import StatusIndex
+from tests.chart.chartlib import env_of, one, render_set
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def accepted(job_id: str, name: str = "vm1") -> dict:
+    job = {
+        "id": job_id,
+        "provider_namespace": "Demo.Compute",
+        "resource_type": "virtualMachines",
+        "operation": "create",
+        "request": {"resource_name": name},
+        "tenant": "tenant-a",
+        "priority": 5,
+        "submitted_at": time.time(),
+    }
+    return {"job": job, "at": time.time()}
+
+
+def ended(job_id: str, result: object = None, kind: str = "succeeded") -> dict:
+    return {"job_id": job_id, "type": kind, "at": time.time(), "worker_id": "w1", "result": result}
+
+
+def batch(events: list[dict], offset: int = 0) -> StreamMessage:
+    return StreamMessage(body=orjson.dumps(events), headers={KIND: BATCH}, offset=offset)
+
+
+def finish_jobs(index: StatusIndex, count: int, result: object = None) -> list[str]:
+    ids = [new_job_id() for _ in range(count)]
+    for start in range(0, count, 100):
+        chunk = ids[start : start + 100]
+        index.apply(batch([e for i in chunk for e in (accepted(i, f"vm-{i[-8:]}"), ended(i, result))], start))
+    return ids
+
+
+def test_the_oldest_finished_jobs_are_evicted_first_and_a_running_job_never():
+    index = StatusIndex(max_jobs=5)
+    running = new_job_id()
+    index.apply(batch([accepted(running), {"job_id": running, "type": "running", "at": time.time()}]))
+    done = finish_jobs(index, 6)
+    # 7 jobs > 5: the two that finished first went; the running one, older than all, stays.
+    assert running in index and index.get(running).status is JobStatus.RUNNING
+    assert [i in index for i in done] == [False, False, True, True, True, True]
+    assert index.evicted == 2 and len(index) == 5
+
+
+def test_over_the_byte_bound_finished_jobs_go_and_the_bound_holds():
+    result = {"id": "/subscriptions/s/resourceGroups/rg/providers/Demo.Compute/virtualMachines/vm", "x": "y" * 150}
+    index = StatusIndex(max_bytes=200_000)
+    ids = finish_jobs(index, 2_000, result)
+    assert index.nbytes <= 200_000
+    assert 200 < len(index) < 400 and index.evicted == 2_000 - len(index)
+    assert ids[-1] in index and ids[0] not in index  # the newest stay
+
+
+def test_jobs_in_flight_stay_even_over_the_byte_bound():
+    index = StatusIndex(max_bytes=1_000_000)
+    ids = [new_job_id() for _ in range(3_000)]
+    index.apply(batch([accepted(i) for i in ids]))
+    assert len(index) == 3_000 and index.nbytes > 1_000_000 and index.evicted == 0
+    index.apply(batch([ended(i) for i in ids[:10]]))  # they finish: the first to finish go first
+    assert all(i not in index for i in ids[:10]) and index.evicted == 10
+
+
+def test_an_evicted_job_answers_operation_expired():
+    store = IndexStore(max_jobs=100, retention=86_400)
+    ids = finish_jobs(store.index, 150)
+    assert store.get(ids[0], None) is None and store.miss_code(ids[0]) == "OperationExpired"
+    assert store.get(ids[-1], None) is not None
+    assert store.miss_code(new_job_id()) == "OperationNotFound"
+
+
+@pytest.mark.parametrize("result_size", [0, 200, 4_000])
+def test_the_byte_accounting_is_within_20_percent_of_what_tracemalloc_measures(result_size):
+    result = None if result_size == 0 else {"id": "/subscriptions/s/x", "properties": {"blob": "z" * result_size}}
+    index = StatusIndex(max_jobs=100_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        finish_jobs(index, 20_000, result)
+        gc.collect()
+        measured = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    per_job, accounted = measured / 20_000, index.nbytes / 20_000
+    print(f"result={result_size}B measured={per_job:.0f} B/job accounted={accounted:.0f} B/job")
+    assert abs(accounted - per_job) <= 0.2 * per_job
+
+
+def test_a_small_finished_job_costs_about_800_bytes():
+    """The benchmark's case (a ~215-byte result); it cost ~2,500 bytes as a pydantic model per job."""
+    result = {"id": "/subscriptions/demo/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1",
+              "name": "vm1", "type": "Demo.Compute/virtualMachines",
+              "properties": {"vmSize": "Standard_D2s_v5", "provisioningState": "Succeeded"}}  # fmt: skip
+    index = StatusIndex()
+    finish_jobs(index, 5_000, result)
+    assert index.nbytes / 5_000 < 900
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "limit"),
+    [("268435456\n", None, 268435456), ("max\n", None, None), (None, "9223372036854771712\n", None),
+     (None, "536870912\n", 536870912), (None, None, None), ("²\n", None, None)],
+)  # fmt: skip
+def test_the_cgroup_memory_limit_is_read_from_v2_then_v1(tmp_path, v2, v1, limit):
+    paths = (tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes")
+    for path, text in zip(paths, (v2, v1)):
+        if text is not None:
+            path.write_text(text)
+    assert cgroup_memory_limit(paths) == limit
+
+
+def test_the_bound_comes_from_the_setting_else_the_memory_limit():
+    mib = 1024 * 1024
+    assert index_budget(None) is None
+    assert index_budget(256 * mib) == (256 * mib - BASELINE_BYTES) // 2
+    assert index_budget(64 * mib) == 8 * mib  # a floor, not a negative bound
+    assert index_max_bytes(load_api_settings(api_memory_limit_bytes=1024 * mib)) == (1024 * mib - BASELINE_BYTES) // 2
+    assert index_max_bytes(load_api_settings(api_index_max_bytes=5_000_000, api_memory_limit_bytes=1024 * mib)) == (
+        5_000_000
+    )
+
+
+def test_the_chart_gives_the_api_its_memory_limit_through_the_downward_api():
+    api = one(render_set("default"), "Deployment", "cpw-api")
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["CPW_API_MEMORY_LIMIT_BYTES"] == {
+        "resourceFieldRef": {"containerName": container["name"], "resource": "limits.memory"}
+    }
+
+
+def test_finished_jobs_older_than_the_retention_expire_without_counting_as_evictions():
+    index = StatusIndex(max_age=3600)
+    old = new_job_id()
+    stale = accepted(old)
+    stale["job"]["submitted_at"] = time.time() - 7200
+    index.apply(batch([stale, ended(old)]))
+    fresh = finish_jobs(index, 3)
+    assert old not in index and all(i in index for i in fresh)
+    assert (index.expired, index.evicted) == (1, 0)
