@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         validation_alias=env_alias("JOB_TIMEOUT"),
         description="Seconds one attempt may take before it is cancelled and retried (a job may set its own).",
     )
+    max_result_bytes: int = Field(
+        262_144,
+        ge=1024,
+        validation_alias=env_alias("MAX_RESULT_BYTES"),
+        description="Largest result a provider may return, in bytes of JSON. A larger one ends the job Failed "
+        "with ResultTooLarge (not retried, not dead-lettered): every API replica keeps results in memory.",
+    )
     drain_timeout: float = Field(
         30.0,
         ge=0,

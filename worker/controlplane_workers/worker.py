@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from . import metrics, tracing
 from ._version import __version__
@@ -289,8 +290,14 @@ class ProviderWorker:
                 log.warning("provider raised %s", type(exc).__name__, exc_info=True)
             await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=True)
         else:
-            outcome = "succeeded"
-            await self._finish(delivery, job, attempt, EventType.SUCCEEDED, result=to_jsonable(result))
+            result = to_jsonable(result)
+            size = len(to_json(result))
+            if size > self.settings.max_result_bytes:
+                outcome = "failed"
+                await self._finish(delivery, job, attempt, EventType.FAILED, error=self._too_large(size))
+            else:
+                outcome = "succeeded"
+                await self._finish(delivery, job, attempt, EventType.SUCCEEDED, result=result)
         finally:
             running_event.cancel()
             self._untrack(job.id)
@@ -330,6 +337,16 @@ class ProviderWorker:
             )
             task = asyncio.ensure_future(self._publish(event))
             task.add_done_callback(_log_failure)
+
+    def _too_large(self, size: int) -> JobError:
+        """An ordinary failed outcome, not a dead letter: the job was well-formed and ran; another attempt
+        would return as much again. The cap keeps one job from filling every reader's index (issue 16)."""
+        cap = self.settings.max_result_bytes
+        log.warning("result too large: %d bytes, cap %d (CPW_MAX_RESULT_BYTES)", size, cap, extra={"size": size})
+        return JobError(
+            code="ResultTooLarge",
+            message=f"The provider's result is {size} bytes of JSON, more than the {cap} bytes a result may have.",
+        )
 
     def _cancel_error(self, job_id: str) -> JobError:
         return JobError(code="Canceled", message=self.cancel_requests.get(job_id, "canceled by request"))
