@@ -1,12 +1,18 @@
-"""What a provider can make the worker publish: results within a cap (issue 16)."""
+"""What a provider can make the worker publish: results within a cap, errors without secrets (issues 16, 17)."""
 
 from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from controlplane_workers import JobStatus
 from controlplane_workers.dlq import list_dead_letters
+from controlplane_workers.logs import JsonFormatter
 from tests.support import providers
 from tests.support.harness import client, request, running_worker
 
@@ -18,6 +24,20 @@ CAP = 1024
 def _clear_calls() -> None:
     providers.CALLS.clear()
     providers.STARTED.clear()
+
+
+@pytest.fixture
+def worker_log() -> Iterator[io.StringIO]:
+    """The worker's log lines as an operator's log pipeline gets them (JSON, redacted)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("controlplane_workers.worker")
+    log.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        log.removeHandler(handler)
 
 
 def _calls(name: str) -> int:
@@ -41,3 +61,53 @@ async def test_a_result_at_the_cap_succeeds_and_one_byte_over_fails_without_retr
     assert "xxxx" not in too_large.error.message  # the size, not the content
     assert _calls("over") == 1  # not retried
     assert letters == []  # an ordinary failed outcome, not a poison message
+
+
+LEAK = (
+    "upload to https://acct.blob.core.windows.net/c/b?sv=2024-01-01&sig=SASSECRET%2Bx&se=2030 failed; "
+    "retried with Authorization: Bearer eyJTOKENSECRET.abc and AccountKey=KEYSECRET== password=PWSECRET"
+)
+SECRETS = ("SASSECRET", "TOKENSECRET", "KEYSECRET", "PWSECRET")
+
+
+async def test_an_unexpected_exception_answers_an_error_id_and_its_detail_goes_only_to_the_log(broker_url, worker_log):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(
+            NS, TYPE, "create", request("leaky", "raise:value", message=LEAK), max_attempts=1
+        )
+        result = await queue.get_job_result(job_id, timeout=10)
+        letters = await list_dead_letters(worker.broker)
+    assert result.status is JobStatus.FAILED and result.error.code == "ValueError"  # the code is unchanged
+    message = result.error.message
+    match = re.fullmatch(r"The provider failed unexpectedly \(error id ([0-9a-f]{16})\)\.", message)
+    assert match, message
+    error_id = match.group(1)
+    [letter] = letters
+    assert letter["reason"] == "attempts-exhausted" and error_id in letter["detail"]
+    assert not any(secret in letter["detail"] for secret in SECRETS)
+    # The operator finds the whole story under the same id, with the secrets masked.
+    lines = [orjson.loads(line) for line in worker_log.getvalue().splitlines()]
+    [entry] = [line for line in lines if line.get("error_id") == error_id]
+    assert entry["job_id"] == job_id and entry["error_type"] == "ValueError"
+    assert "acct.blob.core.windows.net" in entry["exception"] and "Traceback" in entry["exception"]
+    assert not any(secret in worker_log.getvalue() for secret in SECRETS)
+
+
+async def test_a_deliberate_provider_error_keeps_its_message_with_secrets_masked(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        plain = await queue.submit_job(NS, TYPE, "create", request("plain", "raise:permanent", message="bad size"))
+        secret = await queue.submit_job(NS, TYPE, "create", request("secret", "raise:permanent", message=LEAK))
+        retried = await queue.submit_job(
+            NS, TYPE, "create", request("retried", "raise:retryable", message=LEAK), max_attempts=1
+        )
+        plain_result = await queue.get_job_result(plain, timeout=10)
+        secret_result = await queue.get_job_result(secret, timeout=10)
+        retried_result = await queue.get_job_result(retried, timeout=10)
+        letters = await list_dead_letters(worker.broker)
+    assert plain_result.error.code == "PermanentError" and plain_result.error.message == "bad size"
+    for result in (secret_result, retried_result):
+        assert result.status is JobStatus.FAILED
+        assert "acct.blob.core.windows.net" in result.error.message  # the provider's message, masked
+        assert not any(s in result.error.message for s in SECRETS), result.error.message
+    assert len(letters) == 3
+    assert not any(s in letter["detail"] for letter in letters for s in SECRETS)

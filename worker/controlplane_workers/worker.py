@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import OrderedDict
@@ -283,12 +284,13 @@ class ProviderWorker:
             await self._failed_attempt(delivery, job, attempt, error, retryable=True)
         except PermanentError as exc:
             outcome = "failed"
-            await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=False)
-        except Exception as exc:  # RetryableError and anything unexpected: retried until attempts run out
+            await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=False)
+        except ProviderError as exc:  # RetryableError: retried until attempts run out
             outcome = "error"
-            if not isinstance(exc, ProviderError):
-                log.warning("provider raised %s", type(exc).__name__, exc_info=True)
-            await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=True)
+            await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=True)
+        except Exception as exc:  # unexpected: retried like RetryableError, its text stays in the log
+            outcome = "error"
+            await self._failed_attempt(delivery, job, attempt, _unexpected_error(exc), retryable=True)
         else:
             result = to_jsonable(result)
             size = len(to_json(result))
@@ -587,9 +589,25 @@ def _key(delivery: Delivery) -> tuple[str, int] | None:
     return (str(job_id), delivery.attempt) if job_id else None
 
 
-def _error(exc: BaseException) -> JobError:
-    code = getattr(exc, "code", None) if isinstance(exc, ProviderError) else type(exc).__name__
-    return JobError(code=str(code or type(exc).__name__), message=redact_text(str(exc))[:2000] or type(exc).__name__)
+def _provider_error(exc: ProviderError) -> JobError:
+    """A provider's deliberate error: its message is what the provider chose to tell the client (redacted)."""
+    code = str(exc.code or type(exc).__name__)
+    return JobError(code=code, message=redact_text(str(exc))[:2000] or code)
+
+
+def _unexpected_error(exc: Exception) -> JobError:
+    """Any other exception may quote what the provider sent or read (URLs, headers, keys): the client gets an
+    error id, the log gets the type, message and traceback (redacted) under that id. The code stays the
+    exception's type name, as before."""
+    error_id = secrets.token_hex(8)
+    log.warning(
+        "provider raised %s (error id %s)",
+        type(exc).__name__,
+        error_id,
+        exc_info=exc,
+        extra={"error_id": error_id, "error_type": type(exc).__name__},
+    )
+    return JobError(code=type(exc).__name__, message=f"The provider failed unexpectedly (error id {error_id}).")
 
 
 def _first_error(exc: ValidationError) -> str:
