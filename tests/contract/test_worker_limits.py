@@ -1,18 +1,22 @@
-"""What a provider can make the worker publish: results within a cap, errors without secrets (issues 16, 17)."""
+"""What a provider can do to a worker: results within a cap, errors without secrets, threads that hang (16, 17)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import os
 import re
+import threading
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from controlplane_workers import JobStatus
+from controlplane_workers import JobStatus, ResourceRequest
 from controlplane_workers.dlq import list_dead_letters
 from controlplane_workers.logs import JsonFormatter
+from controlplane_workers.metrics import REGISTRY
 from tests.support import providers
 from tests.support.harness import client, request, running_worker
 
@@ -111,3 +115,51 @@ async def test_a_deliberate_provider_error_keeps_its_message_with_secrets_masked
         assert not any(s in result.error.message for s in SECRETS), result.error.message
     assert len(letters) == 3
     assert not any(s in letter["detail"] for letter in letters for s in SECRETS)
+
+
+class Blocking:
+    """A sync provider whose "hang" jobs block their thread until `release` is set, as a hung SDK call does."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list[str] = []
+
+    def create_or_update_resource(self, request: ResourceRequest) -> dict[str, str]:
+        self.calls.append(request.resource_name)
+        if request.body.get("script") == "hang":
+            self.release.wait(60)
+        return {"name": request.resource_name}
+
+
+async def test_hung_sync_calls_make_the_worker_unready_and_good_jobs_wait_in_the_queue(broker_url):
+    # As many hung calls as asyncio's default executor has threads, plus one: before the fix every healthy
+    # sync job then timed out waiting for a thread and was dead-lettered while the worker said it was ready.
+    hung = min(32, (os.cpu_count() or 1) + 4) + 1
+    provider = Blocking()
+    try:
+        async with (
+            running_worker(broker_url, provider, max_concurrent_jobs=hung) as worker,
+            client(broker_url) as queue,
+        ):
+            hung_ids = [
+                await queue.submit_job(NS, TYPE, "create", request(f"hung-{i}", "hang"), timeout=0.3, max_attempts=1)
+                for i in range(hung)
+            ]
+            for job_id in hung_ids:
+                assert (await queue.get_job_result(job_id, timeout=10)).error.code == "JobTimeout"
+            good = await queue.submit_job(NS, TYPE, "create", request("good"), timeout=1.0, max_attempts=1)
+            await asyncio.sleep(2.0)  # twice its timeout: it must not have timed out waiting for a thread
+            assert queue.get_job_status(good).status is JobStatus.ACCEPTED and "good" not in provider.calls
+            # Every thread is held by a call whose job ended: the worker says so instead of saying ready.
+            assert worker.sync_pool.stuck == hung and not worker.ready
+            assert REGISTRY.get_sample_value("cpw_worker_stuck_threads") == hung
+
+            provider.release.set()  # the hung calls return: their threads are free again
+            result = await queue.get_job_result(good, timeout=10)
+            letters = await list_dead_letters(worker.broker)
+            assert worker.ready and worker.sync_pool.stuck == 0
+            assert REGISTRY.get_sample_value("cpw_worker_stuck_threads") == 0
+    finally:
+        provider.release.set()
+    assert result.status is JobStatus.SUCCEEDED and result.attempts == 1
+    assert sorted(letter["job_id"] for letter in letters) == sorted(hung_ids)  # the good job was never a dead letter

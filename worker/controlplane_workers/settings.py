@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         validation_alias=env_alias("MAX_CONCURRENT_JOBS"),
         description="Jobs a worker runs at once; also its prefetch.",
     )
+    sync_threads: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        validation_alias=env_alias("SYNC_THREADS"),
+        description="Threads for sync (plain def) provider methods (default: CPW_MAX_CONCURRENT_JOBS). A timed-out "
+        "call keeps its thread until it returns; when every thread is held so, the worker turns unready and hands "
+        "sync jobs back to the queue.",
+    )
     max_attempts: int = Field(
         5,
         ge=1,

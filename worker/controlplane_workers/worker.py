@@ -33,10 +33,11 @@ from .errors import BrokerUnavailable, PermanentError, ProviderError
 from .events import EventBatcher
 from .logs import job_id_var
 from .models import EventType, Job, JobError, JobEvent
-from .providers import ProviderLookup, call_provider, provider_method, to_jsonable
+from .providers import ProviderLookup, call_provider, is_sync, provider_method, to_jsonable
 from .redact import redact_text
 from .retry import backoff
 from .settings import Settings
+from .syncpool import SyncPool
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,28 @@ class ProviderWorker:
         self._running_attempt: dict[str, int] = {}
         self._attached: dict[tuple[str, int], list[Delivery]] = {}
         self._settled: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.sync_pool = SyncPool(
+            settings.sync_threads or settings.max_concurrent_jobs, on_change=self._stuck_threads_changed
+        )
         self.broker.on_reconnect.append(metrics.RECONNECTS.inc)
         metrics.CAPACITY.set(settings.max_concurrent_jobs)
+        metrics.STUCK_THREADS.set(0)
 
     # -- lifecycle
     @property
     def ready(self) -> bool:
-        return self.consuming and not self.draining and self.broker.connected.is_set()
+        return self.consuming and not self.draining and self.broker.connected.is_set() and not self.sync_pool.exhausted
+
+    def _stuck_threads_changed(self, stuck: int) -> None:
+        metrics.STUCK_THREADS.set(stuck)
+        metrics.READY.set(1 if self.ready else 0)
+        if self.sync_pool.exhausted:
+            log.error(
+                "all %d sync provider threads are stuck in calls whose jobs ended; not ready, sync jobs go back "
+                "to the queue until one returns",
+                self.sync_pool.size,
+                extra={"stuck_threads": stuck},
+            )
 
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
@@ -139,6 +155,7 @@ class ProviderWorker:
         if self._control is not None:
             await self._control.cancel()
         await self.broker.close()
+        self.sync_pool.shutdown()
         log.info("worker stopped", extra={"processed": self.stats.processed})
 
     # -- control stream: cancel requests
@@ -233,6 +250,12 @@ class ProviderWorker:
             return
 
         labels = (job.provider_namespace, job.resource_type, job.operation.value)
+        if is_sync(method) and self.sync_pool.exhausted:
+            # No thread can run it: waiting here would only time it out and dead-letter a good job.
+            await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # another worker, or a freed thread, takes it then
+            await self._settle(delivery, ack=False, requeue=True)
+            metrics.JOBS.labels(*labels, "requeued").inc()
+            return
         if attempt == 1:
             metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - job.submitted_at, 0.0))
         task = asyncio.current_task()
@@ -247,7 +270,7 @@ class ProviderWorker:
         outcome: str
         try:
             async with asyncio.timeout(job.timeout or self.settings.job_timeout):
-                call = call_provider(method, job.request)
+                call = call_provider(method, job.request, self.sync_pool.run)
                 if tracing.enabled:
                     call = tracing.provider_span(
                         call,
