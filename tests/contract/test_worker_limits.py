@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from controlplane_workers import JobStatus, ResourceRequest
+from controlplane_workers.context import current_job
 from controlplane_workers.dlq import list_dead_letters
 from controlplane_workers.logs import JsonFormatter
 from controlplane_workers.metrics import REGISTRY
@@ -123,9 +124,12 @@ class Blocking:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls: list[str] = []
+        self.job_ids: dict[str, str | None] = {}
 
     def create_or_update_resource(self, request: ResourceRequest) -> dict[str, str]:
+        job = current_job()  # the job's context reaches the pool's thread, as it reached asyncio.to_thread's
         self.calls.append(request.resource_name)
+        self.job_ids[request.resource_name] = job.job_id if job else None
         if request.body.get("script") == "hang":
             self.release.wait(60)
         return {"name": request.resource_name}
@@ -161,5 +165,5 @@ async def test_hung_sync_calls_make_the_worker_unready_and_good_jobs_wait_in_the
             assert REGISTRY.get_sample_value("cpw_worker_stuck_threads") == 0
     finally:
         provider.release.set()
-    assert result.status is JobStatus.SUCCEEDED and result.attempts == 1
+    assert result.status is JobStatus.SUCCEEDED and result.attempts == 1 and provider.job_ids["good"] == good
     assert sorted(letter["job_id"] for letter in letters) == sorted(hung_ids)  # the good job was never a dead letter
