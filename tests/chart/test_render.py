@@ -70,6 +70,14 @@ def test_max_result_bytes_reaches_the_worker_env() -> None:
     assert env_of(_worker(raised)["spec"]["template"]["spec"]["containers"][0])["CPW_MAX_RESULT_BYTES"] == "1048576"
 
 
+def test_sync_threads_default_to_the_workers_own_default() -> None:
+    """Unset, the worker sizes its sync threads by CPW_MAX_CONCURRENT_JOBS; set, the chart passes it on."""
+    container = _worker(render_set("default"))["spec"]["template"]["spec"]["containers"][0]
+    assert "CPW_SYNC_THREADS" not in env_of(container)
+    container = _worker(render_values({"workers": {"syncThreads": 8}}))["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["CPW_SYNC_THREADS"] == "8"
+
+
 def test_seed_production_example() -> None:
     docs = render_set("seed-production")
     dep = _worker(docs)
