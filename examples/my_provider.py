@@ -80,7 +80,7 @@ class StorageAccounts(ResourceProvider):
         return account
 
     def get_resource(self, request: ResourceRequest) -> dict[str, Any]:
-        # A plain (blocking) method: the worker runs it with asyncio.to_thread.
+        # A plain (blocking) method: the worker runs it in one of its sync threads (CPW_SYNC_THREADS).
         with self.lock:
             account = self.accounts.get(resource_id(request))
         if account is None:

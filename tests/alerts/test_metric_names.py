@@ -312,3 +312,9 @@ def test_the_api_process_does_not_export_worker_metrics() -> None:
             "known bug (reported to the worker core): `import controlplane_workers` imports .worker and so registers "
             f"the worker's metrics in every process, the API's included: {result.stdout.strip()[:200]}"
         )
+
+
+def test_the_stuck_threads_gauge_is_exported_and_documented() -> None:
+    """Operators learn from cpw_worker_stuck_threads why a worker is not ready (hung sync provider calls, issue 17)."""
+    assert worker_metrics()["cpw_worker_stuck_threads"] == set()
+    assert "`cpw_worker_stuck_threads` | gauge" in (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()

@@ -180,6 +180,8 @@ def worker_schema() -> dict:
             "maxConcurrentJobs": i("jobs one worker runs at once", minimum=1),
             "maxAttempts": i(minimum=1),
             "jobTimeout": num("seconds", exclusiveMinimum=0),
+            "syncThreads": {"type": ["integer", "null"], "minimum": 1},
+            "maxResultBytes": i("largest result a provider may return, bytes of JSON", minimum=1024),
             "drainTimeout": num("seconds", minimum=0),
             "terminationGraceMarginSeconds": i(),
             "providers": s("module:attribute", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"),

@@ -33,6 +33,11 @@ CASES = {
         helm_python.HelmValuesError,
         ["/replicaCount", "string", "integer"],
     ),
+    "result cap below 1 KiB": (
+        {"workers": {"maxResultBytes": 100}},
+        helm_python.HelmValuesError,
+        ["/maxResultBytes", "1,024"],
+    ),
     "bad log level": ({"api": {"logLevel": "TRACE"}}, helm_python.HelmValuesError, ["/logLevel"]),
     "root user": (
         {"workers": {"podSecurityContext": {"runAsUser": 0, "runAsGroup": 10001, "fsGroup": 10001}}},

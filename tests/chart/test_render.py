@@ -62,6 +62,22 @@ def test_seed_quickstart_gives_three_workers() -> None:
     assert _worker(render_set("seed-quickstart"))["spec"]["replicas"] == 3
 
 
+def test_max_result_bytes_reaches_the_worker_env() -> None:
+    """The worker's result cap (issue 16) is a chart value; the default is the setting's default, 256 KiB."""
+    default = env_of(_worker(render_set("default"))["spec"]["template"]["spec"]["containers"][0])
+    assert default["CPW_MAX_RESULT_BYTES"] == "262144"
+    raised = render_values({"workers": {"maxResultBytes": 1048576}})
+    assert env_of(_worker(raised)["spec"]["template"]["spec"]["containers"][0])["CPW_MAX_RESULT_BYTES"] == "1048576"
+
+
+def test_sync_threads_default_to_the_workers_own_default() -> None:
+    """Unset, the worker sizes its sync threads by CPW_MAX_CONCURRENT_JOBS; set, the chart passes it on."""
+    container = _worker(render_set("default"))["spec"]["template"]["spec"]["containers"][0]
+    assert "CPW_SYNC_THREADS" not in env_of(container)
+    container = _worker(render_values({"workers": {"syncThreads": 8}}))["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["CPW_SYNC_THREADS"] == "8"
+
+
 def test_seed_production_example() -> None:
     docs = render_set("seed-production")
     dep = _worker(docs)

@@ -1,7 +1,8 @@
 """Providers for tests, scripted by the request body so separate worker processes behave alike.
 
 `body["script"]`: "ok" | "sleep:<s>" | "fail:<n>" (RetryableError on attempts 1..n) |
-"permanent" | "error" (a plain exception every time) | "hang" | "echo".
+"permanent" | "error" (a plain exception every time) | "hang" | "echo" | "size:<n>" (a result whose encoded JSON
+is n bytes) | "raise:<value|permanent|retryable>" (that exception with `body["message"]`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class Scripted:
             raise ValueError("provider bug")
         elif kind == "hang":
             await asyncio.sleep(3600)
+        elif kind == "size":
+            return {"pad": "x" * (int(arg) - len('{"pad":""}'))}
+        elif kind == "raise":
+            message = str(request.body.get("message", ""))
+            raise {"value": ValueError, "permanent": PermanentError, "retryable": RetryableError}[arg](message)
         return {"name": request.resource_name, "attempt": attempt, "pid": os.getpid(), "body": request.body}
 
     create_or_update_resource = get_resource = delete_resource = list_resources = execute_action = _do

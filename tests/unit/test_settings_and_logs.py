@@ -81,6 +81,25 @@ def test_redaction():
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("GET https://a.blob.core.windows.net/c?sv=2024-01-01&sig=AbC%2Bd%3D&se=2030 failed", "sv=2024-01-01"),
+        ("Authorization: Bearer eyJhbGciOi.eyJzdWIi.SIGNATURE_x-y", "Authorization: Bearer ***"),
+        ("header SharedAccessSignature sr=https%3A%2F%2Fns&sig=abc%3D&se=1&skn=RootKey", "SharedAccessSignature ***"),
+        ("Endpoint=sb://ns/;SharedAccessKeyName=Root;SharedAccessKey=K3y/+=", "SharedAccessKeyName=Root"),
+        ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=Zm9v+YmFy==;EndpointSuffix=x", "AccountName=acct"),
+        ("connect host=db user=app password=hunter2 sslmode=require", "sslmode=require"),
+        ("{'client_secret': 'abc123', 'api_key': \"k-1\", \"token\": \"t0k\"}", "client_secret"),
+    ],
+)
+def test_redaction_masks_tokens_keys_and_signatures(text: str, kept: str) -> None:
+    redacted = redact_text(text)
+    assert "***" in redacted and kept in redacted, redacted
+    for secret in ("AbC", "SIGNATURE", "eyJ", "abc%3D", "K3y", "Zm9v", "hunter2", "abc123", "k-1", "t0k"):
+        assert secret not in redacted, (secret, redacted)
+
+
 def test_json_logs_carry_job_and_worker_and_hide_passwords(monkeypatch):
     monkeypatch.setattr(logs, "_worker_id", "w-1")  # what setup_logging(worker_id=...) sets
     stream = io.StringIO()

@@ -49,6 +49,11 @@ QUEUE_WAIT = Histogram(
 )
 IN_FLIGHT = Gauge("cpw_worker_jobs_in_flight", "Jobs running in this worker now.", registry=REGISTRY)
 CAPACITY = Gauge("cpw_worker_capacity", "Jobs this worker runs at once (CPW_MAX_CONCURRENT_JOBS).", registry=REGISTRY)
+STUCK_THREADS = Gauge(
+    "cpw_worker_stuck_threads",
+    "Sync provider threads still running a call whose job timed out or was canceled.",
+    registry=REGISTRY,
+)
 RETRIES = Counter("cpw_worker_retries", "Attempts that failed and were scheduled again.", JOB_LABELS, registry=REGISTRY)
 DEAD_LETTERED = Counter(
     "cpw_worker_dead_lettered", "Messages sent to the dead-letter queue, by reason.", ("reason",), registry=REGISTRY

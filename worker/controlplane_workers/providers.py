@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
@@ -130,11 +130,20 @@ def provider_method(provider: Any, operation: Operation) -> Callable[..., Any] |
     return method if callable(method) else None
 
 
-async def call_provider(method: Callable[..., Any], request: ResourceRequest) -> Any:
-    """Await an async method; run a sync one in a thread so the event loop keeps serving."""
-    if inspect.iscoroutinefunction(method):
+def is_sync(method: Callable[..., Any]) -> bool:
+    """A plain `def` method: it needs a thread of its own."""
+    return not inspect.iscoroutinefunction(method)
+
+
+async def call_provider(
+    method: Callable[..., Any],
+    request: ResourceRequest,
+    run_sync: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+) -> Any:
+    """Await an async method; run a sync one in a thread (`run_sync`) so the event loop keeps serving."""
+    if not is_sync(method):
         return await method(request)
-    result = await asyncio.to_thread(method, request)
+    result = await run_sync(method, request)
     if inspect.isawaitable(result):
         return await result
     return result

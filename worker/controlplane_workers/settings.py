@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         validation_alias=env_alias("MAX_CONCURRENT_JOBS"),
         description="Jobs a worker runs at once; also its prefetch.",
     )
+    sync_threads: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        validation_alias=env_alias("SYNC_THREADS"),
+        description="Threads for sync (plain def) provider methods (default: CPW_MAX_CONCURRENT_JOBS). A timed-out "
+        "call keeps its thread until it returns; when every thread is held so, the worker turns unready and hands "
+        "sync jobs back to the queue.",
+    )
     max_attempts: int = Field(
         5,
         ge=1,
@@ -135,6 +144,13 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=env_alias("JOB_TIMEOUT"),
         description="Seconds one attempt may take before it is cancelled and retried (a job may set its own).",
+    )
+    max_result_bytes: int = Field(
+        262_144,
+        ge=1024,
+        validation_alias=env_alias("MAX_RESULT_BYTES"),
+        description="Largest result a provider may return, in bytes of JSON. A larger one ends the job Failed "
+        "with ResultTooLarge (not retried, not dead-lettered): every API replica keeps results in memory.",
     )
     drain_timeout: float = Field(
         30.0,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import OrderedDict
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from . import metrics, tracing
 from ._version import __version__
@@ -31,10 +33,11 @@ from .errors import BrokerUnavailable, PermanentError, ProviderError
 from .events import EventBatcher
 from .logs import job_id_var
 from .models import EventType, Job, JobError, JobEvent
-from .providers import ProviderLookup, call_provider, provider_method, to_jsonable
+from .providers import ProviderLookup, call_provider, is_sync, provider_method, to_jsonable
 from .redact import redact_text
 from .retry import backoff
 from .settings import Settings
+from .syncpool import SyncPool
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -94,13 +97,28 @@ class ProviderWorker:
         self._running_attempt: dict[str, int] = {}
         self._attached: dict[tuple[str, int], list[Delivery]] = {}
         self._settled: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.sync_pool = SyncPool(
+            settings.sync_threads or settings.max_concurrent_jobs, on_change=self._stuck_threads_changed
+        )
         self.broker.on_reconnect.append(metrics.RECONNECTS.inc)
         metrics.CAPACITY.set(settings.max_concurrent_jobs)
+        metrics.STUCK_THREADS.set(0)
 
     # -- lifecycle
     @property
     def ready(self) -> bool:
-        return self.consuming and not self.draining and self.broker.connected.is_set()
+        return self.consuming and not self.draining and self.broker.connected.is_set() and not self.sync_pool.exhausted
+
+    def _stuck_threads_changed(self, stuck: int) -> None:
+        metrics.STUCK_THREADS.set(stuck)
+        metrics.READY.set(1 if self.ready else 0)
+        if self.sync_pool.exhausted:
+            log.error(
+                "all %d sync provider threads are stuck in calls whose jobs ended; not ready, sync jobs go back "
+                "to the queue until one returns",
+                self.sync_pool.size,
+                extra={"stuck_threads": stuck},
+            )
 
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
@@ -137,6 +155,7 @@ class ProviderWorker:
         if self._control is not None:
             await self._control.cancel()
         await self.broker.close()
+        self.sync_pool.shutdown()
         log.info("worker stopped", extra={"processed": self.stats.processed})
 
     # -- control stream: cancel requests
@@ -231,6 +250,12 @@ class ProviderWorker:
             return
 
         labels = (job.provider_namespace, job.resource_type, job.operation.value)
+        if is_sync(method) and self.sync_pool.exhausted:
+            # No thread can run it: waiting here would only time it out and dead-letter a good job.
+            await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # another worker, or a freed thread, takes it then
+            await self._settle(delivery, ack=False, requeue=True)
+            metrics.JOBS.labels(*labels, "requeued").inc()
+            return
         if attempt == 1:
             metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - job.submitted_at, 0.0))
         task = asyncio.current_task()
@@ -245,7 +270,7 @@ class ProviderWorker:
         outcome: str
         try:
             async with asyncio.timeout(job.timeout or self.settings.job_timeout):
-                call = call_provider(method, job.request)
+                call = call_provider(method, job.request, self.sync_pool.run)
                 if tracing.enabled:
                     call = tracing.provider_span(
                         call,
@@ -282,15 +307,22 @@ class ProviderWorker:
             await self._failed_attempt(delivery, job, attempt, error, retryable=True)
         except PermanentError as exc:
             outcome = "failed"
-            await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=False)
-        except Exception as exc:  # RetryableError and anything unexpected: retried until attempts run out
+            await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=False)
+        except ProviderError as exc:  # RetryableError: retried until attempts run out
             outcome = "error"
-            if not isinstance(exc, ProviderError):
-                log.warning("provider raised %s", type(exc).__name__, exc_info=True)
-            await self._failed_attempt(delivery, job, attempt, _error(exc), retryable=True)
+            await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=True)
+        except Exception as exc:  # unexpected: retried like RetryableError, its text stays in the log
+            outcome = "error"
+            await self._failed_attempt(delivery, job, attempt, _unexpected_error(exc), retryable=True)
         else:
-            outcome = "succeeded"
-            await self._finish(delivery, job, attempt, EventType.SUCCEEDED, result=to_jsonable(result))
+            result = to_jsonable(result)
+            size = len(to_json(result))
+            if size > self.settings.max_result_bytes:
+                outcome = "failed"
+                await self._finish(delivery, job, attempt, EventType.FAILED, error=self._too_large(size))
+            else:
+                outcome = "succeeded"
+                await self._finish(delivery, job, attempt, EventType.SUCCEEDED, result=result)
         finally:
             running_event.cancel()
             self._untrack(job.id)
@@ -330,6 +362,16 @@ class ProviderWorker:
             )
             task = asyncio.ensure_future(self._publish(event))
             task.add_done_callback(_log_failure)
+
+    def _too_large(self, size: int) -> JobError:
+        """An ordinary failed outcome, not a dead letter: the job was well-formed and ran; another attempt
+        would return as much again. The cap keeps one job from filling every reader's index (issue 16)."""
+        cap = self.settings.max_result_bytes
+        log.warning("result too large: %d bytes, cap %d (CPW_MAX_RESULT_BYTES)", size, cap, extra={"size": size})
+        return JobError(
+            code="ResultTooLarge",
+            message=f"The provider's result is {size} bytes of JSON, more than the {cap} bytes a result may have.",
+        )
 
     def _cancel_error(self, job_id: str) -> JobError:
         return JobError(code="Canceled", message=self.cancel_requests.get(job_id, "canceled by request"))
@@ -570,9 +612,25 @@ def _key(delivery: Delivery) -> tuple[str, int] | None:
     return (str(job_id), delivery.attempt) if job_id else None
 
 
-def _error(exc: BaseException) -> JobError:
-    code = getattr(exc, "code", None) if isinstance(exc, ProviderError) else type(exc).__name__
-    return JobError(code=str(code or type(exc).__name__), message=redact_text(str(exc))[:2000] or type(exc).__name__)
+def _provider_error(exc: ProviderError) -> JobError:
+    """A provider's deliberate error: its message is what the provider chose to tell the client (redacted)."""
+    code = str(exc.code or type(exc).__name__)
+    return JobError(code=code, message=redact_text(str(exc))[:2000] or code)
+
+
+def _unexpected_error(exc: Exception) -> JobError:
+    """Any other exception may quote what the provider sent or read (URLs, headers, keys): the client gets an
+    error id, the log gets the type, message and traceback (redacted) under that id. The code stays the
+    exception's type name, as before."""
+    error_id = secrets.token_hex(8)
+    log.warning(
+        "provider raised %s (error id %s)",
+        type(exc).__name__,
+        error_id,
+        exc_info=exc,
+        extra={"error_id": error_id, "error_type": type(exc).__name__},
+    )
+    return JobError(code=type(exc).__name__, message=f"The provider failed unexpectedly (error id {error_id}).")
 
 
 def _first_error(exc: ValidationError) -> str:
