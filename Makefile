@@ -13,7 +13,7 @@ CHECKOV_VENV ?= .tools/checkov
 APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk haproxy
 PYTEST_ARGS ?=
 
-.PHONY: help run test install system-deps tools lint fmt chart dashboards bench clean docs dev drill autoscale-drill
+.PHONY: help run test install system-deps tools lint fmt chart dashboards bench bench-index clean docs dev drill autoscale-drill
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -63,7 +63,10 @@ dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/g
 	$(PY) dashboards/generate.py
 
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
-	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_http.py $(PYTEST_ARGS) -o addopts=""
+	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_index.py tests/api/bench_http.py $(PYTEST_ARGS) -o addopts=""
+
+bench-index: $(VENV)/.installed system-deps ## the status index at 100k/300k/1M jobs: ready time, RSS, bytes per job
+	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/api/bench_index.py $(PYTEST_ARGS) -o addopts=""
 
 drill: $(VENV)/.installed system-deps ## fault drills on real processes and a real RabbitMQ (tests/drills)
 	$(PY) -m pytest -m drill tests/drills -o addopts=""

@@ -87,7 +87,7 @@ def test_an_evicted_job_answers_operation_expired():
     ids = finish_jobs(store.index, 150)
     assert store.get(ids[0], None) is None and store.miss_code(ids[0]) == "OperationExpired"
     assert store.get(ids[-1], None) is not None
-    assert store.miss_code(new_job_id()) == "OperationNotFound"
+    assert store.miss_code(new_job_id(time.time() + 1)) == "OperationNotFound"  # made after every evicted job
 
 
 @pytest.mark.parametrize("result_size", [0, 200, 4_000])

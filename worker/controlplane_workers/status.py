@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,7 +32,7 @@ _STARTED = (JobStatus.RUNNING,)
 MARKER = "marker"
 DEFAULT_MAX_JOBS = 1_000_000
 # What one entry costs besides its variable parts (measured with tracemalloc on CPython 3.11: the slots
-# object, its float objects, the OrderedDict node and key, the eviction deque's slot).
+# object, its float objects, its slot in the jobs dict and its key, the eviction deque's slot).
 ENTRY_BYTES = 540
 _intern = sys.intern
 
@@ -115,7 +115,7 @@ class StatusIndex:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.expired = 0
-        self.jobs: OrderedDict[str, Entry] = OrderedDict()
+        self.jobs: dict[str, Entry] = {}  # in arrival order; eviction goes by `finished`
         self.finished: deque[str] = deque()  # ids in the order they finished: the eviction order
         self.waiters: dict[str, list[asyncio.Future[JobResult]]] = {}
         self.nbytes = 0
@@ -204,6 +204,7 @@ class StatusIndex:
                 self._apply_event(orjson.loads(message.body))
         except (ValidationError, orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
             self.malformed += 1
+        self._evict()  # once per stream message: a bound is exceeded by one batch at most, briefly
 
     def _apply_event(self, data: dict[str, Any]) -> None:
         """One event as written by this project (events.py): read as plain data, the hot path of replay."""
@@ -255,6 +256,7 @@ class StatusIndex:
             job.priority,
             job.submitted_at,
         )
+        self._evict()
 
     def _accepted(
         self,
@@ -335,7 +337,6 @@ class StatusIndex:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(record)
-        self._evict()
 
     def _adopt_tenant(self, entry: Entry, tenant: str | None) -> None:
         """Give a job learned of without its tenant the tenant a later record names."""
@@ -352,7 +353,6 @@ class StatusIndex:
         self.jobs[job_id] = entry
         self.nbytes += entry.nbytes
         self._count(entry, 1)
-        self._evict()
 
     def _remove(self, job_id: str, entry: Entry) -> None:
         del self.jobs[job_id]
