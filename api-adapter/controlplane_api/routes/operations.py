@@ -8,6 +8,7 @@ from starlette.responses import Response
 from controlplane_workers.models import Operation
 
 from ..context import ApiContext, ApiRoute
+from ..params import optional_api_version
 from ..views import final_response, json_response, operation_status
 
 
@@ -20,6 +21,7 @@ async def get_operation(request: Request, ctx: ApiContext, tenant: str | None) -
 async def get_operation_result(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
     """Location: 202 while the job runs, then the answer the synchronous call would have given."""
     job_id = request.path_params["id"]
+    version = optional_api_version(request)  # copied into Location: validated first
     record = ctx.lookup(job_id, tenant)
     if not record.terminal:
         wait = ctx.wait_for(request)
@@ -30,7 +32,7 @@ async def get_operation_result(request: Request, ctx: ApiContext, tenant: str | 
     return json_response(
         {"jobId": job_id, "status": record.status.value, "operation": (record.operation or Operation.ACTION).value},
         202,
-        ctx.poll_headers(request, job_id, request.query_params.get("api-version")),
+        ctx.poll_headers(request, job_id, version),
     )
 
 
