@@ -92,7 +92,8 @@ class IndexStore:
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]:
         out: list[JobResult] = []
-        skipping = after is not None and after in self.index.jobs
+        # Only the tenant's own job starts a page: another tenant's id must not tell that it exists.
+        skipping = after is not None and self.index.get_for(after, tenant) is not None
         for record in self.index.iter_jobs(tenant, status):
             if skipping:
                 if record.job_id == after:

@@ -109,3 +109,16 @@ async def test_operation_results_keeps_a_valid_or_absent_api_version(api, http):
     assert response.status_code == 202 and response.headers["Location"].endswith("?api-version=2024-01-01")
     response = await http.get(f"{api.url}/operationResults/{job_id}", headers=A)
     assert response.status_code == 202 and "api-version" not in response.headers["Location"]
+
+
+async def test_idempotency_key_with_another_priority_is_not_a_replay(api, http):
+    url, key = f"{api.url}{RG}/idem-q", {"Idempotency-Key": "q-1"}
+    first = await http.delete(url, params={**V, "priority": "1"}, headers={**A, **key})
+    again = await http.delete(url, params={**V, "priority": "1", "wait": "0"}, headers={**A, **key})
+    assert first.status_code == again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["jobId"] == first.json()["jobId"]  # ?wait says how long to wait, not what to do
+    other = await http.delete(url, params={**V, "priority": "2"}, headers={**A, **key})
+    assert other.status_code == 422, other.text
+    arm(other, "IdempotencyKeyReused")
+    header = await http.delete(url, params=V, headers={**A, **key, "x-ms-priority": "2"})
+    assert header.status_code == 422, header.text
