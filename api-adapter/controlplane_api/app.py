@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import metrics
+from .auth import ANONYMOUS, Caller
 from .context import ApiContext, ApiRoute
 from .errors import JSON, ApiError, arm_error_body, internal_error
 from .routes import ROUTES
@@ -34,10 +35,10 @@ def endpoint(ctx: ApiContext, route: ApiRoute) -> Callable[[Request], Awaitable[
     async def call(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            tenant = None if public else ctx.authenticate(request)
+            caller = ANONYMOUS if public else ctx.authenticate(request)
             if not public and not ctx.store.ready:
                 raise ctx.unavailable("The API is starting: its status index is being rebuilt.")
-            response = await handler(request, ctx, tenant)
+            response = await handler(request, ctx, caller)
         except ApiError as exc:
             if exc.reason:
                 metrics.count_rejection(exc.reason)
@@ -51,7 +52,7 @@ def endpoint(ctx: ApiContext, route: ApiRoute) -> Callable[[Request], Awaitable[
     return call
 
 
-async def openapi(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def openapi(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     return json_response(ctx.openapi)
 
 

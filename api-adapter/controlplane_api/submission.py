@@ -22,7 +22,7 @@ from controlplane_workers.ids import new_job_id
 from controlplane_workers.models import Job, Operation
 
 from . import metrics, params
-from .context import ApiContext
+from .context import ApiContext, Caller, check_subscription
 from .errors import ApiError
 from .idempotency import Remembered, fingerprint, key_reused, shared_key
 
@@ -42,8 +42,13 @@ class Submission:
     priority: int | None = None  # None: from x-ms-priority / ?priority= / the operation's default
 
 
-async def submit(ctx: ApiContext, request: Request, tenant: str | None, job: Submission, answer: Answer) -> Response:
-    """Publish the job (confirmed), then answer; an Idempotency-Key replays the first success."""
+async def submit(ctx: ApiContext, request: Request, caller: Caller, job: Submission, answer: Answer) -> Response:
+    """Publish the job (confirmed), then answer; an Idempotency-Key replays the first success.
+
+    Every route that makes a job comes through here, so this is where the caller's subscriptions are
+    checked: a subscription its token does not hold makes no job and reaches no provider."""
+    check_subscription(caller, str(job.request.get("subscription_id") or ""))
+    tenant = caller.tenant
     key = params.idempotency_key(request)
     if key is None:
         return await _publish(ctx, request, tenant, job, answer, None)
