@@ -19,8 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import metrics
-from .auth import ANONYMOUS, Caller
-from .context import ApiContext, ApiRoute
+from .context import ANONYMOUS, ApiContext, ApiRoute, Caller
 from .errors import JSON, ApiError, arm_error_body, internal_error
 from .routes import ROUTES
 from .views import json_response
