@@ -14,7 +14,9 @@ What it shows:
 - a sync method (`get_resource`): the worker runs it in a thread, the event loop keeps serving;
 - RetryableError: a transient failure, retried with backoff until the job's attempts run out;
 - PermanentError(code=...): fails the job now (dead-lettered), `code` becomes the ARM error code;
-- current_job(): the job id and attempt number of the job being run, e.g. as an idempotency key.
+- current_job(): the job id and attempt number of the job being run, e.g. as an idempotency key;
+- request.tenant: the tenant whose token submitted the job. Accounts are kept per tenant, so two
+  tenants naming the same resource id never see or change each other's.
 """
 
 from __future__ import annotations
@@ -44,11 +46,16 @@ def resource_id(request: ResourceRequest) -> str:
     )
 
 
+def key(request: ResourceRequest) -> tuple[str | None, str]:
+    """Where an account is kept: per tenant, then by resource id."""
+    return (request.tenant, resource_id(request))
+
+
 class StorageAccounts(ResourceProvider):
     """Keeps accounts in memory. A real provider calls its backend here."""
 
     def __init__(self) -> None:
-        self.accounts: dict[str, dict[str, Any]] = {}
+        self.accounts: dict[tuple[str | None, str], dict[str, Any]] = {}
         self.lock = threading.Lock()  # get_resource runs in a worker thread
 
     async def create_or_update_resource(self, request: ResourceRequest) -> dict[str, Any]:
@@ -76,13 +83,13 @@ class StorageAccounts(ResourceProvider):
             },
         }
         with self.lock:
-            self.accounts[account["id"]] = account
+            self.accounts[key(request)] = account
         return account
 
     def get_resource(self, request: ResourceRequest) -> dict[str, Any]:
         # A plain (blocking) method: the worker runs it in one of its sync threads (CPW_SYNC_THREADS).
         with self.lock:
-            account = self.accounts.get(resource_id(request))
+            account = self.accounts.get(key(request))
         if account is None:
             raise PermanentError(
                 f"storage account {request.resource_name!r} not found", code="ResourceNotFound"
@@ -91,12 +98,13 @@ class StorageAccounts(ResourceProvider):
 
     async def delete_resource(self, request: ResourceRequest) -> None:
         with self.lock:
-            self.accounts.pop(resource_id(request), None)
+            self.accounts.pop(key(request), None)
 
     async def list_resources(self, request: ResourceRequest) -> dict[str, Any]:
         prefix = f"/subscriptions/{request.subscription_id}/resourceGroups/{request.resource_group}/"
         with self.lock:
-            return {"value": [a for key, a in self.accounts.items() if key.startswith(prefix)]}
+            accounts = [a for (t, rid), a in self.accounts.items() if t == request.tenant and rid.startswith(prefix)]
+        return {"value": accounts}
 
     async def execute_action(self, request: ResourceRequest) -> dict[str, Any]:
         if request.action != "regenerateKey":

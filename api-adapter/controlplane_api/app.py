@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import metrics
-from .context import ApiContext, ApiRoute
+from .context import ANONYMOUS, ApiContext, ApiRoute, Caller
 from .errors import JSON, ApiError, arm_error_body, internal_error
 from .routes import ROUTES
 from .views import json_response
@@ -34,10 +34,10 @@ def endpoint(ctx: ApiContext, route: ApiRoute) -> Callable[[Request], Awaitable[
     async def call(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            tenant = None if public else ctx.authenticate(request)
+            caller = ANONYMOUS if public else ctx.authenticate(request)
             if not public and not ctx.store.ready:
                 raise ctx.unavailable("The API is starting: its status index is being rebuilt.")
-            response = await handler(request, ctx, tenant)
+            response = await handler(request, ctx, caller)
         except ApiError as exc:
             if exc.reason:
                 metrics.count_rejection(exc.reason)
@@ -51,7 +51,7 @@ def endpoint(ctx: ApiContext, route: ApiRoute) -> Callable[[Request], Awaitable[
     return call
 
 
-async def openapi(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def openapi(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     return json_response(ctx.openapi)
 
 

@@ -1,9 +1,11 @@
 """What every route handler is given: the request's context (who asks, where the API is reachable,
 how to find a job) and the declaration of a route.
 
-A handler is a plain module-level coroutine `handler(request, ctx, tenant)`: importable and testable
-alone. `ApiRoute` names its path template, methods and OpenAPI operation id; app.py serves the table
-and openapi.py documents it.
+A handler is a plain module-level coroutine `handler(request, ctx, caller)`: importable and testable
+alone. `caller` is who the token says is asking (`auth.Caller`: the tenant and the subscriptions it
+holds); handlers look jobs up by `caller.tenant`, and submission.py checks the subscription.
+`ApiRoute` names its path template, methods and OpenAPI operation id; app.py serves the table and
+openapi.py documents it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from controlplane_workers.models import JobResult
 from controlplane_workers.queue import JobQueue
 
 from . import params
-from .auth import TokenAuth
+from .auth import ANONYMOUS, Caller, TokenAuth
 from .errors import ApiError, not_found, unavailable
 from .idempotency import IdempotencyCache
 from .settings import ApiSettings
@@ -50,12 +52,13 @@ class ApiContext:
         self.retry_after = str(settings.api_retry_after)
         self.public_url = settings.api_public_url.rstrip("/") if settings.api_public_url else None
 
-    def authenticate(self, request: Request) -> str | None:
-        """The caller's tenant; None when the API runs without tokens. 401 for a missing or unknown token."""
+    def authenticate(self, request: Request) -> Caller:
+        """Who asks; ANONYMOUS (no tenant, any subscription) when the API runs without tokens. 401 for
+        a missing or unknown token."""
         if self.auth is None:
-            return None
-        tenant = self.auth.tenant_for(request.headers.get("authorization"))
-        if tenant is None:
+            return ANONYMOUS
+        caller = self.auth.caller_for(request.headers.get("authorization"))
+        if caller is None:
             raise ApiError(
                 401,
                 "AuthenticationFailed",
@@ -63,7 +66,7 @@ class ApiContext:
                 reason="unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="cpw"'},
             )
-        return tenant
+        return caller
 
     def base_url(self, request: Request) -> str:
         if self.public_url:
@@ -100,7 +103,14 @@ class ApiContext:
         }
 
 
-Handler = Callable[[Request, ApiContext, "str | None"], Awaitable[Response]]
+def check_subscription(caller: Caller, subscription_id: str) -> None:
+    """404 SubscriptionNotFound, as ARM answers, when the caller's token does not hold the subscription:
+    the same answer as for one that does not exist, so a tenant learns nothing of others'."""
+    if not caller.holds(subscription_id):
+        raise not_found(f"The subscription '{subscription_id}' could not be found.", "SubscriptionNotFound")
+
+
+Handler = Callable[[Request, ApiContext, Caller], Awaitable[Response]]
 
 
 @dataclass(frozen=True)

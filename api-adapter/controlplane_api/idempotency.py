@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,10 +28,15 @@ def shared_key(tenant: str | None, key: str) -> str:
 
 
 def fingerprint(request: Request, raw_body: bytes) -> str:
-    """What makes two requests "the same" for a key: method, path and body."""
-    return hashlib.sha256(request.method.encode() + b" " + request.url.path.encode() + b"\n" + raw_body).hexdigest()[
-        :32
-    ]
+    """What makes two requests "the same" for a key: method, path, query, priority header and body.
+
+    `wait` is left out (it says how long to wait for the answer, not what to do). A request with no
+    query and no priority header hashes as before the query counted, so older records still match."""
+    query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "wait")
+    header = request.headers.get("x-ms-priority")
+    extra = orjson.dumps([query, header]) if query or header is not None else b""
+    head = request.method.encode() + b" " + request.url.path.encode() + extra
+    return hashlib.sha256(head + b"\n" + raw_body).hexdigest()[:32]
 
 
 def key_reused() -> ApiError:
@@ -42,7 +48,7 @@ def key_reused() -> ApiError:
             {
                 "code": "IdempotencyKeyReused",
                 "target": "Idempotency-Key",
-                "message": "the same key came with another method, path or body",
+                "message": "the same key came with another method, path, query, priority or body",
             }
         ],
         reason="conflict",

@@ -1,6 +1,7 @@
 """The API's status index: the core's StatusIndex plus what only the API needs.
 
-- jobs in flight per tenant, for the per-tenant queue cap (`CPW_API_TENANT_MAX_QUEUED`);
+- jobs in flight per tenant, for the per-tenant queue cap (`CPW_API_TENANT_MAX_QUEUED`), plus the
+  slots reserved by submissions still being published (so concurrent ones cannot overshoot the cap);
 - the idempotency keys of Accepted records, so every replica, and a restarted one after its
   rebuild, answers a retried submission with the job the first one made;
 - this process's own start marker: the replica is ready once it has read it back.
@@ -25,6 +26,9 @@ class ApiIndex(StatusIndex):
     def __init__(self, max_jobs: int, max_bytes: int | None = None, max_age: float | None = None) -> None:
         super().__init__(max_jobs, max_bytes, max_age)
         self.active: dict[str | None, int] = {}
+        # job id -> tenant of a submission being published: counted until its record lands here.
+        self.reserved: dict[str, str | None] = {}
+        self.reserved_count: dict[str | None, int] = {}
         # hashed key -> (job id, request fingerprint, submitted at); bounded like the jobs.
         self.idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         self.marker: str | None = None
@@ -32,8 +36,32 @@ class ApiIndex(StatusIndex):
         self.on_marker: list[Callable[[], object]] = []
 
     def active_count(self, tenant: str | None) -> int:
-        """Jobs of `tenant` that are Accepted or Running."""
-        return self.active.get(tenant, 0)
+        """Jobs of `tenant` that are Accepted or Running, or reserved and being published."""
+        return self.active.get(tenant, 0) + self.reserved_count.get(tenant, 0)
+
+    def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
+        """Take a slot for `job_id` if `tenant` is under `cap`. No await between check and take, so
+        concurrent submissions on this event loop cannot all pass the check."""
+        if self.active_count(tenant) >= cap:
+            return False
+        self.reserved[job_id] = tenant
+        self.reserved_count[tenant] = self.reserved_count.get(tenant, 0) + 1
+        return True
+
+    def release(self, job_id: str) -> None:
+        """Give back `job_id`'s slot (publish failed, or its record now counts it); idempotent."""
+        if job_id not in self.reserved:
+            return
+        tenant = self.reserved.pop(job_id)
+        left = self.reserved_count[tenant] - 1
+        if left:
+            self.reserved_count[tenant] = left
+        else:
+            del self.reserved_count[tenant]
+
+    def _insert(self, job_id: str, entry: Entry) -> None:
+        self.release(job_id)  # counted from now on as the record itself: not twice
+        super()._insert(job_id, entry)
 
     def idempotent(self, key: str) -> tuple[str, str, float] | None:
         """(job id, request fingerprint, submitted at) of the job last submitted with `key`."""

@@ -45,6 +45,10 @@ INDEX_EVICTIONS = Counter(
     "Finished jobs evicted from the status index to stay within its bounds; they answer 404 OperationExpired.",
 )
 INDEX_LAG = Gauge("cpw_api_index_lag_seconds", "Seconds since the time of the last event applied to the status index.")
+TOKEN_RELOAD_FAILURES = Counter(
+    "cpw_api_token_reload_failures",
+    "Times the tokens file had changed but could not be used; the previous tokens stayed in force.",
+)
 READY = Gauge("cpw_api_ready", "1 while this API process is connected and its index is rebuilt.")
 
 for _reason in REJECTION_REASONS:  # every reason exists from the start, so rate() sees the first one

@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 from controlplane_workers import __version__
 
 from . import schemas
+from .params import MAX_JSON_DEPTH
 from .routes import ROUTES
 from .settings import ApiSettings
 
@@ -117,8 +118,14 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         ),
     }
     submit_errors = {
-        "400": _error("Malformed JSON, an invalid field (named in details), or a bad parameter."),
-        "404": _error("No such route."),
+        "400": _error(
+            f"Malformed JSON, a body nested deeper than {MAX_JSON_DEPTH} levels, an invalid field (named in"
+            " details), or a bad parameter."
+        ),
+        "404": _error(
+            "No such route, or (code SubscriptionNotFound) a subscription the caller's token does not hold: no job"
+            " was made."
+        ),
         "413": _error(f"The body is larger than {settings.api_max_body_bytes} bytes."),
         "422": _error("The Idempotency-Key was used with another request."),
         "429": _error("The tenant has too many jobs queued or running.", {"Retry-After": retry_after}),
@@ -193,7 +200,12 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         },
         "Operations_Result": {
             "summary": "202 while running, then the final answer.",
-            "parameters": [job_id, wait, prefer],
+            "parameters": [
+                job_id,
+                {**api_version, "required": False, "description": "Validated when given."},
+                wait,
+                prefer,
+            ],
             "responses": {
                 "202": accepted_op,
                 "204": {"description": "A delete finished."},
@@ -251,7 +263,12 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         },
         "Jobs_Cancel": {
             "summary": "Cancel (idempotent); 409 once the job has ended.",
-            "parameters": [job_id, wait, prefer],
+            "parameters": [
+                job_id,
+                {**api_version, "required": False, "description": "Validated when given."},
+                wait,
+                prefer,
+            ],
             "responses": {
                 "202": {
                     "description": "Cancel requested.",

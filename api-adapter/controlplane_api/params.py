@@ -21,7 +21,12 @@ _SEGMENT = re.compile(SEGMENT.strip("^$"))
 _API_VERSION = re.compile(API_VERSION.strip("^$"))
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY.strip("^$"))
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([^,;\s]+)", re.IGNORECASE)
+# ASCII digits only, at most 4: str.isdigit() accepts "²" and "٣", and int() of 5,000 digits raises.
+_SMALL_INT = re.compile(r"[0-9]{1,4}")
 PAGE_MAX = 1000
+# The deepest JSON body accepted: orjson decodes 1,024 levels but encodes only 255, and the job wraps the
+# body in a few levels of its own, so a deeper body could be accepted and never delivered.
+MAX_JSON_DEPTH = 64
 
 
 def segment(request: Request, name: str) -> str:
@@ -32,12 +37,18 @@ def segment(request: Request, name: str) -> str:
 
 
 def api_version(request: Request) -> str:
-    value = request.query_params.get("api-version")
+    value = optional_api_version(request)
     if value is None:
         raise invalid(
             "The 'api-version' query parameter is required (YYYY-MM-DD).", "api-version", "MissingApiVersionParameter"
         )
-    if not _API_VERSION.fullmatch(value):
+    return value
+
+
+def optional_api_version(request: Request) -> str | None:
+    """?api-version when given, validated: the polling routes copy it into Location."""
+    value = request.query_params.get("api-version")
+    if value is not None and not _API_VERSION.fullmatch(value):
         raise invalid(
             f"'api-version' must be YYYY-MM-DD, not {value[:40]!r}.", "api-version", "InvalidApiVersionParameter"
         )
@@ -52,9 +63,15 @@ def priority(request: Request, operation: Operation) -> int:
         value, target = request.query_params.get("priority"), "priority"
     if value is None:
         return DEFAULT_PRIORITY[operation]
-    if not value.isdigit() or not 0 <= int(value) <= 9:
+    number = small_int(value)
+    if number is None or not 0 <= number <= 9:
         raise invalid(f"'{target}' must be an integer from 0 to 9.", target)
-    return int(value)
+    return number
+
+
+def small_int(value: str) -> int | None:
+    """`value` as an int if it is 1 to 4 ASCII digits, else None (never an exception)."""
+    return int(value) if _SMALL_INT.fullmatch(value) else None
 
 
 def wait_for(request: Request, max_wait: float) -> float:
@@ -96,10 +113,10 @@ def status_filter(request: Request) -> JobStatus | None:
 
 
 def page_size(request: Request) -> int:
-    value = request.query_params.get("top", "100")
-    if not value.isdigit() or not 1 <= int(value) <= PAGE_MAX:
+    number = small_int(request.query_params.get("top", "100"))
+    if number is None or not 1 <= number <= PAGE_MAX:
         raise invalid(f"'top' must be an integer from 1 to {PAGE_MAX}.", "top")
-    return int(value)
+    return number
 
 
 def too_large(limit: int) -> ApiError:
@@ -139,11 +156,29 @@ async def read_json(request: Request, model: type[BaseModel], required: bool, li
         raise invalid(f"The request body is not valid JSON: {exc.msg}.", "body", "InvalidRequestContent") from None
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.", "body", "InvalidRequestContent")
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and too_deep(data, MAX_JSON_DEPTH):
+        raise invalid(
+            f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.", "body", "InvalidRequestContent"
+        )
     try:
         model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
     return data, raw
+
+
+def too_deep(data: object, limit: int) -> bool:
+    """Whether `data` nests more than `limit` objects/arrays; iterative, so no recursion limit applies."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def validation_error(exc: ValidationError) -> ApiError:

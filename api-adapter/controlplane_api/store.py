@@ -45,6 +45,14 @@ class OperationStore(Protocol):
 
     def active_count(self, tenant: str | None) -> int: ...
 
+    def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
+        """Take a queued-job slot before publishing; False when `tenant` already holds `cap`."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Give a reserved slot back (the publish failed, or the job now counts in the index)."""
+        ...
+
     def idempotent(self, key: str) -> tuple[str, str, float] | None:
         """(job id, request fingerprint, submitted at) of the job submitted with this hashed key, by
         any replica."""
@@ -88,11 +96,18 @@ class IndexStore:
     def active_count(self, tenant: str | None) -> int:
         return self.index.active_count(tenant)
 
+    def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
+        return self.index.reserve(tenant, job_id, cap)
+
+    def release(self, job_id: str) -> None:
+        self.index.release(job_id)
+
     def page(
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]:
         out: list[JobResult] = []
-        skipping = after is not None and after in self.index.jobs
+        # Only the tenant's own job starts a page: another tenant's id must not tell that it exists.
+        skipping = after is not None and self.index.get_for(after, tenant) is not None
         for record in self.index.iter_jobs(tenant, status):
             if skipping:
                 if record.job_id == after:

@@ -22,7 +22,7 @@ from controlplane_workers.ids import new_job_id
 from controlplane_workers.models import Job, Operation
 
 from . import metrics, params
-from .context import ApiContext
+from .context import ApiContext, Caller, check_subscription
 from .errors import ApiError
 from .idempotency import Remembered, fingerprint, key_reused, shared_key
 
@@ -42,8 +42,13 @@ class Submission:
     priority: int | None = None  # None: from x-ms-priority / ?priority= / the operation's default
 
 
-async def submit(ctx: ApiContext, request: Request, tenant: str | None, job: Submission, answer: Answer) -> Response:
-    """Publish the job (confirmed), then answer; an Idempotency-Key replays the first success."""
+async def submit(ctx: ApiContext, request: Request, caller: Caller, job: Submission, answer: Answer) -> Response:
+    """Publish the job (confirmed), then answer; an Idempotency-Key replays the first success.
+
+    Every route that makes a job comes through here, so this is where the caller's subscriptions are
+    checked: a subscription its token does not hold makes no job and reaches no provider."""
+    check_subscription(caller, str(job.request.get("subscription_id") or ""))
+    tenant = caller.tenant
     key = params.idempotency_key(request)
     if key is None:
         return await _publish(ctx, request, tenant, job, answer, None)
@@ -87,8 +92,10 @@ async def _publish(
 ) -> Response:
     prio = params.priority(request, job.operation) if job.priority is None else job.priority
     wait = ctx.wait_for(request)
+    now = time.time()
+    job_id = new_job_id(now)
     cap = ctx.settings.api_tenant_max_queued
-    if ctx.store.active_count(tenant) >= cap:
+    if not ctx.store.reserve(tenant, job_id, cap):
         raise ApiError(
             429,
             "TooManyRequests",
@@ -96,8 +103,27 @@ async def _publish(
             reason="rate_limited",
             headers={"Retry-After": ctx.retry_after},
         )
-    now = time.time()
-    job_id = new_job_id(now)
+    try:
+        await _send(ctx, tenant, job, job_id, prio, now, idempotency)
+    finally:
+        ctx.store.release(job_id)  # failed: the slot is free again; confirmed: the index counts the job
+    metrics.count_submission(job.operation.value, prio)
+    response = await answer(job_id, wait)
+    if entry is not None and response.status_code < 300:
+        entry.keep(response)
+    return response
+
+
+async def _send(
+    ctx: ApiContext,
+    tenant: str | None,
+    job: Submission,
+    job_id: str,
+    prio: int,
+    now: float,
+    idempotency: tuple[str, str] | None,
+) -> None:
+    """Validate the job as the workers will read it and publish it, confirmed."""
     if tracing.enabled:  # the HTTP request's span names the job it submitted
         tracing.set_attributes({"cpw.job.id": job_id})
     message = {
@@ -122,8 +148,3 @@ async def _publish(
         await ctx.queue.submit_encoded(orjson.dumps(message), accepted, idempotency=idempotency)
     except (BrokerUnavailable, UnroutableJob):
         raise ctx.unavailable("The job broker is unavailable; nothing was accepted. Retry later.") from None
-    metrics.count_submission(job.operation.value, prio)
-    response = await answer(job_id, wait)
-    if entry is not None and response.status_code < 300:
-        entry.keep(response)
-    return response

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import httpx
 import pytest
 
 from tests.api.support import RG, A, B, V, poll, start_api, start_worker
@@ -140,6 +141,24 @@ async def test_429_when_a_tenant_has_too_many_jobs_queued(api, http):
     assert response.status_code == 429 and response.headers["Retry-After"] == "2"
     arm(response, "TooManyRequests")
     assert (await http.put(f"{api.url}{RG}/q3", params=V, headers=B, json={})).status_code == 201
+
+
+async def test_the_queued_cap_holds_under_concurrent_submissions(vhost_url, tmp_path):
+    """The slot is taken before the publish, not counted after the confirm: 100 at once, 5 accepted."""
+    api = await start_api(vhost_url, tmp_path, CPW_API_TENANT_MAX_QUEUED=5)
+    try:
+        async with httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=100)) as http:
+            answers = await asyncio.gather(
+                *(http.put(f"{api.url}{RG}/c{i}", params=V, headers=A, json={}) for i in range(100))
+            )
+            codes = [r.status_code for r in answers]
+            assert codes.count(201) == 5 and codes.count(429) == 95, sorted(codes)
+            assert all(r.headers["Retry-After"] == "2" for r in answers if r.status_code == 429)
+            jobs = (await http.get(f"{api.url}/jobs", headers=A)).json()["value"]
+            assert len(jobs) == 5  # no job was published for a refused request
+            assert (await http.put(f"{api.url}{RG}/after", params=V, headers=A, json={})).status_code == 429
+    finally:
+        api.stop()
 
 
 async def test_cancel_is_idempotent_then_409_once_ended(vhost_url, tmp_path, http):

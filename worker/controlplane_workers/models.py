@@ -64,6 +64,9 @@ class ResourceRequest(BaseModel):
     body: dict[str, Any] = Field(default_factory=dict)
     action: str | None = None
     api_version: str | None = None
+    # The tenant whose token submitted the job, set by the worker from the job (whatever the request
+    # said): a provider that keeps state keys it by tenant, so tenants never see each other's resources.
+    tenant: str | None = None
 
 
 class Job(BaseModel):

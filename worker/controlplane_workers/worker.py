@@ -270,7 +270,8 @@ class ProviderWorker:
         outcome: str
         try:
             async with asyncio.timeout(job.timeout or self.settings.job_timeout):
-                call = call_provider(method, job.request, self.sync_pool.run)
+                request = job.request.model_copy(update={"tenant": job.tenant})  # the job's tenant, not the body's
+                call = call_provider(method, request, self.sync_pool.run)
                 if tracing.enabled:
                     call = tracing.provider_span(
                         call,

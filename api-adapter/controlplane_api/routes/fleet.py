@@ -5,15 +5,15 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..context import ApiContext, ApiRoute
+from ..context import ApiContext, ApiRoute, Caller
 from ..views import json_response
 
 
-async def workers(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def workers(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     return json_response(ctx.fleet.get_registry_status())
 
 
-async def stats(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def stats(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     try:
         q = await ctx.queue.get_queue_stats()
     except Exception:
@@ -27,7 +27,7 @@ async def stats(request: Request, ctx: ApiContext, tenant: str | None) -> Respon
             "retrying": q.retrying,
             "consumers": q.consumers,
             "inFlight": int(fleet["in_flight"]),
-            "jobs": ctx.store.counts(tenant),
+            "jobs": ctx.store.counts(caller.tenant),
             "index": ctx.store.info(),
         }
     )

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from controlplane_workers.errors import BrokerUnavailable
 from controlplane_workers.models import Operation
 
-from ..context import ApiContext, ApiRoute
+from ..context import ApiContext, ApiRoute, Caller
 from ..errors import ApiError
 from ..params import page_size, status_filter
 from ..schemas import JobSubmission
@@ -18,7 +18,7 @@ from ..submission import Submission, submit
 from ..views import job_view, json_response
 
 
-async def post_job(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def post_job(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     data, raw = await ctx.read_json(request, JobSubmission, required=True)
     ns, rtype = data["namespace"], data["type"]
     req: dict[str, Any] = {
@@ -36,7 +36,7 @@ async def post_job(request: Request, ctx: ApiContext, tenant: str | None) -> Res
 
     async def answer(job_id: str, wait: float) -> Response:
         record = await ctx.store.wait(job_id, wait) if wait else None
-        record = record or ctx.store.get(job_id, tenant)
+        record = record or ctx.store.get(job_id, caller.tenant)
         assert record is not None
         base = ctx.base_url(request)
         headers = {
@@ -47,17 +47,17 @@ async def post_job(request: Request, ctx: ApiContext, tenant: str | None) -> Res
         return json_response(job_view(record), 200 if record.terminal else 202, headers)
 
     job = Submission(Operation(data["operation"]), ns, rtype, req, raw, data.get("priority"))
-    return await submit(ctx, request, tenant, job, answer)
+    return await submit(ctx, request, caller, job, answer)
 
 
-async def get_job(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
-    return json_response(job_view(ctx.lookup(request.path_params["id"], tenant)))
+async def get_job(request: Request, ctx: ApiContext, caller: Caller) -> Response:
+    return json_response(job_view(ctx.lookup(request.path_params["id"], caller.tenant)))
 
 
-async def cancel_job(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def cancel_job(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     """Idempotent while the job runs; 409 once it has ended."""
     job_id = request.path_params["id"]
-    record = ctx.lookup(job_id, tenant)
+    record = ctx.lookup(job_id, caller.tenant)
     if record.terminal:
         raise ApiError(
             409, "Conflict", f"The job '{job_id}' has already finished as {record.status.value}.", reason="conflict"
@@ -72,11 +72,11 @@ async def cancel_job(request: Request, ctx: ApiContext, tenant: str | None) -> R
     return json_response(job_view(record), 200 if record.terminal else 202, {"Retry-After": ctx.retry_after})
 
 
-async def list_jobs(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def list_jobs(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     """This tenant's jobs, newest first, `top` a page; nextLink carries the skipToken."""
     status = status_filter(request)
     top = page_size(request)
-    records, last = ctx.store.page(tenant, status, top, request.query_params.get("skipToken"))
+    records, last = ctx.store.page(caller.tenant, status, top, request.query_params.get("skipToken"))
     next_link = None
     if last is not None:
         query = f"top={top}&skipToken={last}" + (f"&status={status.value}" if status else "")

@@ -7,20 +7,22 @@ from starlette.responses import Response
 
 from controlplane_workers.models import Operation
 
-from ..context import ApiContext, ApiRoute
+from ..context import ApiContext, ApiRoute, Caller
+from ..params import optional_api_version
 from ..views import final_response, json_response, operation_status
 
 
-async def get_operation(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def get_operation(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     """Azure-AsyncOperation: the operation status resource, 200 while it exists."""
-    record = ctx.lookup(request.path_params["id"], tenant)
+    record = ctx.lookup(request.path_params["id"], caller.tenant)
     return json_response(operation_status(record))
 
 
-async def get_operation_result(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def get_operation_result(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     """Location: 202 while the job runs, then the answer the synchronous call would have given."""
     job_id = request.path_params["id"]
-    record = ctx.lookup(job_id, tenant)
+    version = optional_api_version(request)  # copied into Location: validated first
+    record = ctx.lookup(job_id, caller.tenant)
     if not record.terminal:
         wait = ctx.wait_for(request)
         if wait:
@@ -30,7 +32,7 @@ async def get_operation_result(request: Request, ctx: ApiContext, tenant: str | 
     return json_response(
         {"jobId": job_id, "status": record.status.value, "operation": (record.operation or Operation.ACTION).value},
         202,
-        ctx.poll_headers(request, job_id, request.query_params.get("api-version")),
+        ctx.poll_headers(request, job_id, version),
     )
 
 

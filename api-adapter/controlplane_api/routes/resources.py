@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from controlplane_workers.models import Operation
 
-from ..context import ApiContext, ApiRoute
+from ..context import ApiContext, ApiRoute, Caller
 from ..params import api_version, segment
 from ..schemas import ActionBody, ResourceBody
 from ..submission import Submission, submit
@@ -42,7 +42,7 @@ def resource_request(
     }
 
 
-async def put_resource(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def put_resource(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     version = api_version(request)
     req = resource_request(request, version, body={})
     body, raw = await ctx.read_json(request, ResourceBody, required=True)
@@ -67,11 +67,11 @@ async def put_resource(request: Request, ctx: ApiContext, tenant: str | None) ->
             accepted["tags"] = body["tags"]
         return json_response(accepted, 201, ctx.poll_headers(request, job_id, version))
 
-    return await submit(ctx, request, tenant, Submission(Operation.CREATE, ns, rtype, req, raw), answer)
+    return await submit(ctx, request, caller, Submission(Operation.CREATE, ns, rtype, req, raw), answer)
 
 
 async def _offload(
-    request: Request, ctx: ApiContext, tenant: str | None, operation: Operation, req: dict[str, Any], raw: bytes
+    request: Request, ctx: ApiContext, caller: Caller, operation: Operation, req: dict[str, Any], raw: bytes
 ) -> Response:
     """Submit `operation` and answer 202 with the job, or its outcome within ?wait."""
     version = req["api_version"]
@@ -88,30 +88,30 @@ async def _offload(
         )
 
     job = Submission(operation, req["provider_namespace"], req["resource_type"], req, raw)
-    return await submit(ctx, request, tenant, job, answer)
+    return await submit(ctx, request, caller, job, answer)
 
 
-async def get_resource(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def get_resource(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     req = resource_request(request, api_version(request), body={})
-    return await _offload(request, ctx, tenant, Operation.GET, req, b"")
+    return await _offload(request, ctx, caller, Operation.GET, req, b"")
 
 
-async def delete_resource(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def delete_resource(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     req = resource_request(request, api_version(request), body={})
-    return await _offload(request, ctx, tenant, Operation.DELETE, req, b"")
+    return await _offload(request, ctx, caller, Operation.DELETE, req, b"")
 
 
-async def list_resources(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def list_resources(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     req = resource_request(request, api_version(request), body={}, named=False)
-    return await _offload(request, ctx, tenant, Operation.LIST, req, b"")
+    return await _offload(request, ctx, caller, Operation.LIST, req, b"")
 
 
-async def post_action(request: Request, ctx: ApiContext, tenant: str | None) -> Response:
+async def post_action(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     version = api_version(request)
     req = resource_request(request, version, body={}, action=segment(request, "action"))
     body, raw = await ctx.read_json(request, ActionBody, required=False)
     req["body"] = body
-    return await _offload(request, ctx, tenant, Operation.ACTION, req, raw)
+    return await _offload(request, ctx, caller, Operation.ACTION, req, raw)
 
 
 ROUTES = [

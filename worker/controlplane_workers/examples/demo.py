@@ -1,7 +1,8 @@
 """`Demo.Compute/virtualMachines`: a provider that takes a moment and returns a resource.
 
 It is what `cpw dev` runs, and the shape of a real provider: async methods taking a
-ResourceRequest and returning the ARM resource.
+ResourceRequest and returning the ARM resource. Machines are kept per tenant (`request.tenant`):
+two tenants naming the same resource id hold two machines, and neither sees the other's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ NAMESPACE = "Demo.Compute"
 TYPE = "virtualMachines"
 
 
+Key = tuple[str | None, str]  # (tenant, resource id)
+
+
+def _key(request: ResourceRequest) -> Key:
+    return (request.tenant, _resource_id(request))
+
+
 def _resource_id(request: ResourceRequest) -> str:
     return (
         f"/subscriptions/{request.subscription_id}/resourceGroups/{request.resource_group}"
@@ -30,7 +38,7 @@ class VirtualMachines(ResourceProvider):
 
     def __init__(self, delay: float | None = None) -> None:
         self.delay = float(os.environ.get("CPW_DEMO_DELAY", "0.5")) if delay is None else delay
-        self.machines: dict[str, dict[str, Any]] = {}
+        self.machines: dict[Key, dict[str, Any]] = {}
 
     async def create_or_update_resource(self, request: ResourceRequest) -> dict[str, Any]:
         await asyncio.sleep(self.delay)
@@ -45,24 +53,25 @@ class VirtualMachines(ResourceProvider):
             "location": request.location or request.body.get("location") or "westeurope",
             "properties": properties,
         }
-        self.machines[str(machine["id"])] = machine
+        self.machines[_key(request)] = machine
         return machine
 
     async def get_resource(self, request: ResourceRequest) -> dict[str, Any]:
         await asyncio.sleep(self.delay / 10)
-        machine = self.machines.get(_resource_id(request))
+        machine = self.machines.get(_key(request))
         if machine is None:
             raise PermanentError(f"virtual machine {request.resource_name!r} not found", code="ResourceNotFound")
         return machine
 
     async def delete_resource(self, request: ResourceRequest) -> None:
         await asyncio.sleep(self.delay)
-        self.machines.pop(_resource_id(request), None)
+        self.machines.pop(_key(request), None)
 
     async def list_resources(self, request: ResourceRequest) -> dict[str, Any]:
         await asyncio.sleep(self.delay / 10)
         prefix = f"/subscriptions/{request.subscription_id}/resourceGroups/{request.resource_group}/"
-        return {"value": [m for key, m in self.machines.items() if key.startswith(prefix)]}
+        tenant = request.tenant
+        return {"value": [m for (t, rid), m in self.machines.items() if t == tenant and rid.startswith(prefix)]}
 
     async def execute_action(self, request: ResourceRequest) -> dict[str, Any]:
         machine = await self.get_resource(request)
