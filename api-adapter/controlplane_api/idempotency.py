@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
 
-from .errors import JSON, ApiError
+from .errors import ApiError
 
 CacheKey = tuple[str | None, str]
 
@@ -57,26 +56,23 @@ def key_reused() -> ApiError:
 
 @dataclass
 class Remembered:
-    """One key's first request: in progress until `done`, then its success answer (if it succeeded)."""
+    """One key's first request: in progress until `done`, then the job it made (if it made one).
+
+    Only the job id is kept, not the answer: a replay is answered again from the job, as a replay on
+    another replica is, so a tenant's large bodies under fresh keys cost this cache ~200 bytes each."""
 
     fingerprint: str
     at: float
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    response: tuple[int, bytes, dict[str, str]] | None = None
+    job_id: str | None = None
 
-    def keep(self, response: Response) -> None:
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-        self.response = (response.status_code, bytes(response.body), headers)
+    def keep(self, job_id: str) -> None:
+        self.job_id = job_id
         self.done.set()
-
-    def replay(self) -> Response:
-        assert self.response is not None
-        status, body, headers = self.response
-        return Response(body, status_code=status, headers={**headers, "Idempotent-Replayed": "true"}, media_type=JSON)
 
 
 class IdempotencyCache:
-    """(tenant, Idempotency-Key) -> the first success answered for it, for `window` seconds."""
+    """(tenant, Idempotency-Key) -> the job its first request made, for `window` seconds."""
 
     def __init__(self, window: float, max_entries: int = 200_000) -> None:
         self.window = window

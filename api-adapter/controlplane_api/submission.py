@@ -43,7 +43,7 @@ class Submission:
 
 
 async def submit(ctx: ApiContext, request: Request, caller: Caller, job: Submission, answer: Answer) -> Response:
-    """Publish the job (confirmed), then answer; an Idempotency-Key replays the first success.
+    """Publish the job (confirmed), then answer; an Idempotency-Key answers again for the job it made.
 
     Every route that makes a job comes through here, so this is where the caller's subscriptions are
     checked: a subscription its token does not hold makes no job and reaches no provider."""
@@ -63,21 +63,19 @@ async def submit(ctx: ApiContext, request: Request, caller: Caller, job: Submiss
             if seen is not None and time.time() - seen[2] < cache.window:
                 if seen[1] != fp:
                     raise key_reused()
-                response = await answer(seen[0], ctx.wait_for(request))
-                response.headers["Idempotent-Replayed"] = "true"
-                return response
+                return await replay(ctx, request, seen[0], answer)
             entry = cache.begin(cache_key, fp)
             break
         if entry.fingerprint != fp:
             raise key_reused()
-        if entry.response is None:
+        if entry.job_id is None:
             await entry.done.wait()  # the first request with this key is still in progress
             continue
-        return entry.replay()
+        return await replay(ctx, request, entry.job_id, answer)
     try:
         return await _publish(ctx, request, tenant, job, answer, entry, (shared, fp))
     finally:
-        if entry.response is None:
+        if entry.job_id is None:  # nothing was published: a retry may submit
             cache.forget(cache_key, entry)
 
 
@@ -108,9 +106,15 @@ async def _publish(
     finally:
         ctx.store.release(job_id)  # failed: the slot is free again; confirmed: the index counts the job
     metrics.count_submission(job.operation.value, prio)
-    response = await answer(job_id, wait)
-    if entry is not None and response.status_code < 300:
-        entry.keep(response)
+    if entry is not None:  # published: from now on the key means this job, whatever the answer says
+        entry.keep(job_id)
+    return await answer(job_id, wait)
+
+
+async def replay(ctx: ApiContext, request: Request, job_id: str, answer: Answer) -> Response:
+    """The answer for the job an earlier request with the same key made, marked as a replay."""
+    response = await answer(job_id, ctx.wait_for(request))
+    response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

@@ -12,6 +12,7 @@ import pytest
 from tests.api.support import RG, A, B, V, poll, start_api, start_worker
 
 pytestmark = pytest.mark.rabbitmq
+JOB = {"namespace": "Test.Scripted", "type": "things", "operation": "create", "request": {"resource_name": "j"}}
 
 
 def arm(response, code: str | None = None) -> dict:
@@ -241,3 +242,25 @@ async def test_cpw_api_refuses_to_start_without_tokens(vhost_url, tmp_path):
     assert "CPW_API_TOKENS_FILE" in proc.output()
     with socket.socket():
         pass
+
+
+async def test_an_idempotent_replay_answers_from_the_job_not_a_stored_body(vhost_url, tmp_path, http, worker):
+    """The cache keeps the job id only: a replay is answered again from the job (a finished one with
+    ?wait gives its outcome), and a replay whose job left the index is a 404, never a 500."""
+    api = await start_api(vhost_url, tmp_path, CPW_API_INDEX_MAX_JOBS=100)
+    try:
+        key = {**A, "Idempotency-Key": "big-1"}
+        body = {"location": "westeurope", "properties": {"blob": "x" * 100_000}}
+        first = await http.put(f"{api.url}{RG}/idem-big", params=V, headers=key, json=body)
+        assert first.status_code == 201
+        again = await http.put(f"{api.url}{RG}/idem-big", params={**V, "wait": "10"}, headers=key, json=body)
+        assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+        job = await http.post(f"{api.url}/jobs", headers={**A, "Idempotency-Key": "job-1"}, json=JOB)
+        assert job.status_code == 202
+        for i in range(101):  # the job leaves the index once 100 newer ones finished
+            done = await http.post(f"{api.url}/jobs", params={"wait": "10"}, headers=A, json=JOB)
+            assert done.status_code == 200, done.text
+        replay = await http.post(f"{api.url}/jobs", headers={**A, "Idempotency-Key": "job-1"}, json=JOB)
+        assert replay.status_code == 404 and arm(replay, "OperationExpired")
+    finally:
+        api.stop()
