@@ -3,16 +3,20 @@
 Delivery is at least once, so a job may end twice (a worker died after publishing its result but
 before its ack). The first terminal event wins; later ones are ignored and counted.
 
-Every API replica holds the whole retention of the stream, so an entry is kept compact (`Entry`:
-slots, interned strings, the result as its encoded JSON) and the index is bounded in bytes as well as
-in jobs: over either bound the oldest *finished* jobs are evicted, never one still Accepted or
-Running. `nbytes` is an estimate of what the entries cost the process (checked against tracemalloc in
-tests/unit/test_status_index.py); readers get a `JobResult` built from the entry on each read.
+Every API replica holds the whole retention of the stream, so entries are kept compact: a job in
+flight is an `Entry` (slots, interned strings, the result as its encoded JSON), and a finished job,
+which no longer changes, is frozen into one bytes object (a packed header, the repeated strings as
+numbers into a table of names, then its name, result and error). The index is bounded in bytes as
+well as in jobs: over either bound the oldest *finished* jobs are evicted, never one still Accepted
+or Running. `nbytes` is an estimate of what the entries cost the process (checked against
+tracemalloc in tests/unit/test_status_index.py); readers get a `JobResult` built on each read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import sys
 import time
 from collections import deque
@@ -31,10 +35,46 @@ _STARTED = (JobStatus.RUNNING,)
 # adapter publishes one at start and is ready once it has read it back); the index skips them.
 MARKER = "marker"
 DEFAULT_MAX_JOBS = 1_000_000
-# What one entry costs besides its variable parts (measured with tracemalloc on CPython 3.11: the slots
-# object, its float objects, its slot in the jobs dict and its key, the eviction deque's slot).
+# What a job in flight costs besides its variable parts (tracemalloc, CPython 3.11: the slots object, its
+# floats, its slot in the jobs dict and its key, the eviction deque's slot), and what a frozen one costs
+# besides the length of its bytes (its key, dict slot, deque slot and the bytes object's header).
 ENTRY_BYTES = 540
+FROZEN_BYTES = 224
 _intern = sys.intern
+# status, operation (0: none), priority (255: none), attempts, namespace, type, tenant, worker (name
+# table numbers + 1; 0: none), submitted, started, finished (NaN: none), then the lengths of the name,
+# result, error code and error message (0xFFFFFFFF: none).
+_HEAD = struct.Struct("<BBBHIIIIdddIIII")
+_NONE = 0xFFFFFFFF
+_STATUSES = list(JobStatus)
+_STATUS_CODE = {s: i for i, s in enumerate(_STATUSES)}
+_OPERATIONS = [None, *Operation]
+_OPERATION_CODE = {o: i for i, o in enumerate(_OPERATIONS)}
+_NAN = float("nan")
+
+
+class Names:
+    """The strings that repeat across jobs (namespace, type, tenant, worker id), numbered once."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.numbers: dict[str, int] = {}
+
+    def number(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        found = self.numbers.get(name)
+        if found is None:
+            self.names.append(_intern(name))
+            found = self.numbers[name] = len(self.names)
+        return found
+
+    def name(self, number: int) -> str | None:
+        return self.names[number - 1] if number else None
+
+
+def _text(value: str | None) -> bytes:
+    return b"" if value is None else value.encode()
 
 
 class Entry:
@@ -79,6 +119,54 @@ class Entry:
     def terminal(self) -> bool:
         return self.status.terminal
 
+    def freeze(self, names: Names) -> bytes:
+        """This (finished) job as one bytes object."""
+        name, code, message = _text(self.name), b"", b""
+        if self.error is not None:
+            code, message = self.error.code.encode(), self.error.message.encode()
+        result = self.result or b""
+        head = _HEAD.pack(
+            _STATUS_CODE[self.status],
+            _OPERATION_CODE[self.operation],
+            255 if self.priority is None else self.priority,
+            min(self.attempts, 0xFFFF),
+            names.number(self.namespace),
+            names.number(self.resource_type),
+            names.number(self.tenant),
+            names.number(self.worker),
+            _NAN if self.submitted is None else self.submitted,
+            _NAN if self.started is None else self.started,
+            _NAN if self.finished is None else self.finished,
+            _NONE if self.name is None else len(name),
+            _NONE if self.result is None else len(result),
+            _NONE if self.error is None else len(code),
+            len(message),
+        )
+        return b"".join((head, name, result, code, message))
+
+    @classmethod
+    def thaw(cls, frozen: bytes, names: Names) -> Entry:
+        """The Entry a frozen job was made from."""
+        status, op, prio, attempts, ns, rtype, tenant, worker, sub, start, fin, n, r, c, m = _HEAD.unpack_from(frozen)
+        entry = cls(_STATUSES[status])
+        entry.operation = _OPERATIONS[op]
+        entry.priority = None if prio == 255 else prio
+        entry.attempts = attempts
+        entry.namespace, entry.resource_type = names.name(ns), names.name(rtype)
+        entry.tenant, entry.worker = names.name(tenant), names.name(worker)
+        entry.submitted = None if math.isnan(sub) else sub
+        entry.started = None if math.isnan(start) else start
+        entry.finished = None if math.isnan(fin) else fin
+        at = _HEAD.size
+        if n != _NONE:
+            entry.name, at = frozen[at : at + n].decode(), at + n
+        if r != _NONE:
+            entry.result, at = frozen[at : at + r], at + r
+        if c != _NONE:
+            code, at = frozen[at : at + c].decode(), at + c
+            entry.error = JobError.model_construct(code=code, message=frozen[at : at + m].decode())
+        return entry
+
     def view(self, job_id: str) -> JobResult:
         return JobResult.model_construct(
             job_id=job_id,
@@ -103,8 +191,13 @@ def _name(value: str | None) -> str | None:
     return None if value is None else _intern(value)
 
 
+_TENANT_AT, _SUBMITTED_AT = 13, 21  # offsets in _HEAD: read without unpacking a whole job
+_NUMBER, _FLOAT = struct.Struct("<I"), struct.Struct("<d")
+Item = Entry | bytes  # what the jobs dict holds: a job in flight, or a finished one frozen
+
+
 class StatusIndex:
-    """job id -> Entry, bounded by `max_jobs` and `max_bytes`: the oldest finished jobs are evicted first."""
+    """job id -> job, bounded by `max_jobs` and `max_bytes`: the oldest finished jobs are evicted first."""
 
     def __init__(
         self, max_jobs: int = DEFAULT_MAX_JOBS, max_bytes: int | None = None, max_age: float | None = None
@@ -115,8 +208,9 @@ class StatusIndex:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.expired = 0
-        self.jobs: dict[str, Entry] = {}  # in arrival order; eviction goes by `finished`
+        self.jobs: dict[str, Item] = {}  # in arrival order; eviction goes by `finished`
         self.finished: deque[str] = deque()  # ids in the order they finished: the eviction order
+        self.names = Names()
         self.waiters: dict[str, list[asyncio.Future[JobResult]]] = {}
         self.nbytes = 0
         self.duplicates = 0
@@ -135,41 +229,57 @@ class StatusIndex:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self.jobs
 
+    def _entry(self, item: Item) -> Entry:
+        return item if type(item) is Entry else Entry.thaw(item, self.names)  # type: ignore[arg-type]
+
+    def _tenant_of(self, item: Item) -> str | None:
+        if type(item) is Entry:
+            return item.tenant
+        return self.names.name(_NUMBER.unpack_from(item, _TENANT_AT)[0])  # type: ignore[arg-type]
+
+    def _status_of(self, item: Item) -> JobStatus:
+        return item.status if type(item) is Entry else _STATUSES[item[0]]  # type: ignore[union-attr,index]
+
+    @staticmethod
+    def _cost(item: Item) -> int:
+        return item.nbytes if type(item) is Entry else FROZEN_BYTES + len(item)  # type: ignore[union-attr,arg-type]
+
     def get(self, job_id: str) -> JobResult | None:
-        entry = self.jobs.get(job_id)
-        return None if entry is None else entry.view(job_id)
+        item = self.jobs.get(job_id)
+        return None if item is None else self._entry(item).view(job_id)
 
     def get_for(self, job_id: str, tenant: str | None) -> JobResult | None:
         """The job if `tenant` may see it: None (no tenants) sees every job, a tenant its own only."""
-        entry = self.jobs.get(job_id)
-        if entry is None or (tenant is not None and entry.tenant != tenant):
+        item = self.jobs.get(job_id)
+        if item is None or (tenant is not None and self._tenant_of(item) != tenant):
             return None
-        return entry.view(job_id)
+        return self._entry(item).view(job_id)
 
     def iter_jobs(
         self, tenant: str | None = None, status: JobStatus | None = None, newest_first: bool = True
     ) -> Iterator[JobResult]:
         """Jobs `tenant` may see, optionally in one status; newest (by arrival) first."""
         items = reversed(self.jobs.items()) if newest_first else iter(self.jobs.items())
-        for job_id, entry in items:
-            if tenant is not None and entry.tenant != tenant:
+        for job_id, item in items:
+            if tenant is not None and self._tenant_of(item) != tenant:
                 continue
-            if status is not None and entry.status is not status:
+            if status is not None and self._status_of(item) is not status:
                 continue
-            yield entry.view(job_id)
+            yield self._entry(item).view(job_id)
 
     def counts(self, tenant: str | None = None) -> dict[str, int]:
         """Jobs `tenant` may see, by status."""
         counts = {s.value: 0 for s in JobStatus}
-        for entry in self.jobs.values():
-            if tenant is None or entry.tenant == tenant:
-                counts[entry.status.value] += 1
+        for item in self.jobs.values():
+            if tenant is None or self._tenant_of(item) == tenant:
+                counts[self._status_of(item).value] += 1
         return counts
 
     def _count(self, entry: Entry, delta: int) -> None:
-        """Hook: a job that is not terminal entered (+1) or left (-1) this index, or changed tenant.
+        """Hook: a job in flight entered (+1) or left (-1) this index (it ended, or changed tenant).
 
-        A subclass that counts jobs in flight (the API's per-tenant cap) overrides it."""
+        A subclass that counts jobs in flight (the API's per-tenant cap) overrides it. Finished
+        (frozen) jobs never reach it."""
 
     def apply_batch(self, messages: Sequence[StreamMessage]) -> None:
         for message in messages:
@@ -271,25 +381,32 @@ class StatusIndex:
         *,
         redrive: bool = False,
     ) -> None:
-        current = self.jobs.get(job_id)
-        if current is not None and redrive:  # an operator sent a dead-lettered job round again
+        item = self.jobs.get(job_id)
+        if item is not None and redrive:  # an operator sent a dead-lettered job round again
             self.redriven += 1
-            self._remove(job_id, current)
-            current = None
-        if current is None:
+            self._remove(job_id, item)
+            item = None
+        if item is None:
             current = Entry(JobStatus.ACCEPTED)
             current.tenant = _name(tenant)
             self._insert(job_id, current)
-        else:
+        elif type(item) is Entry:
+            current = item
             self._adopt_tenant(current, tenant)  # an event came before the job
+        else:  # the job ended before its record came: fill in what its events did not say
+            current = Entry.thaw(item, self.names)  # type: ignore[arg-type]
+            current.tenant = current.tenant or _name(tenant)
         current.namespace = _intern(namespace)
         current.submitted = submitted_at
         current.resource_type = current.resource_type or _intern(resource_type)
         current.operation = current.operation or operation
         if current.name is None and resource_name is not None:
             current.name = resource_name
-            self._grow(current, len(resource_name))
+            if current is item:
+                self._grow(current, len(resource_name))
         current.priority = priority if current.priority is None else current.priority
+        if current is not item and item is not None:
+            self._freeze(job_id, current)
 
     def _event(
         self,
@@ -303,15 +420,21 @@ class StatusIndex:
         tenant: str | None = None,
     ) -> None:
         self.last_event_at = at
-        entry = self.jobs.get(job_id)
-        if entry is None:
+        item = self.jobs.get(job_id)
+        if item is None:
             entry = Entry(JobStatus.ACCEPTED)
             self._insert(job_id, entry)
-        self._adopt_tenant(entry, tenant)  # its Accepted record may never come (models.JobEvent)
-        if entry.terminal:
+        elif type(item) is not Entry:  # it has ended: the first terminal event won
             if status.terminal:
                 self.duplicates += 1
+            if tenant is not None and self._tenant_of(item) is None:
+                ended = Entry.thaw(item, self.names)  # type: ignore[arg-type]
+                ended.tenant = _intern(tenant)
+                self._freeze(job_id, ended)
             return
+        else:
+            entry = item
+        self._adopt_tenant(entry, tenant)  # its Accepted record may never come (models.JobEvent)
         entry.attempts = max(entry.attempts, attempt)
         if worker_id is not None:
             entry.worker = _intern(worker_id)
@@ -328,8 +451,8 @@ class StatusIndex:
         entry.finished = at
         entry.started = entry.started or at
         if result is not None:
-            entry.result = memoryview(orjson.dumps(result)).tobytes()  # orjson leaves a 4 KiB buffer behind
-            self._grow(entry, len(entry.result))
+            entry.result = orjson.dumps(result)
+        self._freeze(job_id, entry)
         self.finished.append(job_id)
         waiters = self.waiters.pop(job_id, None)
         if waiters:
@@ -337,6 +460,12 @@ class StatusIndex:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(record)
+
+    def _freeze(self, job_id: str, entry: Entry) -> None:
+        """Store a finished job as bytes, in place of what the dict held for it."""
+        frozen = entry.freeze(self.names)
+        self.nbytes += FROZEN_BYTES + len(frozen) - self._cost(self.jobs[job_id])
+        self.jobs[job_id] = frozen
 
     def _adopt_tenant(self, entry: Entry, tenant: str | None) -> None:
         """Give a job learned of without its tenant the tenant a later record names."""
@@ -354,10 +483,11 @@ class StatusIndex:
         self.nbytes += entry.nbytes
         self._count(entry, 1)
 
-    def _remove(self, job_id: str, entry: Entry) -> None:
+    def _remove(self, job_id: str, item: Item) -> None:
         del self.jobs[job_id]
-        self.nbytes -= entry.nbytes
-        self._count(entry, -1)
+        self.nbytes -= self._cost(item)
+        if type(item) is Entry:
+            self._count(item, -1)
 
     def over_bound(self) -> bool:
         return len(self.jobs) > self.max_jobs or (self.max_bytes is not None and self.nbytes > self.max_bytes)
@@ -369,32 +499,34 @@ class StatusIndex:
             self._expire(time.time() - self.max_age)
         while finished and self.over_bound():
             job_id = finished.popleft()
-            entry = self.jobs.get(job_id)
-            if entry is None or not entry.terminal:  # redriven or removed since it finished
+            item = self.jobs.get(job_id)
+            if item is None or type(item) is Entry:  # redriven or removed since it finished
                 continue
-            self._remove(job_id, entry)
+            self._remove(job_id, item)
             self.evicted += 1
             self._evicted_one()
-            if entry.submitted is not None:
-                self.evicted_before = max(self.evicted_before or 0.0, entry.submitted)
+            submitted = _FLOAT.unpack_from(item, _SUBMITTED_AT)[0]  # type: ignore[arg-type]
+            if not math.isnan(submitted):
+                self.evicted_before = max(self.evicted_before or 0.0, submitted)
 
     def _expire(self, cutoff: float) -> None:
         finished, jobs = self.finished, self.jobs
         while finished:
-            entry = jobs.get(finished[0])
-            if entry is not None and entry.terminal and (entry.submitted or cutoff) >= cutoff:
-                return
-            job_id = finished.popleft()
-            if entry is not None and entry.terminal:
-                self._remove(job_id, entry)
+            item = jobs.get(finished[0])
+            if item is not None and type(item) is not Entry:
+                submitted = _FLOAT.unpack_from(item, _SUBMITTED_AT)[0]  # type: ignore[arg-type]
+                if math.isnan(submitted) or submitted >= cutoff:
+                    return
+                self._remove(finished[0], item)
                 self.expired += 1
-                self.evicted_before = max(self.evicted_before or 0.0, entry.submitted or 0.0)
+                self.evicted_before = max(self.evicted_before or 0.0, submitted)
+            finished.popleft()
 
     async def wait(self, job_id: str, timeout: float | None) -> JobResult | None:
         """The job's terminal state, or None when it is not terminal within `timeout` seconds."""
-        entry = self.jobs.get(job_id)
-        if entry is not None and entry.terminal:
-            return entry.view(job_id)
+        item = self.jobs.get(job_id)
+        if item is not None and type(item) is not Entry:
+            return self._entry(item).view(job_id)
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(job_id, []).append(future)
         try:
