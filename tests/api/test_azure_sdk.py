@@ -7,17 +7,42 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from tests.api.support import start_api, start_worker
+from tests.api.support import Proc, _env, spawn, start_api, start_worker
+from tests.support.rabbitmq import free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(180)]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+
+
+@pytest.fixture
+def cpw_dev(tmp_path) -> Iterator[Proc]:
+    """`cpw dev` as a reader of the README starts it: the embedded broker, the demo provider, no tokens."""
+    port = free_port()
+    env = _env("memory://", {"CPW_HEALTH_PORT": free_port(), "CPW_API_RETRY_AFTER": 1, "CPW_DEMO_DELAY": 0.2})
+    env.pop("CPW_API_HOST")
+    log = tmp_path / "dev.log"
+    proc = Proc(spawn(["dev", "--port", str(port)], env, log), log, port, port, env)
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.proc.poll() is None and time.monotonic() < deadline, proc.output()[-3000:]
+        try:
+            if httpx.get(f"{proc.url}/health/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    yield proc
+    assert proc.stop() == 0, proc.output()[-3000:]
 
 
 @pytest.fixture
@@ -47,6 +72,10 @@ def sdk(api_url: str, token: str = "token-a") -> dict[str, Any]:
 
 def test_the_docs_example_runs_put_patch_action_get_list_delete(api):
     sdk(api.url)
+
+
+def test_the_docs_example_runs_against_cpw_dev(cpw_dev):
+    sdk(cpw_dev.url, token="")  # cpw dev serves without tokens
 
 
 def test_paged_list_and_failed_create_through_the_sdk(api):
