@@ -51,7 +51,7 @@ async def list_resources(request: Request, ctx: ApiContext, caller: Caller) -> R
         body: dict[str, Any] = {"value": items[offset : offset + size], "nextLink": None}
         if offset + size < len(items):
             query = urlencode({"api-version": version, "$top": size, "$skiptoken": offset + size})
-            body["nextLink"] = f"{ctx.base_url(request)}{request.url.path}?{query}"
+            body["nextLink"] = f"{ctx.base_url(request)}{request.scope['path']}?{query}"
         return json_response(body)
 
     return await _synchronous(request, ctx, caller, Operation.LIST, req, page)
