@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import metrics
+from . import metrics, rpc
 from .context import ANONYMOUS, ApiContext, ApiRoute, Caller
 from .errors import JSON, ApiError, arm_error_body, internal_error
 from .routes import ROUTES
@@ -43,7 +44,10 @@ def endpoint(ctx: ApiContext, route: ApiRoute) -> Callable[[Request], Awaitable[
                 metrics.count_rejection(exc.reason)
             response = exc.response()
         except Exception:
-            log.exception("unhandled error answering %s %s", request.method, template)
+            ids = rpc.current.get()
+            log.exception(
+                "unhandled error answering %s %s", request.method, template, extra=ids.log_fields() if ids else None
+            )
             response = internal_error()
         metrics.observe_request(template, request.method, response.status_code, time.perf_counter() - started)
         return response
@@ -77,14 +81,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error: %s", type(exc).__name__)
+    ids = rpc.current.get()
+    log.error("unhandled error: %s", type(exc).__name__, extra=ids.log_fields() if ids else None)
     return internal_error()
 
 
 def build_app(ctx: ApiContext, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The public app. `extra_routes` (cpw dev: the ops routes) are served unauthenticated."""
+    """The public app. `extra_routes` (cpw dev: the ops routes) are served unauthenticated. Every answer
+    carries the ARM request id headers (rpc.py)."""
     routes: list[BaseRoute] = [Route(r.path, endpoint(ctx, r), methods=[r.method]) for r in (*ROUTES, OPENAPI)]
     return Starlette(
         routes=[*routes, *extra_routes],
+        middleware=[Middleware(rpc.ArmHeaders)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-OPERATIONS = ("create", "get", "delete", "list", "action")
+OPERATIONS = ("create", "get", "delete", "list", "action", "update")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -69,3 +69,9 @@ def unavailable(message: str, retry_after: str) -> ApiError:
     return ApiError(
         503, "ServiceUnavailable", message, reason="broker_unavailable", headers={"Retry-After": retry_after}
     )
+
+
+def gateway_timeout(message: str, retry_after: str) -> ApiError:
+    """504 GatewayTimeout + Retry-After: a synchronous GET's job did not end within its budget. Not a
+    202: an ARM client would take any success body of a GET for the resource."""
+    return ApiError(504, "GatewayTimeout", message, reason="sync_timeout", headers={"Retry-After": retry_after})

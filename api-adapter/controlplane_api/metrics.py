@@ -16,6 +16,7 @@ REJECTION_REASONS = (
     "invalid",
     "not_found",
     "conflict",
+    "sync_timeout",
 )
 
 REQUESTS = Counter(

@@ -19,12 +19,13 @@ from .routes import ROUTES
 from .settings import ApiSettings
 
 REF = "#/components/schemas/{model}"
-_INPUT = (schemas.ResourceBody, schemas.ActionBody, schemas.JobSubmission)
+_INPUT = (schemas.ResourceBody, schemas.PatchBody, schemas.ActionBody, schemas.JobSubmission)
 _OUTPUT = (
     schemas.ArmError,
     schemas.OperationStatusResource,
     schemas.AcceptedResource,
     schemas.AcceptedOperation,
+    schemas.ResourcePage,
     schemas.JobView,
     schemas.JobPage,
     schemas.Stats,
@@ -80,8 +81,8 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "name": "Prefer",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "pattern": r"^wait=[0-9]{1,2}$"},
-        "description": "RFC 7240 `wait=N`, as ?wait=N.",
+        "schema": {"type": "string", "pattern": r"^(respond-async|wait=[0-9]{1,2}|respond-async, ?wait=[0-9]{1,2})$"},
+        "description": "RFC 7240: `wait=N` as ?wait=N; `respond-async` asks a GET for the 202 + Location form.",
     }
     priority_header = {
         "name": "x-ms-priority",
@@ -89,7 +90,7 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "required": False,
         "schema": {"type": "string", "pattern": "^[0-9]$"},
         "description": "Job priority 0-9 (9 most urgent); default per operation: "
-        "get 8, create 7, delete 6, list and action 5. Also ?priority=.",
+        "get 8, create and update 7, delete 6, list and action 5. Also ?priority=.",
     }
     priority_query = {
         "name": "priority",
@@ -149,6 +150,30 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "content": {"application/json": {"schema": _ref("AcceptedOperation")}},
     }
     submit_params = [api_version, wait, prefer, priority_header, priority_query, idempotency]
+    timed_out = {
+        "504": _error(
+            f"GatewayTimeout: the job did not end within {settings.api_sync_timeout:g} s (or a longer ?wait=); it"
+            " still runs. Retry after Retry-After.",
+            {"Retry-After": retry_after},
+        )
+    }
+    read_final = {k: v for k, v in final.items() if k != "200"}
+    async_read = {**accepted_op, "description": "Only with `Prefer: respond-async`: poll Location."}
+    page_params = [
+        {
+            "name": "$top",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+        {
+            "name": "$skiptoken",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+            "description": "From a nextLink.",
+        },
+    ]
 
     # Operation id -> its OpenAPI operation; the routes' path templates place them.
     operations: dict[str, Any] = {
@@ -167,8 +192,23 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
             },
         },
         "Resources_Get": {
-            "summary": "get, offloaded",
+            "summary": "get: an offloaded job, answered synchronously",
             "parameters": submit_params,
+            "responses": {
+                "200": {
+                    "description": "The resource.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "202": async_read,
+                **read_final,
+                **submit_errors,
+                **timed_out,
+            },
+        },
+        "Resources_Update": {
+            "summary": "update (PATCH, a JSON merge patch), offloaded",
+            "parameters": submit_params,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PatchBody")}}},
             "responses": {"202": accepted_op, **final, **submit_errors},
         },
         "Resources_Delete": {
@@ -183,16 +223,23 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
             "responses": {"202": accepted_op, **final, **submit_errors},
         },
         "Resources_List": {
-            "summary": "list, offloaded",
-            "parameters": submit_params,
-            "responses": {"202": accepted_op, **final, **submit_errors},
+            "summary": "list: an offloaded job, answered synchronously, paged",
+            "parameters": [*submit_params, *page_params],
+            "responses": {
+                "200": {"description": "A page.", "content": {"application/json": {"schema": _ref("ResourcePage")}}},
+                "202": async_read,
+                **read_final,
+                **submit_errors,
+                **timed_out,
+            },
         },
         "Operations_Get": {
             "summary": "The operation status resource.",
             "parameters": [job_id],
             "responses": {
                 "200": {
-                    "description": "The operation.",
+                    "description": "The operation; Retry-After while it runs.",
+                    "headers": {"Retry-After": retry_after},
                     "content": {"application/json": {"schema": _ref("OperationStatusResource")}},
                 },
                 **lookup_errors,
@@ -299,6 +346,16 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
             },
         },
     }
+    rpc_headers = {
+        "x-ms-request-id": {"description": "This answer's id (a GUID).", "schema": {"type": "string"}},
+        "x-ms-correlation-request-id": {
+            "description": "The caller's, echoed; else the request id.",
+            "schema": {"type": "string"},
+        },
+    }
+    for operation in operations.values():  # the ARM RPC's common headers are on every answer
+        for response in operation["responses"].values():
+            response["headers"] = {**response.get("headers", {}), **rpc_headers}
     paths: dict[str, Any] = {}
     for route in ROUTES:
         entry = paths.setdefault(route.path, {})

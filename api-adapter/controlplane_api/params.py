@@ -21,6 +21,8 @@ _SEGMENT = re.compile(SEGMENT.strip("^$"))
 _API_VERSION = re.compile(API_VERSION.strip("^$"))
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY.strip("^$"))
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([^,;\s]+)", re.IGNORECASE)
+_PREFER_ASYNC = re.compile(r"(?:^|[,;\s])respond-async(?:$|[,;\s])", re.IGNORECASE)
+_SKIP_TOKEN = re.compile(r"[0-9]{1,9}")
 # ASCII digits only, at most 4: str.isdigit() accepts "²" and "٣", and int() of 5,000 digits raises.
 _SMALL_INT = re.compile(r"[0-9]{1,4}")
 PAGE_MAX = 1000
@@ -93,6 +95,23 @@ def wait_for(request: Request, max_wait: float) -> float:
     if not 0 <= seconds <= 3600 or seconds != seconds:
         raise invalid(f"'{target}' must be a number of seconds from 0 to {max_wait:g}.", target)
     return min(seconds, max_wait)
+
+
+def respond_async(request: Request) -> bool:
+    """`Prefer: respond-async` (RFC 7240): the caller asks for the 202 + Location form of a GET."""
+    prefer = request.headers.get("prefer")
+    return prefer is not None and _PREFER_ASYNC.search(prefer) is not None
+
+
+def collection_page(request: Request) -> tuple[int, int]:
+    """(offset, size) of a collection GET's page from `$skiptoken` and `$top` (1-1000, default 1000)."""
+    token = request.query_params.get("$skiptoken", "0")
+    if not _SKIP_TOKEN.fullmatch(token):
+        raise invalid("'$skiptoken' must be a skip token from a nextLink.", "$skiptoken")
+    top = small_int(request.query_params.get("$top", str(PAGE_MAX)))
+    if top is None or not 1 <= top <= PAGE_MAX:
+        raise invalid(f"'$top' must be an integer from 1 to {PAGE_MAX}.", "$top")
+    return int(token), top
 
 
 def idempotency_key(request: Request) -> str | None:

@@ -29,6 +29,16 @@ class ResourceBody(BaseModel):
     tags: dict[str, str] | None = None
 
 
+class PatchBody(BaseModel):
+    """The body of a PATCH: a JSON merge patch (RFC 7396) of the resource; null removes a field."""
+
+    model_config = ConfigDict(extra="allow")
+
+    location: str | None = Field(None, max_length=200)
+    properties: dict[str, Any] | None = None
+    tags: dict[str, str | None] | None = None
+
+
 class ActionBody(BaseModel):
     """The body of a POST action: any JSON object, passed to the provider."""
 
@@ -112,8 +122,15 @@ class AcceptedResource(BaseModel):
     jobId: str
 
 
+class ResourcePage(BaseModel):
+    """200 to a collection GET: one page of the provider's resources."""
+
+    value: list[Any]
+    nextLink: str | None = Field(None, description="Absolute URL of the next page (keeps api-version); null: last.")
+
+
 class AcceptedOperation(BaseModel):
-    """202 to an offloaded DELETE, POST action, GET or list."""
+    """202 to an offloaded PATCH, DELETE or POST action, or a GET asked with `Prefer: respond-async`."""
 
     jobId: str
     status: Literal["Accepted", "Running"]

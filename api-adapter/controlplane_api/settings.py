@@ -75,6 +75,15 @@ class ApiSettings(Settings):
         validation_alias=env_alias("API_MAX_WAIT"),
         description="Longest ?wait= / Prefer: wait= the API honours, in seconds.",
     )
+    api_sync_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        validation_alias=env_alias("API_SYNC_TIMEOUT"),
+        description="Seconds a resource or collection GET waits for its offloaded get/list job before it "
+        "answers 504 GatewayTimeout + Retry-After (the job still runs). ARM clients expect a GET to answer "
+        "synchronously.",
+    )
     api_public_url: str | None = Field(
         None,
         validation_alias=env_alias("API_PUBLIC_URL"),

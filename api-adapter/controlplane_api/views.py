@@ -101,16 +101,38 @@ def job_view(record: JobResult) -> dict[str, Any]:
     }
 
 
-def final_response(record: JobResult, operation: Operation | None) -> Response:
-    """A finished operation answered like the synchronous call."""
-    if record.status is JobStatus.SUCCEEDED:
-        if operation is Operation.DELETE:
-            return Response(status_code=204)
-        result = record.result
-        if operation is Operation.LIST and not (isinstance(result, dict) and "value" in result):
-            result = {"value": result if isinstance(result, list) else ([] if result is None else [result])}
-        if not isinstance(result, dict):
-            result = {"value": result}
-        return json_response(result, 200)
+def list_items(result: Any) -> list[Any]:
+    """A list job's result as the collection's items: a provider may return a list or `{"value": [...]}`."""
+    if isinstance(result, dict) and "value" in result:
+        result = result["value"]
+    return result if isinstance(result, list) else ([] if result is None else [result])
+
+
+def settled_resource(result: Any) -> Any:
+    """A written resource as ARM shows it once its operation ended: `properties.provisioningState` is
+    terminal (Succeeded) unless the provider said otherwise."""
+    if isinstance(result, dict) and isinstance(result.get("properties"), dict):
+        if "provisioningState" not in result["properties"]:
+            return {**result, "properties": {**result["properties"], "provisioningState": "Succeeded"}}
+    return result
+
+
+def failure_response(record: JobResult) -> Response:
     error = error_of(record) or {"code": "OperationFailed", "message": "the operation failed", "details": []}
     return json_response({"error": error}, ERROR_STATUS.get(error["code"], 500))
+
+
+def final_response(record: JobResult, operation: Operation | None) -> Response:
+    """A finished operation answered like the synchronous call."""
+    if record.status is not JobStatus.SUCCEEDED:
+        return failure_response(record)
+    if operation is Operation.DELETE:
+        return Response(status_code=204)
+    result = record.result
+    if operation is Operation.LIST:
+        result = {"value": list_items(result)}
+    elif operation in (Operation.CREATE, Operation.UPDATE):
+        result = settled_resource(result)
+    if not isinstance(result, dict):
+        result = {"value": result}
+    return json_response(result, 200)

@@ -94,7 +94,7 @@ async def test_400_names_the_field(api, http):
     assert error["details"][0]["target"] == "status"
     error = arm(await http.put(url, params={**V, "wait": "soon"}, headers=A, json={}))
     assert error["details"][0]["target"] == "wait"
-    arm(await http.patch(url, params=V, headers=A, json={}), "MethodNotAllowed")
+    arm(await http.patch(f"{api.url}/jobs", headers=A, json={}), "MethodNotAllowed")
     arm(await http.get(f"{api.url}/nowhere", headers=A), "NotFound")
 
 
@@ -225,8 +225,12 @@ async def test_503_while_the_broker_is_down_and_reads_keep_working(vhost_url, tm
             assert (await http.get(f"{api.ops_url}/health/live")).status_code == 200
         finally:
             rabbitmq.server.start_app()
-        after = await poll(
-            http, f"{api.url}{RG}/after?api-version=2024-01-01", lambda r: r.status_code == 202, A, timeout=60
+        after = await poll(  # no worker here: the explicit asynchronous GET, answered once the job is confirmed
+            http,
+            f"{api.url}{RG}/after?api-version=2024-01-01",
+            lambda r: r.status_code == 202,
+            {**A, "Prefer": "respond-async"},
+            timeout=60,
         )
         assert after.json()["jobId"]
     finally:

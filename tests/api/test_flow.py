@@ -66,9 +66,13 @@ async def test_delete_and_action_answer_202_and_end_through_location(api, http):
 
 
 async def test_get_and_list_are_offloaded_and_wait_answers_synchronously(api, http):
-    response = await http.get(f"{api.url}{RG}/vm3", params=V, headers=A)
+    # Asked for explicitly, a GET keeps the asynchronous form (a GET answers synchronously by default)
+    response = await http.get(f"{api.url}{RG}/vm3", params=V, headers={**A, "Prefer": "respond-async"})
     assert response.status_code == 202 and response.json()["operation"] == "get"
+    assert response.headers["Retry-After"] == "2"
     assert (await http.get(response.headers["Azure-AsyncOperation"], headers=A)).status_code == 200
+    final = await poll(http, response.headers["Location"], lambda r: r.status_code != 202, A)
+    assert final.status_code == 200 and final.json()["name"] == "vm3"
 
     response = await http.put(f"{api.url}{RG}/vm3", params={**V, "wait": "10"}, headers=A, json={"location": "x"})
     assert response.status_code == 200, response.text

@@ -57,7 +57,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(processes):
     cases = 0
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 13
+    assert len(operations) == 14
     for operation in operations:
 
         @hypothesis.settings(

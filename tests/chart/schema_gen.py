@@ -218,6 +218,7 @@ def api_schema() -> dict:
             ),
             "maxBodyBytes": i(minimum=1),
             "retryAfter": i(minimum=1),
+            "syncTimeout": num(exclusiveMinimum=0, maximum=300),
             "tenantMaxQueued": i(minimum=1),
             "terminationGracePeriodSeconds": i(),
         },

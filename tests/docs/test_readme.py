@@ -100,12 +100,14 @@ def _poll(command: str, port: int) -> dict:
 def test_readme_curl_commands_reach_succeeded(cpw_dev: tuple[int, Path]) -> None:
     port, _ = cpw_dev
     section = README.read_text().split("## What you will see", 1)[1].split("\n## ", 1)[0]
-    create, poll = _commands(section)
+    create, poll, get = _commands(section)
     answer = json.loads(_run(create, port))
     assert answer["properties"]["provisioningState"] == "Accepted"
     status = _poll(poll.replace("<jobId>", answer["jobId"]), port)
     assert status["status"] == "Succeeded", status
     assert status["properties"]["output"]["properties"]["provisioningState"] == "Succeeded"
+    resource = json.loads(_run(get, port))  # a GET answers the resource itself, synchronously
+    assert resource == status["properties"]["output"], resource
 
 
 def test_the_printed_curl_example_reaches_succeeded(cpw_dev: tuple[int, Path]) -> None:

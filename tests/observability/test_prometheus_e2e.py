@@ -166,10 +166,13 @@ async def test_dashboards_and_an_alert_on_a_real_prometheus(platform):
                     for i, script in enumerate(batch)
                 )
             )
-            # GET of a resource is a job too (operation "get", never failing here); and reads of operations,
-            # for the read-latency panel.
+            # GET of a resource is a job too (operation "get", never failing here), asked in its asynchronous
+            # form so the answer names the job; and reads of operations, for the read-latency panel.
             answers += await asyncio.gather(
-                *(http.get(f"{api.url}{RG}/e2e-{wave}-{i}", params=V, headers=A) for i in range(2))
+                *(
+                    http.get(f"{api.url}{RG}/e2e-{wave}-{i}", params=V, headers={**A, "Prefer": "respond-async"})
+                    for i in range(2)
+                )
             )
             for answer in answers:
                 assert answer.status_code in (200, 201, 202), answer.text  # 200: POST /jobs saw it finish

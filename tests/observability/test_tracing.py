@@ -107,7 +107,7 @@ def parent_of(span: Any) -> int | None:
 async def put(api, name: str, script: str, traceparent: str | None = None) -> str:
     """PUT a resource (201 Accepted); the job id."""
     url, http = api
-    headers = {**A, **({"traceparent": traceparent} if traceparent else {})}
+    headers = {**A, "x-ms-client-request-id": f"client-{name}", **({"traceparent": traceparent} if traceparent else {})}
     response = await http.put(
         f"{url}{RG}/{name}", params=V, headers=headers, json={"location": "westeurope", "script": script}
     )
@@ -147,6 +147,9 @@ async def test_one_trace_from_http_request_to_provider_call(api, recorder, vhost
     assert server.name == "PUT " + RESOURCE
     assert parent_of(server) == client_span.get_span_context().span_id
     assert server.attributes["cpw.job.id"] == job_id
+    # the ARM request ids on the request's span (the Azure SDK's attribute names): one call, followed end to end
+    assert server.attributes["az.client_request_id"] == "client-ok-1"
+    assert server.attributes["az.correlation_request_id"] == server.attributes["az.service_request_id"]
 
     [publish] = by_name(spans, "publish provider.exchange", trace_id)
     [process] = by_name(spans, "process provider.jobs", trace_id)

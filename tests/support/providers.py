@@ -14,6 +14,7 @@ from typing import Any
 
 from controlplane_workers import PermanentError, ResourceProviderRegistry, ResourceRequest, RetryableError
 from controlplane_workers.context import current_job
+from controlplane_workers.examples import demo
 
 CALLS: list[dict[str, Any]] = []
 STARTED: dict[str, asyncio.Event] = {}
@@ -52,3 +53,8 @@ class Scripted:
 provider = Scripted()
 registry = ResourceProviderRegistry()
 registry.register_provider("Test.Scripted", "*", provider)
+
+# For the Azure SDK tests: the scripted provider and the demo's stateful virtual machines, in one worker.
+arm_registry = ResourceProviderRegistry()
+arm_registry.register_provider("Test.Scripted", "*", provider)
+arm_registry.register_provider(demo.NAMESPACE, demo.TYPE, demo.VirtualMachines(delay=0.2))

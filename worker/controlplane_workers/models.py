@@ -38,6 +38,7 @@ class Operation(str, Enum):
     DELETE = "delete"
     LIST = "list"
     ACTION = "action"
+    UPDATE = "update"  # PATCH: a provider's update_resource, else get + merge + create_or_update
 
 
 # The provider method each operation calls (the seed's and the ITL SDK's names).
@@ -47,6 +48,7 @@ PROVIDER_METHODS: dict[Operation, str] = {
     Operation.DELETE: "delete_resource",
     Operation.LIST: "list_resources",
     Operation.ACTION: "execute_action",
+    Operation.UPDATE: "update_resource",
 }
 
 

@@ -17,6 +17,7 @@ from .queue import JobQueue
 DEFAULT_PRIORITY = {
     Operation.GET: 8,
     Operation.CREATE: 7,
+    Operation.UPDATE: 7,
     Operation.DELETE: 6,
     Operation.LIST: 5,
     Operation.ACTION: 5,

@@ -3,6 +3,11 @@
 A provider is any object with some of the methods `create_or_update_resource`, `get_resource`,
 `delete_resource`, `list_resources`, `execute_action`, each taking a ResourceRequest. Providers
 written for the ITL ControlPlane SDK fit unchanged (duck typing; no dependency on that SDK).
+
+A PATCH (operation `update`) calls `update_resource` when the provider has one (`request.body` is the
+patch); otherwise `get_resource`, a JSON merge patch (RFC 7396) of the body into it, then
+`create_or_update_resource` with the merged resource, so every provider that can be read and written
+answers PATCH without new code. `ResourceProvider` has no `update_resource` for that reason.
 """
 
 from __future__ import annotations
@@ -125,9 +130,45 @@ def load_providers(spec: str | None, *, use_entry_points: bool = True) -> Provid
     return lookups[0] if len(lookups) == 1 else _FirstMatch(lookups)
 
 
-def provider_method(provider: Any, operation: Operation) -> Callable[..., Any] | None:
+def provider_method(
+    provider: Any, operation: Operation, run_sync: Callable[..., Awaitable[Any]] = asyncio.to_thread
+) -> Callable[..., Any] | None:
+    """The provider's method for `operation`; for `update` without one, get + merge + create_or_update."""
     method = getattr(provider, PROVIDER_METHODS[operation], None)
-    return method if callable(method) else None
+    if callable(method):
+        return method
+    if operation is Operation.UPDATE:
+        return merged_update(provider, run_sync)
+    return None
+
+
+def merged_update(provider: Any, run_sync: Callable[..., Awaitable[Any]]) -> Callable[..., Any] | None:
+    """PATCH for a provider that only reads and writes: the current resource, the patch merged in, written."""
+    get = provider_method(provider, Operation.GET)
+    put = provider_method(provider, Operation.CREATE)
+    if get is None or put is None:
+        return None
+
+    async def update_resource(request: ResourceRequest) -> Any:
+        current = to_jsonable(await call_provider(get, request, run_sync))
+        merged = merge_patch(current if isinstance(current, dict) else {}, request.body)
+        location = merged.get("location") if isinstance(merged.get("location"), str) else request.location
+        return await call_provider(put, request.model_copy(update={"body": merged, "location": location}), run_sync)
+
+    return update_resource
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: objects merge key by key, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 def is_sync(method: Callable[..., Any]) -> bool:

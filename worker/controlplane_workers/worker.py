@@ -242,7 +242,7 @@ class ProviderWorker:
                 delivery, job, "unknown-provider", f"no provider for {job.provider_namespace}/{job.resource_type}"
             )
             return
-        method = provider_method(provider, job.operation)
+        method = provider_method(provider, job.operation, self.sync_pool.run)
         if method is None:
             await self._dead_letter(
                 delivery, job, "unknown-operation", f"provider has no method for operation {job.operation.value}"

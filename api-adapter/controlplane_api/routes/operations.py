@@ -13,9 +13,11 @@ from ..views import final_response, json_response, operation_status
 
 
 async def get_operation(request: Request, ctx: ApiContext, caller: Caller) -> Response:
-    """Azure-AsyncOperation: the operation status resource, 200 while it exists."""
+    """Azure-AsyncOperation: the operation status resource, 200 while it exists. Retry-After while it runs:
+    without one, ARM clients (azure-core's ARMPolling) wait their default 30 s between polls."""
     record = ctx.lookup(request.path_params["id"], caller.tenant)
-    return json_response(operation_status(record))
+    headers = None if record.terminal else {"Retry-After": ctx.retry_after}
+    return json_response(operation_status(record), headers=headers)
 
 
 async def get_operation_result(request: Request, ctx: ApiContext, caller: Caller) -> Response:

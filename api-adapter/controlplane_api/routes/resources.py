@@ -1,8 +1,8 @@
-"""The ARM resource routes: PUT, GET, DELETE, POST action and the collection GET, each offloaded.
+"""The ARM resource routes that change something: PUT, PATCH, DELETE and POST action, each offloaded.
 
-PUT answers 201 with the resource in provisioningState Accepted; the others 202 with the job. Both
-carry Location / Azure-AsyncOperation to poll. With ?wait=N the answer is the outcome if it comes
-in time.
+PUT answers 201 with the resource in provisioningState Accepted; the others 202 with the job. All
+carry Location / Azure-AsyncOperation / Retry-After to poll. With ?wait=N the answer is the outcome
+if it comes in time. The GETs are in reads.py: they answer synchronously.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from controlplane_workers.models import Operation
 
 from ..context import ApiContext, ApiRoute, Caller
 from ..params import api_version, segment
-from ..schemas import ActionBody, ResourceBody
+from ..schemas import ActionBody, PatchBody, ResourceBody
 from ..submission import Submission, submit
 from ..views import final_response, json_response
 
@@ -70,7 +70,7 @@ async def put_resource(request: Request, ctx: ApiContext, caller: Caller) -> Res
     return await submit(ctx, request, caller, Submission(Operation.CREATE, ns, rtype, req, raw), answer)
 
 
-async def _offload(
+async def offload(
     request: Request, ctx: ApiContext, caller: Caller, operation: Operation, req: dict[str, Any], raw: bytes
 ) -> Response:
     """Submit `operation` and answer 202 with the job, or its outcome within ?wait."""
@@ -91,19 +91,19 @@ async def _offload(
     return await submit(ctx, request, caller, job, answer)
 
 
-async def get_resource(request: Request, ctx: ApiContext, caller: Caller) -> Response:
-    req = resource_request(request, api_version(request), body={})
-    return await _offload(request, ctx, caller, Operation.GET, req, b"")
-
-
 async def delete_resource(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     req = resource_request(request, api_version(request), body={})
-    return await _offload(request, ctx, caller, Operation.DELETE, req, b"")
+    return await offload(request, ctx, caller, Operation.DELETE, req, b"")
 
 
-async def list_resources(request: Request, ctx: ApiContext, caller: Caller) -> Response:
-    req = resource_request(request, api_version(request), body={}, named=False)
-    return await _offload(request, ctx, caller, Operation.LIST, req, b"")
+async def patch_resource(request: Request, ctx: ApiContext, caller: Caller) -> Response:
+    """A JSON merge patch of the resource: the provider's update_resource, or get + merge + create_or_update
+    (controlplane_workers.providers); 202 and polled like PUT, 200 with the resource within ?wait."""
+    version = api_version(request)
+    req = resource_request(request, version, body={})
+    body, raw = await ctx.read_json(request, PatchBody, required=True)
+    req["body"], req["location"] = body, body.get("location")
+    return await offload(request, ctx, caller, Operation.UPDATE, req, raw)
 
 
 async def post_action(request: Request, ctx: ApiContext, caller: Caller) -> Response:
@@ -111,13 +111,12 @@ async def post_action(request: Request, ctx: ApiContext, caller: Caller) -> Resp
     req = resource_request(request, version, body={}, action=segment(request, "action"))
     body, raw = await ctx.read_json(request, ActionBody, required=False)
     req["body"] = body
-    return await _offload(request, ctx, caller, Operation.ACTION, req, raw)
+    return await offload(request, ctx, caller, Operation.ACTION, req, raw)
 
 
 ROUTES = [
     ApiRoute(RESOURCE, "PUT", put_resource, "Resources_CreateOrUpdate"),
-    ApiRoute(RESOURCE, "GET", get_resource, "Resources_Get"),
+    ApiRoute(RESOURCE, "PATCH", patch_resource, "Resources_Update"),
     ApiRoute(RESOURCE, "DELETE", delete_resource, "Resources_Delete"),
     ApiRoute(ACTION, "POST", post_action, "Resources_Action"),
-    ApiRoute(COLLECTION, "GET", list_resources, "Resources_List"),
 ]

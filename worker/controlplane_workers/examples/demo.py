@@ -53,6 +53,8 @@ class VirtualMachines(ResourceProvider):
             "location": request.location or request.body.get("location") or "westeurope",
             "properties": properties,
         }
+        if request.body.get("tags") is not None:
+            machine["tags"] = request.body["tags"]
         self.machines[_key(request)] = machine
         return machine
 
