@@ -261,6 +261,13 @@ def umbrella_schema() -> dict:
                 {
                     "jobsQueue": s(minLength=1),
                     "exchange": s(minLength=1),
+                    "deadLetter": obj(
+                        {
+                            "maxLength": i(minimum=1),
+                            "maxAge": i("seconds", minimum=1),
+                            "overflow": {"enum": ["drop-head", "reject-publish"]},
+                        }
+                    ),
                     "resultsStream": s(minLength=1),
                     "resultsMaxAge": s(pattern="^[0-9]+[YMDhms]$"),
                     "queueType": {"enum": ["classic", "quorum"]},

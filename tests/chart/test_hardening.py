@@ -161,3 +161,17 @@ def test_hard_anti_affinity_and_spread_presets() -> None:
     hard = render_values({"workers": {"topologySpreadPreset": "hard"}})
     spec = one(hard, "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]
     assert spec["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "DoNotSchedule"
+
+
+def test_the_dlq_bound_reaches_both_processes_and_parses() -> None:
+    from controlplane_workers.settings import load_settings
+
+    bound = {"global": {"broker": {"deadLetter": {"maxLength": 250000, "maxAge": 86400}}}}
+    for values, expected in (({}, ("10000", "604800", "drop-head")), (bound, ("250000", "86400", "drop-head"))):
+        docs = render_values(values)
+        for name in (f"{RELEASE}-worker", f"{RELEASE}-api"):
+            env = env_of(one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0])
+            got = (env["CPW_DLQ_MAX_LENGTH"], env["CPW_DLQ_MAX_AGE"], env["CPW_DLQ_OVERFLOW"])
+            assert got == expected, name
+            settings = load_settings(dlq_max_length=got[0], dlq_max_age=got[1], dlq_overflow=got[2])
+            assert (settings.dlq_max_length, settings.dlq_max_age) == (int(got[0]), int(got[1]))

@@ -55,6 +55,25 @@ class Settings(BaseSettings):
         description="Quorum queues only: deliveries after which a message that keeps crashing workers is "
         "dead-lettered by the broker. A queue argument, so every process must agree on it.",
     )
+    dlq_max_length: int = Field(
+        10_000,
+        ge=1,
+        validation_alias=env_alias("DLQ_MAX_LENGTH"),
+        description="Most messages the dead-letter queue holds (x-max-length); past it CPW_DLQ_OVERFLOW applies. "
+        "A queue argument, so every process must agree on it.",
+    )
+    dlq_max_age: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        validation_alias=env_alias("DLQ_MAX_AGE"),
+        description="Seconds a dead letter is kept (x-message-ttl); older ones are dropped by the broker.",
+    )
+    dlq_overflow: Literal["drop-head", "reject-publish"] = Field(
+        "drop-head",
+        validation_alias=env_alias("DLQ_OVERFLOW"),
+        description="What a full dead-letter queue does (x-overflow): drop-head drops the oldest dead letter; "
+        "reject-publish refuses the new one, and its job goes back to the job queue and runs again.",
+    )
     exchange: str = Field(
         "provider.exchange",
         validation_alias=env_alias("EXCHANGE"),
