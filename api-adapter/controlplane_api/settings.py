@@ -75,6 +75,13 @@ class ApiSettings(Settings):
         validation_alias=env_alias("API_MAX_WAIT"),
         description="Longest ?wait= / Prefer: wait= the API honours, in seconds.",
     )
+    api_max_connections: int = Field(
+        1000,
+        ge=2,
+        validation_alias=env_alias("API_MAX_CONNECTIONS"),
+        description="Concurrent connections of the API port past which requests answer 503 (long-polls hold one "
+        "each for up to CPW_API_MAX_WAIT).",
+    )
     api_public_url: str | None = Field(
         None,
         validation_alias=env_alias("API_PUBLIC_URL"),

@@ -216,6 +216,25 @@ class Settings(BaseSettings):
     )
 
     # -- ops port and logs
+    http_max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        validation_alias=env_alias("HTTP_MAX_HEADER_BYTES"),
+        description="Most bytes of request line and headers either port reads before it answers 431 and closes.",
+    )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=env_alias("HTTP_HEADER_TIMEOUT"),
+        description="Seconds a client has to send its request line and headers; then 408 and the connection closes.",
+    )
+    ops_max_connections: int = Field(
+        64,
+        ge=2,
+        validation_alias=env_alias("OPS_MAX_CONNECTIONS"),
+        description="Concurrent connections of the ops port past which requests answer 503 (probes and scrapes "
+        "need a few).",
+    )
     health_host: str = Field(
         "0.0.0.0",
         validation_alias=env_alias("HEALTH_HOST"),
