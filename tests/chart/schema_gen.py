@@ -256,6 +256,7 @@ def umbrella_schema() -> dict:
             "imagePullSecrets": PULL_SECRETS,
             "commonLabels": MAP_STR,
             "priorityClassName": s(),
+            "checksumSalt": s(),
             "rabbitmq": rabbitmq,
             "broker": obj(
                 {
