@@ -219,7 +219,10 @@ def api_schema() -> dict:
             "maxBodyBytes": i(minimum=1),
             "retryAfter": i(minimum=1),
             "tenantMaxQueued": i(minimum=1),
-            "terminationGracePeriodSeconds": i(),
+            "maxWait": num(minimum=0),
+            "preStopSleepSeconds": i(maximum=120),
+            "terminationGraceMarginSeconds": i(),
+            "terminationGracePeriodSeconds": {"oneOf": [{"type": "null"}, i()]},
         },
         autoscaling,
     )

@@ -117,6 +117,11 @@ CASES = {
         helm_python.HelmRenderError,
         ["workers.podDisruptionBudget.maxUnavailable (0%)", "drain"],
     ),
+    "API grace period below the longest long-poll": (
+        {"api": {"terminationGracePeriodSeconds": 30}},
+        helm_python.HelmRenderError,
+        ["api.terminationGracePeriodSeconds (30)", "long-polls"],
+    ),
     "url that is not amqp": (
         {"global": {"rabbitmq": {"url": "redis://h:6379"}}},
         helm_python.HelmValuesError,

@@ -119,6 +119,33 @@ def test_grace_period_is_derived_from_drain_timeout() -> None:
     assert spec["terminationGracePeriodSeconds"] == 133
 
 
+@pytest.mark.parametrize("value_set", ALL)
+def test_api_grace_period_outlasts_the_prestop_sleep_and_the_longest_long_poll(value_set: str) -> None:
+    # Issue 17, item 9: 30 s of grace against CPW_API_MAX_WAIT 60 s and no preStop delay: rollouts cut long-polls.
+    api = deployments(render_set(value_set)).get(f"{RELEASE}-api")
+    if api is None:
+        pytest.skip("no API in this value set")
+    spec = api["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"] and command[2].startswith("import time; time.sleep(")
+    sleep = int(command[2].removeprefix("import time; time.sleep(").removesuffix(")"))
+    max_wait = float(env_of(container)["CPW_API_MAX_WAIT"])
+    assert sleep >= 1
+    assert spec["terminationGracePeriodSeconds"] > sleep + max_wait
+
+
+def test_api_grace_period_is_derived_from_max_wait() -> None:
+    from tests.chart.chartlib import render_values
+
+    values = {"api": {"maxWait": 120, "preStopSleepSeconds": 3, "terminationGraceMarginSeconds": 7}}
+    spec = one(render_values(values), "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 130
+    assert env_of(spec["containers"][0])["CPW_API_MAX_WAIT"] == "120"
+    off = one(render_values({"api": {"preStopSleepSeconds": 0}}), "Deployment", f"{RELEASE}-api")
+    assert "lifecycle" not in off["spec"]["template"]["spec"]["containers"][0]
+
+
 @pytest.mark.parametrize("value_set", [s for s in ALL if any(d["kind"] == "ScaledObject" for d in render_set(s))])
 def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> None:
     docs = render_set(value_set)
