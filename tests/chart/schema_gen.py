@@ -299,11 +299,15 @@ def umbrella_schema() -> dict:
                 "metrics": obj({"from": peers}),
                 "egress": obj(
                     {
-                        "dns": obj({"to": peers}),
+                        "dns": obj({"to": peers, "anyDestination": B}),
                         "rabbitmq": obj(
-                            {"ports": {"type": "array", "items": i(minimum=1, maximum=65535)}, "to": peers}
+                            {
+                                "ports": {"type": "array", "items": i(minimum=1, maximum=65535)},
+                                "to": peers,
+                                "anyDestination": B,
+                            }
                         ),
-                        "otlp": obj({"to": peers}),
+                        "otlp": obj({"to": peers, "anyDestination": B}),
                         "kubernetesApi": obj(
                             {
                                 "cidrs": {"type": "array", "items": s()},
