@@ -17,6 +17,13 @@
 {{- end -}}
 {{- end -}}
 
+{{/* checksum/api-tokens (see cpw.lib.checksum): unsalted, the token count only; the API re-reads its tokens
+     file, so a changed token needs no roll. */}}
+{{- define "cpw.api.checksum.tokens" -}}
+{{- $public := set (omit .Values.auth "tokens") "tokenCount" (len (.Values.auth.tokens | default dict)) -}}
+{{- include "cpw.lib.checksum" (dict "ctx" . "secret" .Values.auth "public" $public) -}}
+{{- end -}}
+
 {{/* Secret holding the token -> tenant mapping. */}}
 {{- define "cpw.api.tokensSecretName" -}}
 {{- .Values.auth.existingSecret | default (printf "%s-api-tokens" (include "cpw.lib.base" .)) -}}
