@@ -13,7 +13,7 @@ What it shows:
 - async methods taking a ResourceRequest and returning the ARM resource (a dict or a pydantic model);
 - a sync method (`get_resource`): the worker runs it in a thread, the event loop keeps serving;
 - RetryableError: a transient failure, retried with backoff until the job's attempts run out;
-- PermanentError(code=...): fails the job now (dead-lettered), `code` becomes the ARM error code;
+- PermanentError(code=...): fails the job now (not a dead letter), `code` becomes the ARM error code;
 - current_job(): the job id and attempt number of the job being run, e.g. as an idempotency key;
 - request.tenant: the tenant whose token submitted the job. Accounts are kept per tenant, so two
   tenants naming the same resource id never see or change each other's.

@@ -22,8 +22,9 @@ from starlette.routing import Route
 from controlplane_workers import __version__, gcpolicy, looplag, tracing
 from controlplane_workers.broker.base import KIND
 from controlplane_workers.fleet import WorkerRegistry
+from controlplane_workers.httplimits import HttpLimits
 from controlplane_workers.lifecycle import connect_with_backoff, install_stop_handlers
-from controlplane_workers.ops import ops_app, server
+from controlplane_workers.ops import ops_app, ops_limits, server
 from controlplane_workers.queue import JobQueue
 from controlplane_workers.status import MARKER
 
@@ -168,10 +169,11 @@ async def serve_api(settings: ApiSettings, stop: asyncio.Event, *, banner: bool 
     unless tokens are set, and the URL and a curl example printed."""
     dev = banner
     process = ApiProcess(settings, dev=dev)
-    public = server(process.app, settings.api_host, settings.api_port, log_level="warning")
+    limits = HttpLimits(settings.http_max_header_bytes, settings.http_header_timeout, settings.api_max_connections)
+    public = server(process.app, settings.api_host, settings.api_port, limits=limits, log_level="warning")
     servers = [public]
     if not dev:
-        servers.append(server(process.ops, settings.health_host, settings.health_port))
+        servers.append(server(process.ops, settings.health_host, settings.health_port, limits=ops_limits(settings)))
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     if dev:
         print(dev_banner(settings, process), file=sys.stderr, flush=True)

@@ -84,6 +84,13 @@ class ApiSettings(Settings):
         "answers 504 GatewayTimeout + Retry-After (the job still runs). ARM clients expect a GET to answer "
         "synchronously.",
     )
+    api_max_connections: int = Field(
+        1000,
+        ge=2,
+        validation_alias=env_alias("API_MAX_CONNECTIONS"),
+        description="Concurrent connections of the API port past which requests answer 503 (long-polls hold one "
+        "each for up to CPW_API_MAX_WAIT).",
+    )
     api_public_url: str | None = Field(
         None,
         validation_alias=env_alias("API_PUBLIC_URL"),

@@ -220,7 +220,10 @@ def api_schema() -> dict:
             "retryAfter": i(minimum=1),
             "syncTimeout": num(exclusiveMinimum=0, maximum=300),
             "tenantMaxQueued": i(minimum=1),
-            "terminationGracePeriodSeconds": i(),
+            "maxWait": num(minimum=0),
+            "preStopSleepSeconds": i(maximum=120),
+            "terminationGraceMarginSeconds": i(),
+            "terminationGracePeriodSeconds": {"oneOf": [{"type": "null"}, i()]},
         },
         autoscaling,
     )
@@ -257,11 +260,19 @@ def umbrella_schema() -> dict:
             "imagePullSecrets": PULL_SECRETS,
             "commonLabels": MAP_STR,
             "priorityClassName": s(),
+            "checksumSalt": s(),
             "rabbitmq": rabbitmq,
             "broker": obj(
                 {
                     "jobsQueue": s(minLength=1),
                     "exchange": s(minLength=1),
+                    "deadLetter": obj(
+                        {
+                            "maxLength": i(minimum=1),
+                            "maxAge": i("seconds", minimum=1),
+                            "overflow": {"enum": ["drop-head", "reject-publish"]},
+                        }
+                    ),
                     "resultsStream": s(minLength=1),
                     "resultsMaxAge": s(pattern="^[0-9]+[YMDhms]$"),
                     "queueType": {"enum": ["classic", "quorum"]},
@@ -289,11 +300,15 @@ def umbrella_schema() -> dict:
                 "metrics": obj({"from": peers}),
                 "egress": obj(
                     {
-                        "dns": obj({"to": peers}),
+                        "dns": obj({"to": peers, "anyDestination": B}),
                         "rabbitmq": obj(
-                            {"ports": {"type": "array", "items": i(minimum=1, maximum=65535)}, "to": peers}
+                            {
+                                "ports": {"type": "array", "items": i(minimum=1, maximum=65535)},
+                                "to": peers,
+                                "anyDestination": B,
+                            }
                         ),
-                        "otlp": obj({"to": peers}),
+                        "otlp": obj({"to": peers, "anyDestination": B}),
                         "kubernetesApi": obj(
                             {
                                 "cidrs": {"type": "array", "items": s()},

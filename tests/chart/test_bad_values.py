@@ -90,6 +90,38 @@ CASES = {
         helm_python.HelmRenderError,
         ["workers.podDisruptionBudget.minAvailable", "drain"],
     ),
+    # Issue 17, item 9: the guard missed a percentage and a fleet that scales to zero (one pod at times).
+    "PDB of 100%": (
+        {"api": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": "100%"}}},
+        helm_python.HelmRenderError,
+        ["api.podDisruptionBudget.minAvailable (100%)", "drain"],
+    ),
+    "PDB percentage that rounds up to every pod": (
+        {"api": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": "90%"}}},
+        helm_python.HelmRenderError,
+        ["api.podDisruptionBudget.minAvailable (90%)", "drain"],
+    ),
+    "PDB of 1 on workers that scale to zero": (
+        {
+            "global": {"rabbitmq": {"url": "amqp://a:b@h/", "managementUrl": "http://a:b@h:15672"}},
+            "workers": {
+                "autoscaling": {"enabled": True, "minReplicas": 0},
+                "podDisruptionBudget": {"minAvailable": 1},
+            },
+        },
+        helm_python.HelmRenderError,
+        ["workers.podDisruptionBudget.minAvailable (1)", "scales to zero"],
+    ),
+    "PDB with maxUnavailable 0%": (
+        {"workers": {"podDisruptionBudget": {"maxUnavailable": "0%"}}},
+        helm_python.HelmRenderError,
+        ["workers.podDisruptionBudget.maxUnavailable (0%)", "drain"],
+    ),
+    "API grace period below the longest long-poll": (
+        {"api": {"terminationGracePeriodSeconds": 30}},
+        helm_python.HelmRenderError,
+        ["api.terminationGracePeriodSeconds (30)", "long-polls"],
+    ),
     "url that is not amqp": (
         {"global": {"rabbitmq": {"url": "redis://h:6379"}}},
         helm_python.HelmValuesError,
@@ -147,3 +179,15 @@ def test_a_url_with_credentials_is_masked_in_the_error() -> None:
             namespace="ns",
         )
     assert "secret@" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"api": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": "60%"}}},  # 2 of 3
+        {"api": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}},
+        {"workers": {"replicaCount": 0, "podDisruptionBudget": {"minAvailable": 1}}},  # no pods, nothing to block
+    ],
+)
+def test_a_pdb_that_allows_an_eviction_renders(values: dict) -> None:
+    assert render_values(values)

@@ -135,19 +135,44 @@ def test_service_account_tokens_are_not_mounted_by_default() -> None:
     assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
 
 
-def test_changed_secret_sources_roll_the_pods() -> None:
-    def annotations(values: dict) -> dict[str, dict]:
-        docs = render_values(values)
-        return {o["metadata"]["name"]: m["annotations"] for o, m, _ in pod_specs(docs) if o["kind"] == "Deployment"}
+def _checksums(values: dict) -> dict[str, dict]:
+    docs = render_values(values)
+    return {o["metadata"]["name"]: m["annotations"] for o, m, _ in pod_specs(docs) if o["kind"] == "Deployment"}
 
-    base = annotations(
-        {"global": {"rabbitmq": {"url": "amqp://a:b@h:5672/"}}, "api": {"auth": {"tokens": {"t1": "x"}}}}
-    )
-    url = annotations({"global": {"rabbitmq": {"url": "amqp://a:c@h:5672/"}}, "api": {"auth": {"tokens": {"t1": "x"}}}})
-    tok = annotations({"global": {"rabbitmq": {"url": "amqp://a:b@h:5672/"}}, "api": {"auth": {"tokens": {"t2": "x"}}}})
+
+def _with(url: str, tokens: dict, salt: str = "") -> dict:
+    return {"global": {"checksumSalt": salt, "rabbitmq": {"url": url}}, "api": {"auth": {"tokens": tokens}}}
+
+
+def test_changed_secret_sources_roll_the_pods() -> None:
+    salted = "a-long-random-salt"
+    base = _checksums(_with("amqp://a:b@h:5672/", {"t1": "x"}, salted))
+    url = _checksums(_with("amqp://a:c@h:5672/", {"t1": "x"}, salted))
+    tok = _checksums(_with("amqp://a:b@h:5672/", {"t2": "x"}, salted))
+    host = _checksums(_with("amqp://a:b@other:5672/", {"t1": "x"}))  # unsalted: the rest of the source still counts
     for name in (f"{RELEASE}-worker", f"{RELEASE}-api"):
         assert base[name]["checksum/rabbitmq"] != url[name]["checksum/rabbitmq"]
+        assert (
+            _checksums(_with("amqp://a:b@h:5672/", {"t1": "x"}))[name]["checksum/rabbitmq"]
+            != (host[name]["checksum/rabbitmq"])
+        )
     assert base[f"{RELEASE}-api"]["checksum/api-tokens"] != tok[f"{RELEASE}-api"]["checksum/api-tokens"]
+
+
+def test_checksum_annotations_give_pod_readers_nothing_to_test_guesses_against() -> None:
+    # Issue 17, item 9: sha256(toJson(values)) of the broker values and tokens let anyone who reads pods test
+    # guesses of the password offline. Unsalted, credentials are masked before hashing; salted, the salt is secret.
+    import hashlib
+    import json
+
+    one_ = _checksums(_with("amqp://a:hunter2@h:5672/", {"tok-1": "team-a"}))
+    two = _checksums(_with("amqp://a:letmein@h:5672/", {"tok-2": "team-a"}))
+    for name in (f"{RELEASE}-worker", f"{RELEASE}-api"):
+        assert one_[name] == two[name], "an unsalted checksum must not depend on a password or token"
+    guess = json.dumps({"url": "amqp://a:hunter2@h:5672/"}, separators=(",", ":"))
+    assert hashlib.sha256(guess.encode()).hexdigest() not in one_[f"{RELEASE}-worker"].values()
+    salts = [_checksums(_with("amqp://a:hunter2@h:5672/", {"tok-1": "team-a"}, s)) for s in ("salt-1", "salt-2")]
+    assert salts[0][f"{RELEASE}-worker"]["checksum/rabbitmq"] != salts[1][f"{RELEASE}-worker"]["checksum/rabbitmq"]
 
 
 def test_hard_anti_affinity_and_spread_presets() -> None:
@@ -161,3 +186,17 @@ def test_hard_anti_affinity_and_spread_presets() -> None:
     hard = render_values({"workers": {"topologySpreadPreset": "hard"}})
     spec = one(hard, "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]
     assert spec["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "DoNotSchedule"
+
+
+def test_the_dlq_bound_reaches_both_processes_and_parses() -> None:
+    from controlplane_workers.settings import load_settings
+
+    bound = {"global": {"broker": {"deadLetter": {"maxLength": 250000, "maxAge": 86400}}}}
+    for values, expected in (({}, ("10000", "604800", "drop-head")), (bound, ("250000", "86400", "drop-head"))):
+        docs = render_values(values)
+        for name in (f"{RELEASE}-worker", f"{RELEASE}-api"):
+            env = env_of(one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0])
+            got = (env["CPW_DLQ_MAX_LENGTH"], env["CPW_DLQ_MAX_AGE"], env["CPW_DLQ_OVERFLOW"])
+            assert got == expected, name
+            settings = load_settings(dlq_max_length=got[0], dlq_max_age=got[1], dlq_overflow=got[2])
+            assert (settings.dlq_max_length, settings.dlq_max_age) == (int(got[0]), int(got[1]))

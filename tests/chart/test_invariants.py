@@ -119,6 +119,33 @@ def test_grace_period_is_derived_from_drain_timeout() -> None:
     assert spec["terminationGracePeriodSeconds"] == 133
 
 
+@pytest.mark.parametrize("value_set", ALL)
+def test_api_grace_period_outlasts_the_prestop_sleep_and_the_longest_long_poll(value_set: str) -> None:
+    # Issue 17, item 9: 30 s of grace against CPW_API_MAX_WAIT 60 s and no preStop delay: rollouts cut long-polls.
+    api = deployments(render_set(value_set)).get(f"{RELEASE}-api")
+    if api is None:
+        pytest.skip("no API in this value set")
+    spec = api["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"] and command[2].startswith("import time; time.sleep(")
+    sleep = int(command[2].removeprefix("import time; time.sleep(").removesuffix(")"))
+    max_wait = float(env_of(container)["CPW_API_MAX_WAIT"])
+    assert sleep >= 1
+    assert spec["terminationGracePeriodSeconds"] > sleep + max_wait
+
+
+def test_api_grace_period_is_derived_from_max_wait() -> None:
+    from tests.chart.chartlib import render_values
+
+    values = {"api": {"maxWait": 120, "preStopSleepSeconds": 3, "terminationGraceMarginSeconds": 7}}
+    spec = one(render_values(values), "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 130
+    assert env_of(spec["containers"][0])["CPW_API_MAX_WAIT"] == "120"
+    off = one(render_values({"api": {"preStopSleepSeconds": 0}}), "Deployment", f"{RELEASE}-api")
+    assert "lifecycle" not in off["spec"]["template"]["spec"]["containers"][0]
+
+
 @pytest.mark.parametrize("value_set", [s for s in ALL if any(d["kind"] == "ScaledObject" for d in render_set(s))])
 def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> None:
     docs = render_set(value_set)
@@ -258,7 +285,8 @@ def _pod(docs: list[dict], component: str) -> Endpoint | None:
 PROMETHEUS = Endpoint(pod_labels={"app.kubernetes.io/name": "prometheus"}, namespace="monitoring")
 OUTSIDER = Endpoint(pod_labels={"app": "other"}, namespace="elsewhere")
 NEIGHBOUR = Endpoint(pod_labels={"app": "client"})
-BROKER = Endpoint(ip="198.51.100.10")
+BROKER = Endpoint(pod_labels={"app.kubernetes.io/name": "rabbitmq"}, namespace="messaging")  # external, in-cluster
+COLLECTOR = Endpoint(pod_labels={"app": "otel-collector"}, namespace="monitoring")
 DNS = Endpoint(pod_labels={"k8s-app": "kube-dns"}, namespace="kube-system")
 INTERNET = Endpoint(ip="192.0.2.50")
 
@@ -281,8 +309,12 @@ def test_network_policies_admit_what_the_release_needs(value_set: str) -> None:
         assert allowed(pols, pod, DNS, 53, "UDP") and allowed(pols, pod, DNS, 53, "TCP")
         assert allowed(pols, pod, broker, 5672), "broker traffic (AMQP) must pass"
         assert allowed(pols, pod, broker, 15672), "management API traffic must pass"
-        # default deny: nothing else leaves the pod
+        # default deny: nothing else leaves the pod, and DNS and broker ports reach no address outside the
+        # cluster nor a DNS server other than kube-dns (issue 17, item 9)
         assert not allowed(pols, pod, INTERNET, 8080)
+        for port in (53, 5672, 5671, 15672, 443, 4318):
+            assert not allowed(pols, pod, INTERNET, port), f"egress to any address on {port}"
+        assert not allowed(pols, pod, NEIGHBOUR, 53, "UDP"), "DNS goes to kube-dns only"
     if worker:
         assert not allowed(pols, NEIGHBOUR, worker, 8000), "workers accept no API traffic"
     if api:
@@ -309,9 +341,33 @@ def test_network_policies_admit_what_the_release_needs(value_set: str) -> None:
     if endpoint:
         u = urlparse(endpoint)
         port = u.port or {"https": 443, "http": 80}.get(u.scheme, 4317)
-        assert allowed(pols, pod, Endpoint(ip="203.0.113.7"), port)
+        assert allowed(pols, pod, COLLECTOR, port)
     else:
-        assert not allowed(pols, pod, Endpoint(ip="203.0.113.7"), 4317)
+        assert not allowed(pols, pod, COLLECTOR, 4317)
+
+
+def test_egress_to_any_address_takes_an_explicit_opt_in() -> None:
+    from tests.chart.chartlib import render_values
+
+    pod = Endpoint(pod_labels={"app.kubernetes.io/component": "worker", "app.kubernetes.io/instance": RELEASE})
+
+    def egress(values: dict) -> list[dict]:
+        docs = render_values(values)
+        nonlocal pod
+        pod = _pod(docs, "worker") or pod
+        return find(docs, "NetworkPolicy")
+
+    empty = {"networkPolicy": {"egress": {"dns": {"to": []}, "rabbitmq": {"to": []}}}}
+    pols = egress(empty)
+    assert not allowed(pols, pod, INTERNET, 53, "UDP") and not allowed(pols, pod, INTERNET, 5672)
+    assert allowed(pols, pod, BROKER, 5672) and allowed(pols, pod, NEIGHBOUR, 53, "UDP")  # the cluster's pods
+    cidr = {"networkPolicy": {"egress": {"rabbitmq": {"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}}}}
+    pols = egress(cidr)
+    assert allowed(pols, pod, INTERNET, 5672) and not allowed(pols, pod, BROKER, 5672)
+    opt_in = {"networkPolicy": {"egress": {"dns": {"anyDestination": True}, "rabbitmq": {"anyDestination": True}}}}
+    pols = egress(opt_in)
+    assert allowed(pols, pod, INTERNET, 53, "UDP") and allowed(pols, pod, INTERNET, 5672)
+    assert not allowed(pols, pod, INTERNET, 8080)
 
 
 def test_kube_api_egress_only_for_components_with_rbac_rules() -> None:

@@ -68,14 +68,40 @@ async def test_exhausted_retries_end_in_dlq_with_reason(broker_url):
     assert letter["job_id"] == job_id and letter["reason"] == "attempts-exhausted" and letter["attempts"] == 3
 
 
-async def test_permanent_error_fails_at_once_and_dead_letters(broker_url):
+async def test_permanent_error_fails_with_its_code_and_is_not_a_dead_letter(broker_url):
+    # Issue 17, item 5: a GET of a missing resource is an ordinary failure; dead-lettering it let any tenant
+    # grow the DLQ (and fire its alerts) at will.
     async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
-        job_id = await queue.submit_job(NS, TYPE, "create", request("bad", "permanent"))
+        job_id = await queue.submit_job(NS, TYPE, "get", request("missing", "permanent"))
         result = await queue.get_job_result(job_id, timeout=10)
         letters = await list_dead_letters(worker.broker)
+        dead_lettered = worker.stats.dead_lettered
     assert result.status is JobStatus.FAILED and result.error.code == "InvalidRequest"
+    assert result.error.message == "this request can never succeed"
+    assert len(calls_for("missing")) == 1
+    assert letters == [] and dead_lettered == 0
+
+
+async def test_a_provider_may_ask_for_a_dead_letter(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("bad", "poison"))
+        result = await queue.get_job_result(job_id, timeout=10)
+        letters = await list_dead_letters(worker.broker)
+    assert result.status is JobStatus.FAILED and result.error.code == "Poison"
     assert len(calls_for("bad")) == 1
     assert [(l["job_id"], l["reason"]) for l in letters] == [(job_id, "permanent-error")]
+
+
+async def test_a_full_dlq_drops_its_oldest_dead_letter(broker_url):
+    bound = {"dlq_max_length": 3}
+    async with running_worker(broker_url, providers.registry, **bound) as worker, client(broker_url, **bound) as queue:
+        ids = []
+        for i in range(5):  # one at a time, so the DLQ's order is the submission order
+            ids.append(await queue.submit_job(NS, TYPE, "create", request(f"p{i}", "poison")))
+            await queue.get_job_result(ids[-1], timeout=10)
+        letters = await list_dead_letters(worker.broker, None)
+    assert worker.broker.dlq_bounded is True
+    assert [l["job_id"] for l in letters] == ids[2:]
 
 
 async def test_per_job_timeout(broker_url):
@@ -146,8 +172,8 @@ async def test_malformed_and_unknown_jobs_dead_letter_and_worker_survives(broker
 async def test_redrive_sends_dead_letters_round_again(broker_url):
     async with client(broker_url) as queue:
         async with running_worker(broker_url, providers.registry):
-            job_id = await queue.submit_job(NS, TYPE, "create", request("again", "permanent"))
-            other = await queue.submit_job(NS, TYPE, "create", request("stays", "permanent"))
+            job_id = await queue.submit_job(NS, TYPE, "create", request("again", "poison"))
+            other = await queue.submit_job(NS, TYPE, "create", request("stays", "poison"))
             assert (await queue.get_job_result(job_id, timeout=10)).status is JobStatus.FAILED
             assert (await queue.get_job_result(other, timeout=10)).status is JobStatus.FAILED
         assert await redrive(queue.broker, [job_id]) == 1

@@ -118,8 +118,9 @@ async def test_a_job_whose_dead_letter_the_broker_refuses_runs_again_until_it_is
         },
     )
     runs = lambda: [c for c in CALLS if c["name"] == "refused"]  # noqa: E731
-    async with running_worker(vhost_url, registry) as worker, client(vhost_url) as queue:
-        job_id = await queue.submit_job(NS, TYPE, "create", request("refused", "permanent"))
+    refuse = {"dlq_overflow": "reject-publish"}  # the DLQ's own x-overflow wins over a policy's
+    async with running_worker(vhost_url, registry, **refuse) as worker, client(vhost_url, **refuse) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("refused", "poison"))
         # refused once, handed back, run again: the delivery is not held on the live channel
         await eventually(lambda: len(runs()) >= 2 and worker.stats.ack_lost >= 2, timeout=20)
         assert queue.get_job_status(job_id).status is not JobStatus.FAILED

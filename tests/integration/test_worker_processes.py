@@ -44,7 +44,7 @@ async def test_thousand_jobs_two_workers_each_ends_once(vhost_url, workers):
     await asyncio.to_thread(w1.wait_ready)
     await asyncio.to_thread(w2.wait_ready)
     async with client(vhost_url) as queue:
-        scripts = ["ok"] * 900 + ["fail:1"] * 50 + ["permanent"] * 50
+        scripts = ["ok"] * 900 + ["fail:1"] * 50 + ["poison"] * 50
         job_ids = await asyncio.gather(
             *(queue.submit_job(NS, TYPE, "create", request(f"j{i}", s)) for i, s in enumerate(scripts))
         )
@@ -205,7 +205,7 @@ async def test_dlq_cli_lists_reasons_and_redrives(vhost_url, workers):
     worker = workers(vhost_url, "dlq")
     await asyncio.to_thread(worker.wait_ready)
     async with client(vhost_url) as queue:
-        bad = [await queue.submit_job(NS, TYPE, "create", request(f"d{i}", "permanent")) for i in range(3)]
+        bad = [await queue.submit_job(NS, TYPE, "create", request(f"d{i}", "poison")) for i in range(3)]
         await _results(queue, bad, timeout=30)
         env = {"CPW_RABBITMQ_URL": vhost_url, "PATH": "/usr/bin:/bin"}
         listed = await asyncio.to_thread(

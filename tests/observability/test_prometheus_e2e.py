@@ -41,8 +41,8 @@ ELSEWHERE = {
 }
 
 # The workload: (script, how many, attempts each). fail:1 succeeds on its second attempt;
-# permanent is dead-lettered at once; sleep keeps jobs in flight across scrapes.
-WORKLOAD = [("ok", 24, 1), ("sleep:1.5", 8, 1), ("fail:1", 8, 2), ("permanent", 6, 1)]
+# poison is dead-lettered at once; sleep keeps jobs in flight across scrapes.
+WORKLOAD = [("ok", 24, 1), ("sleep:1.5", 8, 1), ("fail:1", 8, 2), ("poison", 6, 1)]
 WAVES = 6  # the jobs arrive in waves about a scrape apart, so every rate sees them change
 
 

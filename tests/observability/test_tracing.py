@@ -198,7 +198,7 @@ async def test_a_dead_lettered_job_and_its_log_lines_carry_the_trace(api, record
     from opentelemetry.trace import StatusCode
 
     async with running_worker(vhost_url, registry):
-        job_id = await put(api, "doomed-1", "permanent")
+        job_id = await put(api, "doomed-1", "poison")
         [process] = await recorder.wait_for(finished_attempts(job_id, 1))
     [dlx] = by_name(recorder.spans, "publish provider.dlx", process.context.trace_id)
 

@@ -126,7 +126,7 @@ async def test_processes_configured_by_otel_env_export_one_trace(vhost_url, tmp_
     try:
         async with httpx.AsyncClient(timeout=30.0) as http:
             flaky = await http.put(f"{api.url}{RG}/flaky", params=V, headers=A, json={"script": "fail:1"})
-            doomed = await http.put(f"{api.url}{RG}/doomed", params=V, headers=A, json={"script": "permanent"})
+            doomed = await http.put(f"{api.url}{RG}/doomed", params=V, headers=A, json={"script": "poison"})
         assert flaky.status_code == doomed.status_code == 201, (flaky.text, doomed.text)
         flaky_id, doomed_id = flaky.json()["jobId"], doomed.json()["jobId"]
 

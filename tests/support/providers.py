@@ -1,8 +1,9 @@
 """Providers for tests, scripted by the request body so separate worker processes behave alike.
 
 `body["script"]`: "ok" | "sleep:<s>" | "fail:<n>" (RetryableError on attempts 1..n) |
-"permanent" | "error" (a plain exception every time) | "hang" | "echo" | "size:<n>" (a result whose encoded JSON
-is n bytes) | "raise:<value|permanent|retryable>" (that exception with `body["message"]`).
+"permanent" (PermanentError: Failed, not a dead letter) | "poison" (PermanentError(dead_letter=True)) |
+"error" (a plain exception every time) | "hang" | "echo" | "size:<n>" (a result whose encoded JSON
+is n bytes) | "raise:<value|permanent|poison|retryable>" (that exception with `body["message"]`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Scripted:
             raise RetryableError(f"transient failure on attempt {attempt}", code="Transient")
         elif kind == "permanent":
             raise PermanentError("this request can never succeed", code="InvalidRequest")
+        elif kind == "poison":
+            raise PermanentError("keep this job for an operator", code="Poison", dead_letter=True)
         elif kind == "error":
             raise ValueError("provider bug")
         elif kind == "hang":
@@ -44,6 +47,8 @@ class Scripted:
             return {"pad": "x" * (int(arg) - len('{"pad":""}'))}
         elif kind == "raise":
             message = str(request.body.get("message", ""))
+            if arg == "poison":
+                raise PermanentError(message, dead_letter=True)
             raise {"value": ValueError, "permanent": PermanentError, "retryable": RetryableError}[arg](message)
         return {"name": request.resource_name, "attempt": attempt, "pid": os.getpid(), "body": request.body}
 

@@ -19,9 +19,18 @@ class RetryableError(ProviderError):
 
 
 class PermanentError(ProviderError):
-    """A failure that another attempt cannot fix: the job fails now and is dead-lettered."""
+    """A failure that another attempt cannot fix: the job ends `Failed` now with this code.
+
+    An ordinary outcome (a GET of a missing resource, a request the target refuses), so it is not a dead
+    letter: any tenant could otherwise fill the DLQ and fire its alerts at will. A provider that wants the
+    job kept for an operator to inspect and redrive passes `dead_letter=True`.
+    """
 
     code = "PermanentError"
+
+    def __init__(self, message: str = "", *, code: str | None = None, dead_letter: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.dead_letter = dead_letter
 
 
 class BrokerUnavailable(Exception):

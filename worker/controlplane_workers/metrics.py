@@ -58,6 +58,11 @@ RETRIES = Counter("cpw_worker_retries", "Attempts that failed and were scheduled
 DEAD_LETTERED = Counter(
     "cpw_worker_dead_lettered", "Messages sent to the dead-letter queue, by reason.", ("reason",), registry=REGISTRY
 )
+DLQ_BOUNDED = Gauge(
+    "cpw_worker_dlq_bounded",
+    "0 when the dead-letter queue existed without the configured bound and refused it (bound it by a policy).",
+    registry=REGISTRY,
+)
 CANCELED = Counter("cpw_worker_canceled", "Jobs canceled on request (running or queued).", registry=REGISTRY)
 REDELIVERED = Counter("cpw_worker_redelivered", "Deliveries flagged as redelivered by the broker.", registry=REGISTRY)
 ACK_LOST = Counter(

@@ -13,6 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .httplimits import HttpLimits, limited_protocol
+from .settings import Settings
+
 
 def ops_app(
     *,
@@ -56,8 +59,19 @@ def ops_app(
     )
 
 
-def server(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Server:
-    """A uvicorn server that runs inside the caller's loop and leaves signals to the caller."""
+def ops_limits(settings: Settings) -> HttpLimits:
+    return HttpLimits(settings.http_max_header_bytes, settings.http_header_timeout, settings.ops_max_connections)
+
+
+def server(
+    app: Any, host: str, port: int, *, limits: HttpLimits | None = None, log_level: str = "warning"
+) -> uvicorn.Server:
+    """A uvicorn server that runs inside the caller's loop and leaves signals to the caller.
+
+    Both ports answer before authentication, so each bounds its header size and time and its connections
+    (`limits`; see httplimits.py): past `max_connections`, requests answer 503.
+    """
+    limits = limits or HttpLimits()
     config = uvicorn.Config(
         app,
         host=host,
@@ -66,8 +80,9 @@ def server(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvi
         access_log=False,
         lifespan="off",
         loop="none",
-        http="httptools",
+        http=limited_protocol(limits),
         ws="none",
+        limit_concurrency=limits.max_connections,
     )
     server = uvicorn.Server(config)
     # uvicorn captures SIGTERM/SIGINT in serve() through capture_signals(): the ops port then closed

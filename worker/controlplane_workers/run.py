@@ -11,7 +11,7 @@ import uvloop
 from . import looplag, metrics, tracing
 from ._version import __version__
 from .lifecycle import connect_with_backoff, install_stop_handlers
-from .ops import ops_app, server
+from .ops import ops_app, ops_limits, server
 from .providers import ProviderLookup, load_providers
 from .settings import Settings
 from .worker import ProviderWorker
@@ -31,6 +31,7 @@ async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyn
         ),
         settings.health_host,
         settings.health_port,
+        limits=ops_limits(settings),
     )
     ops_task = asyncio.create_task(ops.serve())
     started = time.monotonic()

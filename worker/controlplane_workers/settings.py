@@ -55,6 +55,25 @@ class Settings(BaseSettings):
         description="Quorum queues only: deliveries after which a message that keeps crashing workers is "
         "dead-lettered by the broker. A queue argument, so every process must agree on it.",
     )
+    dlq_max_length: int = Field(
+        10_000,
+        ge=1,
+        validation_alias=env_alias("DLQ_MAX_LENGTH"),
+        description="Most messages the dead-letter queue holds (x-max-length); past it CPW_DLQ_OVERFLOW applies. "
+        "A queue argument, so every process must agree on it.",
+    )
+    dlq_max_age: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        validation_alias=env_alias("DLQ_MAX_AGE"),
+        description="Seconds a dead letter is kept (x-message-ttl); older ones are dropped by the broker.",
+    )
+    dlq_overflow: Literal["drop-head", "reject-publish"] = Field(
+        "drop-head",
+        validation_alias=env_alias("DLQ_OVERFLOW"),
+        description="What a full dead-letter queue does (x-overflow): drop-head drops the oldest dead letter; "
+        "reject-publish refuses the new one, and its job goes back to the job queue and runs again.",
+    )
     exchange: str = Field(
         "provider.exchange",
         validation_alias=env_alias("EXCHANGE"),
@@ -197,6 +216,25 @@ class Settings(BaseSettings):
     )
 
     # -- ops port and logs
+    http_max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        validation_alias=env_alias("HTTP_MAX_HEADER_BYTES"),
+        description="Most bytes of request line and headers either port reads before it answers 431 and closes.",
+    )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=env_alias("HTTP_HEADER_TIMEOUT"),
+        description="Seconds a client has to send its request line and headers; then 408 and the connection closes.",
+    )
+    ops_max_connections: int = Field(
+        64,
+        ge=2,
+        validation_alias=env_alias("OPS_MAX_CONNECTIONS"),
+        description="Concurrent connections of the ops port past which requests answer 503 (probes and scrapes "
+        "need a few).",
+    )
     health_host: str = Field(
         "0.0.0.0",
         validation_alias=env_alias("HEALTH_HOST"),

@@ -26,6 +26,9 @@ class Topology:
     results_max_bytes: int = 2_000_000_000
     accepted_on_stream: bool = True
     delivery_limit: int = 20
+    dlq_max_length: int = 10_000
+    dlq_max_age: int = 7 * 24 * 3600
+    dlq_overflow: str = "drop-head"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -41,6 +44,9 @@ class Topology:
             results_max_bytes=settings.results_max_bytes,
             accepted_on_stream=settings.accepted_on_stream,
             delivery_limit=settings.queue_delivery_limit,
+            dlq_max_length=settings.dlq_max_length,
+            dlq_max_age=settings.dlq_max_age,
+            dlq_overflow=settings.dlq_overflow,
         )
 
     @property
@@ -72,6 +78,16 @@ class Topology:
         else:
             args["x-max-priority"] = MAX_PRIORITY
         return args
+
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        """The DLQ's bound: a job body can be 1 MiB and any failure may end here, so an unbounded DLQ would
+        let a broken provider (or a flood of poison) fill the broker's disk. At the bound the broker drops
+        the oldest dead letter (drop-head) or refuses the new one (reject-publish); past the age, it drops."""
+        return {
+            "x-max-length": self.dlq_max_length,
+            "x-message-ttl": self.dlq_max_age * 1000,
+            "x-overflow": self.dlq_overflow,
+        }
 
     def retry_queue_arguments(self) -> dict[str, Any]:
         # Expired messages go straight back to the job queue through the default exchange, so a

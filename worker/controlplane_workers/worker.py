@@ -128,6 +128,7 @@ class ProviderWorker:
             await self._read_cancel_backlog()
             self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
         self.consuming = True
+        metrics.DLQ_BOUNDED.set(0 if self.broker.dlq_bounded is False else 1)
         self._heartbeat = asyncio.create_task(self._heartbeats())
         log.info("worker ready", extra={"capacity": self.settings.max_concurrent_jobs})
 
@@ -308,7 +309,10 @@ class ProviderWorker:
             await self._failed_attempt(delivery, job, attempt, error, retryable=True)
         except PermanentError as exc:
             outcome = "failed"
-            await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=False)
+            if exc.dead_letter:  # the provider asked for the job to be kept for an operator
+                await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=False)
+            else:  # an ordinary outcome: Failed with its code, not a dead letter (issue 17, item 5)
+                await self._finish(delivery, job, attempt, EventType.FAILED, error=_provider_error(exc))
         except ProviderError as exc:  # RetryableError: retried until attempts run out
             outcome = "error"
             await self._failed_attempt(delivery, job, attempt, _provider_error(exc), retryable=True)

@@ -27,3 +27,18 @@ matchExpressions:
 {{- if .Values.api.enabled }}{{ $l = append $l "api" }}{{ end -}}
 {{- toJson $l -}}
 {{- end -}}
+
+{{/* The `to` of a default egress rule (dns, rabbitmq, otlp): its peers plus `extra`; none, the cluster's pods in any
+     namespace. Only `anyDestination: true` renders no `to` (any address): an explicit opt-in, never a default.
+     Takes (dict "rule" R "extra" LIST). */}}
+{{- define "cpw.egressTo" -}}
+{{- $to := concat (.rule.to | default list) (.extra | default list) -}}
+{{- if .rule.anyDestination -}}
+{{- else if $to -}}
+to:
+{{ toYaml $to | indent 2 }}
+{{- else -}}
+to:
+  - namespaceSelector: {}
+{{- end -}}
+{{- end -}}

@@ -101,6 +101,8 @@ class Broker(abc.ABC):
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.on_reconnect: list[Callable[[], Any]] = []
+        # True once the dead-letter queue is known to carry its bound; False when an existing DLQ refused it.
+        self.dlq_bounded: bool | None = None
 
     @abc.abstractmethod
     async def connect(self) -> None:

@@ -219,6 +219,7 @@ class MemoryBroker(Broker):
         self.subscriptions: list[Subscription] = []
 
     async def connect(self) -> None:
+        self.dlq_bounded = True  # by length only: memory:// keeps no message ages
         self.connected.set()
 
     async def close(self) -> None:
@@ -257,7 +258,13 @@ class MemoryBroker(Broker):
 
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
         self._check()
-        self.node.dead_letters.append(_Message(body, dict(headers), message_id, 0, self.topology.dead_letter_queue))
+        t = self.topology
+        if len(self.node.dead_letters) >= t.dlq_max_length:  # the bound of RabbitMQ's x-max-length/x-overflow
+            if t.dlq_overflow == "reject-publish":
+                raise BrokerUnavailable("the dead-letter queue is full (reject-publish)")
+            while len(self.node.dead_letters) >= t.dlq_max_length:
+                self.node.dead_letters.popleft()
+        self.node.dead_letters.append(_Message(body, dict(headers), message_id, 0, t.dead_letter_queue))
 
     async def publish_events(self, bodies: Sequence[tuple[bytes, Headers]]) -> None:
         self._check()

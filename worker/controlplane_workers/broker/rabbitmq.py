@@ -262,6 +262,7 @@ class RabbitMQBroker(Broker):
         except Exception as exc:
             raise BrokerUnavailable(f"cannot connect to {redact_url(self.url)}: {redact_text(str(exc))}") from exc
         try:
+            await self._bound_dead_letter_queue()
             self.publisher = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
             await self._declare(self.publisher)
         except aiormq.exceptions.ChannelPreconditionFailed:
@@ -285,7 +286,7 @@ class RabbitMQBroker(Broker):
         )
         jobs = await channel.declare_queue(t.jobs_queue, durable=True, arguments=t.jobs_queue_arguments())
         await jobs.bind(self.exchange, "#")
-        dlq = await channel.declare_queue(t.dead_letter_queue, durable=True)
+        dlq = await self._declare_dead_letter_queue(channel)
         await dlq.bind(self.dlx, t.dead_letter_queue)
         await self._declare_classic_queues(channel)
         # The job queue is the only binding of the exchange, so `mandatory` tells when a job reaches
@@ -293,10 +294,49 @@ class RabbitMQBroker(Broker):
         await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
         await channel.declare_queue(t.control_stream, durable=True, arguments=t.stream_arguments())
 
+    async def _bound_dead_letter_queue(self) -> None:
+        """Declare the DLQ with its bound (length, age, overflow) on a channel of its own.
+
+        RabbitMQ refuses to declare an existing queue with other arguments (PRECONDITION_FAILED, and the
+        channel closes): a DLQ made by a release without the bound, or with another one, stays as it is.
+        The process then declares it passively, says how to bound it by a policy, and reports
+        `dlq_bounded = False` (the worker exports it as `cpw_worker_dlq_bounded 0`).
+        """
+        assert self.connection is not None
+        t = self.topology
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(t.dead_letter_queue, durable=True, arguments=t.dead_letter_queue_arguments())
+            self.dlq_bounded = True
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            self.dlq_bounded = False
+            log.warning(
+                "the dead-letter queue %s exists with other arguments and stays unbounded by this process (%s); "
+                "bound it with a policy, e.g. rabbitmqctl set_policy -p <vhost> --apply-to queues cpw-dlq "
+                '\'^%s$\' \'{"max-length":%d,"message-ttl":%d,"overflow":"%s"}\', '
+                "or delete the drained queue so it is declared again (docs/operations.md)",
+                t.dead_letter_queue,
+                redact_text(str(exc)),
+                t.dead_letter_queue.replace(".", "\\."),
+                t.dlq_max_length,
+                t.dlq_max_age * 1000,
+                t.dlq_overflow,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _declare_dead_letter_queue(self, channel: AbstractRobustChannel) -> AbstractQueue:
+        """With the bound when the broker took it (see `_bound_dead_letter_queue`), else as it exists."""
+        t = self.topology
+        if self.dlq_bounded is False:
+            return await channel.declare_queue(t.dead_letter_queue, passive=True)
+        return await channel.declare_queue(t.dead_letter_queue, durable=True, arguments=t.dead_letter_queue_arguments())
+
     async def _declare_classic_queues(self, channel: AbstractRobustChannel) -> None:
         """The dead-letter and delay queues: classic queues, homed on the node that first declared them."""
         t = self.topology
-        await channel.declare_queue(t.dead_letter_queue, durable=True)
+        await self._declare_dead_letter_queue(channel)
         for attempt in t.retry_attempts:
             await channel.declare_queue(t.retry_queue(attempt), durable=True, arguments=t.retry_queue_arguments())
 
@@ -511,7 +551,7 @@ class RabbitMQBroker(Broker):
     async def take_dead_letters(self, limit: int | None = None) -> list[Delivery]:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=False)
-        queue = await channel.declare_queue(self.topology.dead_letter_queue, durable=True)
+        queue = await channel.declare_queue(self.topology.dead_letter_queue, passive=True)
         out: list[Delivery] = []
         while limit is None or len(out) < limit:
             message = await queue.get(no_ack=False, fail=False)

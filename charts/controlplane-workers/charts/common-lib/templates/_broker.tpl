@@ -17,6 +17,7 @@ Sources of the broker Secret, in order (global.rabbitmq):
 {{/* global.broker with the defaults filled in (the umbrella documents them; these serve a subchart installed alone). */}}
 {{- define "cpw.lib.broker" -}}
 {{- $d := dict "jobsQueue" "provider.jobs" "exchange" "provider.exchange" "resultsStream" "provider.results" "resultsMaxAge" "24h" "queueType" "classic" -}}
+{{- $_ := set $d "deadLetter" (dict "maxLength" 10000 "maxAge" 604800 "overflow" "drop-head") -}}
 {{- toYaml (merge (deepCopy ((.Values.global | default dict).broker | default dict)) $d) -}}
 {{- end -}}
 
@@ -143,6 +144,12 @@ Sources of the broker Secret, in order (global.rabbitmq):
   value: {{ $b.resultsStream | quote }}
 - name: CPW_RESULTS_MAX_AGE
   value: {{ $b.resultsMaxAge | quote }}
+- name: CPW_DLQ_MAX_LENGTH
+  value: {{ $b.deadLetter.maxLength | int64 | toString | quote }}
+- name: CPW_DLQ_MAX_AGE
+  value: {{ $b.deadLetter.maxAge | int64 | toString | quote }}
+- name: CPW_DLQ_OVERFLOW
+  value: {{ $b.deadLetter.overflow | quote }}
 {{- if $t.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $t.otlpEndpoint | quote }}

@@ -41,7 +41,29 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{- end }}
 {{- end -}}
 
-{{/* Checksum of a values subtree, for pod annotations that roll pods when a Secret's source changes. */}}
+{{/* Checksum of a values subtree, for pod annotations that roll pods when a Secret's source changes. Anyone who
+     can read pods reads it, so a bare hash of values that hold a password or a token lets them test guesses
+     offline: callers pass `secret` (the subtree with credentials) and `public` (the same with them masked).
+     With global.checksumSalt (kept with your values, which pod readers cannot read) the secret subtree is
+     hashed behind the salt, so a credential change rolls the pods; without it, only the public one. Takes
+     (dict "ctx" . "secret" X "public" Y). */}}
 {{- define "cpw.lib.checksum" -}}
-{{- toJson . | sha256sum -}}
+{{- $salt := (.ctx.Values.global | default dict).checksumSalt -}}
+{{- if $salt -}}
+{{- printf "%s\n%s" $salt (toJson .secret) | sha256sum -}}
+{{- else -}}
+{{- toJson .public | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/* checksum/rabbitmq: the broker values, URL credentials masked when unsalted. Takes the root context. */}}
+{{- define "cpw.lib.checksum.rabbitmq" -}}
+{{- $r := (.Values.global | default dict).rabbitmq | default dict -}}
+{{- $public := deepCopy $r -}}
+{{- range $key := list "url" "managementUrl" -}}
+{{- if get $public $key -}}
+{{- $_ := set $public $key (regexReplaceAll "//[^@/]*@" (get $public $key) "//***@") -}}
+{{- end -}}
+{{- end -}}
+{{- include "cpw.lib.checksum" (dict "ctx" . "secret" $r "public" $public) -}}
 {{- end -}}

@@ -77,16 +77,12 @@ subjects:
 {{- end -}}
 
 {{/* PodDisruptionBudget: minAvailable when set (it must stay below the fewest replicas, or node drains
-     block forever), else maxUnavailable. */}}
+     block forever), else maxUnavailable (above 0, for the same reason). */}}
 {{- define "cpw.lib.pdb" -}}
 {{- $v := .ctx.Values -}}
 {{- $p := $v.podDisruptionBudget -}}
 {{- if $p.enabled }}
-{{- $min := include "cpw.lib.minReplicas" .ctx | int }}
-{{- $prefix := ternary "workers" "api" (eq .component "worker") }}
-{{- if and (not (kindIs "invalid" $p.minAvailable)) (not (kindIs "string" $p.minAvailable)) (ge ($p.minAvailable | int) $min) (gt $min 0) }}
-{{- fail (printf "%s.podDisruptionBudget.minAvailable (%d) must be below the fewest replicas (%d, from replicaCount or autoscaling.minReplicas), or no pod can ever be evicted and node drains hang: lower it, or set it to null and use maxUnavailable" $prefix ($p.minAvailable | int) $min) }}
-{{- end }}
+{{- include "cpw.lib.pdbGuard" . }}
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
@@ -112,4 +108,32 @@ spec:
 {{- if not .Values.image.digest }}
 checkov.io/skip1: CKV_K8S_43=Images are pinned by tag unless image.digest is set; production installs set the digest
 {{- end }}
+{{- end -}}
+
+{{/* Fails when the PDB could never allow an eviction. The fewest pods that run is replicaCount, or
+     autoscaling.minReplicas, but at least 1 when autoscaling may scale to zero (a single pod then runs at
+     times). Kubernetes rounds a minAvailable percentage up, so "100%" (or "90%" of 3) blocks as 3 does. */}}
+{{- define "cpw.lib.pdbGuard" -}}
+{{- $v := .ctx.Values -}}
+{{- $p := $v.podDisruptionBudget -}}
+{{- $prefix := ternary "workers" "api" (eq .component "worker") -}}
+{{- $min := include "cpw.lib.minReplicas" .ctx | int -}}
+{{- $scales := and $v.autoscaling $v.autoscaling.enabled -}}
+{{- $fewest := ternary (max $min 1 | int) $min (and $scales true) -}}
+{{- if not (kindIs "invalid" $p.minAvailable) -}}
+{{- $need := 0 -}}
+{{- $shown := toString $p.minAvailable -}}
+{{- if kindIs "string" $p.minAvailable -}}
+{{- $pct := trimSuffix "%" $p.minAvailable | int -}}
+{{- $need = div (add (mul $pct $fewest) 99) 100 -}}
+{{- if ge $pct 100 }}{{ $need = max $fewest 1 }}{{ end -}}
+{{- else -}}
+{{- $need = $p.minAvailable | int -}}
+{{- end -}}
+{{- if and (gt ($need | int) 0) (ge ($need | int) (max $fewest 1 | int)) (or (gt $fewest 0) $scales (kindIs "string" $p.minAvailable)) -}}
+{{- fail (printf "%s.podDisruptionBudget.minAvailable (%s) must be below the fewest replicas (%d, from replicaCount or autoscaling.minReplicas, at least 1 when autoscaling scales to zero), or no pod can ever be evicted and node drains hang: lower it, or set it to null and use maxUnavailable" $prefix $shown $fewest) -}}
+{{- end -}}
+{{- else if or (eq (toString $p.maxUnavailable) "0") (eq (toString $p.maxUnavailable) "0%") -}}
+{{- fail (printf "%s.podDisruptionBudget.maxUnavailable (%s) must be above 0, or no pod can ever be evicted and node drains hang" $prefix (toString $p.maxUnavailable)) -}}
+{{- end -}}
 {{- end -}}

@@ -189,3 +189,16 @@ readinessProbe:
   containerPort: 8001
   protocol: TCP
 {{- end -}}
+
+{{/* A preStop sleep of N seconds (nothing for 0): the pod keeps serving while Services and ingress controllers
+     drop its endpoint, then gets SIGTERM. An exec of the image's python, not `lifecycle.preStop.sleep`: that
+     action is alpha (off) on Kubernetes 1.29, which the chart supports, and the images need no `sleep` binary.
+     Takes the seconds. */}}
+{{- define "cpw.lib.preStopSleep" -}}
+{{- if gt (. | int) 0 }}
+lifecycle:
+  preStop:
+    exec:
+      command: ["python", "-c", "import time; time.sleep({{ . | int }})"]
+{{- end }}
+{{- end -}}
