@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 import uvloop
 
 from controlplane_workers import __version__, looplag, tracing
 from controlplane_workers.lifecycle import install_stop_handlers
 from controlplane_workers.logs import setup_logging
+from controlplane_workers.ops import PortTaken
 from controlplane_workers.providers import load_providers
 from controlplane_workers.run import serve_worker
 
@@ -43,6 +45,9 @@ def run_dev(args: argparse.Namespace) -> int:
 
     try:
         uvloop.run(main())
+    except PortTaken as exc:
+        print(f"cpw dev: {exc}", file=sys.stderr)
+        return 2
     finally:
         tracing.shutdown()  # flush the spans still batched
     return 0

@@ -185,6 +185,7 @@ def worker_schema() -> dict:
             "drainTimeout": num("seconds", minimum=0),
             "terminationGraceMarginSeconds": i(),
             "providers": s("module:attribute", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"),
+            "role": {"type": ["string", "null"], "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
         },
         autoscaling,
     )

@@ -6,16 +6,16 @@ import time
 
 import orjson
 
-from controlplane_workers import WorkerRegistry, WorkerRole
+from controlplane_workers import FleetRole, WorkerRegistry
 from controlplane_workers.retry import backoff
 
 
 def test_seed_registry_api():
     registry = WorkerRegistry()
-    registry.register_worker("w1", WorkerRole.WORKER, capacity=4)
+    registry.register_worker("w1", FleetRole.WORKER, capacity=4)
     registry.register_worker("a1", "api")
     assert registry.get_worker("w1")["capacity"] == 4
-    assert [w["worker_id"] for w in registry.get_active_workers(WorkerRole.WORKER)] == ["w1"]
+    assert [w["worker_id"] for w in registry.get_active_workers(FleetRole.WORKER)] == ["w1"]
     assert registry.get_worker_status("w1") == "registered"
     assert registry.get_registry_status()["total_workers"] == 2
     assert registry.unregister_worker("w1") and not registry.unregister_worker("w1")

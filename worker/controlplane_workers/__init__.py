@@ -2,16 +2,18 @@
 
 from ._version import __version__
 from .errors import BrokerUnavailable, PermanentError, RetryableError, UnroutableJob
-from .fleet import WorkerRegistry, WorkerRole
+from .fleet import FleetRole, WorkerRegistry
 from .models import Job, JobError, JobEvent, JobResult, JobStatus, Operation, ResourceRequest
 from .offloading import OffloadingProviderRegistry, OffloadResponse, WaitingOffloadingProviderRegistry
 from .providers import ResourceProvider, ResourceProviderRegistry
 from .queue import JobQueue
+from .role import WorkerRole
 from .settings import Settings, load_settings
 from .worker import ProviderWorker
 
 __all__ = [
     "BrokerUnavailable",
+    "FleetRole",
     "Job",
     "JobError",
     "JobEvent",

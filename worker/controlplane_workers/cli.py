@@ -28,6 +28,8 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["providers"] = args.providers
     if getattr(args, "url", None):
         overrides["rabbitmq_url"] = args.url
+    if getattr(args, "role", None):
+        overrides["worker_role"] = args.role
     return overrides
 
 
@@ -113,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a worker (CPW_* settings)")
     worker.add_argument("--providers", help="module:attr of the providers (CPW_PROVIDERS)")
     worker.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    worker.add_argument("--role", help="module:Class of a WorkerRole to run instead of the provider worker")
     worker.set_defaults(func=cmd_worker)
 
     for plugin in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):

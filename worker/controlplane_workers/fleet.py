@@ -11,7 +11,10 @@ import orjson
 from .broker import Broker, Subscription
 
 
-class WorkerRole(str, Enum):
+class FleetRole(str, Enum):
+    """Which kind of process a fleet entry is (the seed called this FleetRole; that is now the base
+    class of a worker's work, role.py)."""
+
     WORKER = "worker"
     API = "api"
 
@@ -29,8 +32,8 @@ class WorkerRegistry:
         self._subscription: Subscription | None = None
 
     # -- the seed's in-process API
-    def register_worker(self, worker_id: str, role: WorkerRole | str = WorkerRole.WORKER, **info: Any) -> None:
-        self._local[worker_id] = {"worker_id": worker_id, "role": WorkerRole(role).value, "at": time.time(), **info}
+    def register_worker(self, worker_id: str, role: FleetRole | str = FleetRole.WORKER, **info: Any) -> None:
+        self._local[worker_id] = {"worker_id": worker_id, "role": FleetRole(role).value, "at": time.time(), **info}
 
     def unregister_worker(self, worker_id: str) -> bool:
         return self._local.pop(worker_id, None) is not None
@@ -38,9 +41,9 @@ class WorkerRegistry:
     def get_worker(self, worker_id: str) -> dict[str, Any] | None:
         return self._local.get(worker_id) or self._live().get(worker_id)
 
-    def get_active_workers(self, role: WorkerRole | str | None = None) -> list[dict[str, Any]]:
+    def get_active_workers(self, role: FleetRole | str | None = None) -> list[dict[str, Any]]:
         workers = {**self._live(), **self._local}
-        wanted = WorkerRole(role).value if role else None
+        wanted = FleetRole(role).value if role else None
         return sorted(
             (w for w in workers.values() if wanted is None or w.get("role") == wanted),
             key=lambda w: str(w["worker_id"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +62,22 @@ def ops_app(
 
 def ops_limits(settings: Settings) -> HttpLimits:
     return HttpLimits(settings.http_max_header_bytes, settings.http_header_timeout, settings.ops_max_connections)
+
+
+class PortTaken(Exception):
+    """A port this process must serve cannot be opened: it exits 2 with one line, before any work."""
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """Bind `host:port` now, so a taken port stops the process before it consumes a job."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortTaken(f"{what} {host}:{port} cannot be opened: {exc.strerror}") from None
+    return sock
 
 
 def server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 
 import uvloop
@@ -11,17 +12,22 @@ import uvloop
 from . import looplag, metrics, tracing
 from ._version import __version__
 from .lifecycle import connect_with_backoff, install_stop_handlers
-from .ops import ops_app, ops_limits, server
+from .ops import PortTaken, listen, ops_app, ops_limits, server
 from .providers import ProviderLookup, load_providers
+from .role import WorkerRole, load_role
 from .settings import Settings
 from .worker import ProviderWorker
 
 log = logging.getLogger(__name__)
 
 
-async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyncio.Event) -> ProviderWorker:
-    """Run one worker until `stop` is set, then drain it."""
-    worker = ProviderWorker(settings, providers)
+async def serve_worker(settings: Settings, providers: ProviderLookup | None, stop: asyncio.Event) -> WorkerRole:
+    """Run one worker role (ProviderWorker unless CPW_WORKER_ROLE names another) until `stop`, then drain it.
+
+    The ops port is bound first: a taken port raises PortTaken before any job is consumed."""
+    sock = listen(settings.health_host, settings.health_port, "the ops port (CPW_HEALTH_PORT)")
+    role = load_role(settings.worker_role) if settings.worker_role else ProviderWorker
+    worker = role(settings, providers)  # type: ignore[arg-type]
     ops = server(
         ops_app(
             is_ready=lambda: worker.ready,
@@ -33,7 +39,7 @@ async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyn
         settings.health_port,
         limits=ops_limits(settings),
     )
-    ops_task = asyncio.create_task(ops.serve())
+    ops_task = asyncio.create_task(ops.serve(sockets=[sock]))
     started = time.monotonic()
     if await connect_with_backoff(worker.start, "worker", stop):
         log.info("worker started", extra={"startup_seconds": round(time.monotonic() - started, 3)})
@@ -45,7 +51,14 @@ async def serve_worker(settings: Settings, providers: ProviderLookup, stop: asyn
 
 
 def run_worker(settings: Settings) -> int:
-    providers = load_providers(settings.providers)
+    """`cpw worker`: 0 after a drain, 2 when the ops port is taken or the role cannot be loaded."""
+    try:
+        role = load_role(settings.worker_role) if settings.worker_role else ProviderWorker
+    except ValueError as exc:
+        print(f"cpw worker: configuration error: CPW_WORKER_ROLE: {exc}", file=sys.stderr)
+        return 2
+    # A role of its own may need no providers; the provider worker cannot run without them.
+    providers = load_providers(settings.providers) if role is ProviderWorker or settings.providers else None
     tracing.setup_from_env("cpw-worker", instance_id=settings.worker_id, version=__version__)
 
     async def main() -> None:
@@ -56,6 +69,9 @@ def run_worker(settings: Settings) -> int:
 
     try:
         uvloop.run(main())
+    except PortTaken as exc:
+        print(f"cpw worker: {exc}", file=sys.stderr)
+        return 2
     finally:
         tracing.shutdown()  # flush the spans still batched
     return 0

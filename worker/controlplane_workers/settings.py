@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         validation_alias=env_alias("PROVIDERS"),
         description="module:attr of a registry, a provider or a factory; entry points are loaded too.",
     )
+    worker_role: str | None = Field(
+        None,
+        validation_alias=env_alias("WORKER_ROLE"),
+        description="module:Class of the WorkerRole this process runs (default: ProviderWorker, which consumes "
+        "the job queue). A team's own role gets the same runtime, ops port, drain and metrics.",
+    )
     max_concurrent_jobs: int = Field(
         10,
         ge=1,

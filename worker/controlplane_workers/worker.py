@@ -36,6 +36,7 @@ from .models import EventType, Job, JobError, JobEvent
 from .providers import ProviderLookup, call_provider, is_sync, provider_method, to_jsonable
 from .redact import redact_text
 from .retry import backoff
+from .role import WorkerRole
 from .settings import Settings
 from .syncpool import SyncPool
 from .topology import Topology
@@ -64,12 +65,12 @@ class WorkerStats:
     started_at: float = field(default_factory=time.time)
 
 
-class ProviderWorker:
-    """Runs provider operations for jobs from the queue, up to `max_concurrent_jobs` at once."""
+class ProviderWorker(WorkerRole):
+    """The role that runs provider operations for jobs from the queue, up to `max_concurrent_jobs` at once."""
 
     def __init__(self, settings: Settings, providers: ProviderLookup, broker: Broker | None = None) -> None:
-        self.settings = settings
-        self.providers = providers
+        super().__init__(settings, providers)
+        self.providers: ProviderLookup = providers
         self.topology = Topology.from_settings(settings)
         self.broker = broker or open_broker(
             settings.rabbitmq_url,
@@ -119,6 +120,18 @@ class ProviderWorker:
                 self.sync_pool.size,
                 extra={"stuck_threads": stuck},
             )
+
+    async def process_job(self, job: Job) -> Any:
+        """Run one job's provider operation here, without the queue (the seed's job-processing interface)."""
+        provider = self.providers.get_provider(job.provider_namespace, job.resource_type)
+        method = None if provider is None else provider_method(provider, job.operation, self.sync_pool.run)
+        if method is None:
+            raise PermanentError(
+                f"no provider method for {job.provider_namespace}/{job.resource_type} {job.operation.value}",
+                code="UnknownProvider",
+            )
+        request = job.request.model_copy(update={"tenant": job.tenant})
+        return to_jsonable(await call_provider(method, request, self.sync_pool.run))
 
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
