@@ -74,7 +74,7 @@ class ApiIndex(StatusIndex):
     def _evicted_one(self) -> None:
         metrics.INDEX_EVICTIONS.inc()
 
-    def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
+    def remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
         # The latest submission with a key counts: a key reused after its window made a new job.
         self.idempotency.pop(key, None)
         self.idempotency[key] = (job_id, fingerprint, at)
