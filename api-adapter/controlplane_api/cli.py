@@ -1,4 +1,4 @@
-"""The API adapter's `cpw` commands: `cpw api`, `cpw dev` and `cpw jobs`.
+"""The API adapter's `cpw` commands: `cpw api`, `cpw indexer`, `cpw dev` and `cpw jobs`.
 
 Registered through the entry point group `cpw.commands` (pyproject.toml), so the core's CLI never
 imports this package.
@@ -27,6 +27,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     return run_api(settings)
 
 
+def cmd_indexer(args: argparse.Namespace) -> int:
+    settings = api_settings_or_exit(**cli_overrides(args))
+    setup_cli_logging(settings)
+    from .projector import run_indexer
+
+    return run_indexer(settings)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
@@ -39,6 +47,12 @@ def register(subparsers: Any) -> None:
     api.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
     api.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
     api.set_defaults(func=cmd_api)
+
+    indexer = subparsers.add_parser(
+        "indexer", help="project provider.results into PostgreSQL (CPW_POSTGRES_URL) for CPW_API_STORE=postgresql"
+    )
+    indexer.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    indexer.set_defaults(func=cmd_indexer)
 
     dev = subparsers.add_parser("dev", help="the local platform: API, worker and the demo provider on memory://")
     dev.add_argument("--host", default="127.0.0.1")
