@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from controlplane_workers.broker.base import KIND, StreamMessage
+from controlplane_workers.models import Job
 from controlplane_workers.status import MARKER, Entry, StatusIndex
 
 from . import metrics
@@ -89,3 +90,10 @@ class ApiIndex(StatusIndex):
                 self.marker_seen = True
                 for callback in self.on_marker:
                     callback()
+
+
+class Unindexed(ApiIndex):
+    """The queue's index when PostgreSQL is the store (pgstore.py): keeps nothing, the store has the row."""
+
+    def accept(self, job: Job) -> None:
+        pass
