@@ -95,8 +95,11 @@ class Projector:
     async def _follow(self, broker: Broker, conn: Any, stop: asyncio.Event) -> None:
         subscription = await broker.follow(self.stream, self._received, self.applied + 1)
         stopping = asyncio.ensure_future(stop.wait())
+        conn.add_termination_listener(lambda _: self.arrived.set())  # wake up to notice, even when idle
         try:
             while not stop.is_set():
+                if conn.is_closed():  # the lock went with it: a standby may be active already
+                    raise ConnectionError("lost the PostgreSQL connection, and the projector lock with it")
                 if not self.pending:
                     self.arrived.clear()
                     arrived = asyncio.ensure_future(self.arrived.wait())

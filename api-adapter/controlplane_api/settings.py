@@ -111,7 +111,7 @@ class ApiSettings(Settings):
         "CPW_POSTGRES_URL_FILE (a mounted Secret). Never logged with its password.",
     )
     indexer_batch_messages: int = Field(
-        256,
+        32,
         ge=1,
         validation_alias=env_alias("INDEXER_BATCH_MESSAGES"),
         description="Stream messages `cpw indexer` writes per PostgreSQL transaction (one carries up to 512 events).",

@@ -181,3 +181,20 @@ async def test_states_only_move_forward(pg_url):
     assert await conn.fetchval("SELECT redrives FROM cpw_jobs WHERE job_id = 'd'") == 1
     assert await conn.fetchval("SELECT last_offset FROM cpw_projector") == 4
     await conn.close()
+
+
+async def test_a_projector_that_loses_its_connection_exits_rather_than_write_without_the_lock(
+    vhost_url, pg_url, tmp_path
+):
+    conn = await asyncpg.connect(pg_url)
+    proc = start_indexer(vhost_url, pg_url, tmp_path, "cut")
+    try:
+        await until(lambda: active_projector(conn), every=0.05)
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cpw-indexer cut'"
+        )
+        assert proc.proc.wait(5) == 1, proc.output()
+        assert "lost the PostgreSQL connection" in proc.output()
+    finally:
+        proc.stop()
+        await conn.close()
