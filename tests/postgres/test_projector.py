@@ -134,6 +134,7 @@ async def test_standby_takes_over_when_the_active_one_dies(vhost_url, pg_url, tm
         took_over = time.monotonic() - killed
         assert await active_projector(conn) == "cpw-indexer two"
         assert took_over < 3.0, took_over
+        print(f"\nstandby active {took_over:.2f}s after the kill")
         await until(lambda: _past(conn, len(messages) - 1))
         await assert_matches_oracle(conn, messages)
     finally:
