@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from controlplane_workers.cli import cli_overrides, setup_cli_logging
@@ -16,11 +17,21 @@ from . import client_cli
 from .settings import api_settings_or_exit
 
 
+def _no_postgres_url(command: str) -> int:
+    print(
+        f"cpw {command}: configuration error: CPW_POSTGRES_URL (or CPW_POSTGRES_URL_FILE) is not set",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = api_settings_or_exit(**cli_overrides(args))
     if args.print_config:  # `cpw config` prints the core's settings; this adds the API's
         print(json.dumps(settings.safe_dump(), indent=2, default=str))
         return 0
+    if settings.api_store == "postgresql" and not settings.postgres_url:
+        return _no_postgres_url("api")
     setup_cli_logging(settings)
     from .serve import run_api
 
@@ -29,6 +40,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_indexer(args: argparse.Namespace) -> int:
     settings = api_settings_or_exit(**cli_overrides(args))
+    if not settings.postgres_url:
+        return _no_postgres_url("indexer")
     setup_cli_logging(settings)
     from .projector import run_indexer
 
