@@ -10,7 +10,7 @@ CHECKOV_VENV ?= .tools/checkov
 # What the tests need from Debian: a real broker, Prometheus tools, the sandbox for the
 # read-only-root test, wrk as the HTTP load generator of the benchmarks, and haproxy in front of
 # the three-node test cluster (tests/support/cluster.py).
-APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk haproxy
+APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk haproxy postgresql
 PYTEST_ARGS ?=
 
 .PHONY: help run test install system-deps tools lint fmt chart dashboards bench bench-index clean docs dev drill autoscale-drill

@@ -83,9 +83,9 @@ class ApiContext:
     def wait_for(self, request: Request) -> float:
         return params.wait_for(request, self.settings.api_max_wait)
 
-    def lookup(self, job_id: str, tenant: str | None) -> JobResult:
+    async def lookup(self, job_id: str, tenant: str | None) -> JobResult:
         """The job if `tenant` may see it; 404 OperationNotFound or OperationExpired otherwise."""
-        record = self.store.get(job_id, tenant)
+        record = await self.store.get(job_id, tenant)
         if record is None:
             code = self.store.miss_code(job_id)
             if code == "OperationExpired":

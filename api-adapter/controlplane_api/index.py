@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from controlplane_workers.broker.base import KIND, StreamMessage
+from controlplane_workers.models import Job
 from controlplane_workers.status import MARKER, Entry, StatusIndex
 
 from . import metrics
@@ -74,7 +75,7 @@ class ApiIndex(StatusIndex):
     def _evicted_one(self) -> None:
         metrics.INDEX_EVICTIONS.inc()
 
-    def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
+    def remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
         # The latest submission with a key counts: a key reused after its window made a new job.
         self.idempotency.pop(key, None)
         self.idempotency[key] = (job_id, fingerprint, at)
@@ -89,3 +90,10 @@ class ApiIndex(StatusIndex):
                 self.marker_seen = True
                 for callback in self.on_marker:
                     callback()
+
+
+class Unindexed(ApiIndex):
+    """The queue's index when PostgreSQL is the store (pgstore.py): keeps nothing, the store has the row."""
+
+    def accept(self, job: Job) -> None:
+        pass

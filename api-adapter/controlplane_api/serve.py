@@ -32,11 +32,11 @@ from . import metrics
 from .app import build_app
 from .auth import TokenAuth, TokenFileError
 from .context import ApiContext
-from .index import MARKER_ID
+from .index import MARKER_ID, ApiIndex, Unindexed
 from .memory import index_max_bytes
 from .openapi import build_openapi
 from .settings import ApiSettings
-from .store import IndexStore, retention_seconds
+from .store import IndexStore, OperationStore, retention_seconds
 
 log = logging.getLogger("controlplane_api")
 
@@ -48,10 +48,19 @@ class ApiProcess:
         self.settings = settings
         self.dev = dev
         self.auth = TokenAuth(settings.api_tokens_file) if settings.api_tokens_file else None
-        retention = retention_seconds(settings.results_max_age)
-        self.store = IndexStore(settings.api_index_max_jobs, retention, index_max_bytes(settings))
-        self.index = self.store.index
-        self.queue = JobQueue(settings=settings, index=self.index, name=f"cpw-api {settings.worker_id}")
+        self.store: OperationStore
+        self.index: ApiIndex
+        name = f"cpw-api {settings.worker_id}"
+        if settings.api_store == "postgresql":  # no index here: the projector keeps the operations
+            from .pgstore import PostgresStore
+
+            self.store, self.index = PostgresStore(settings), Unindexed(100)
+            self.queue = JobQueue(settings=settings, index=self.index, name=name, follow_results=False)
+        else:
+            retention = retention_seconds(settings.results_max_age)
+            self.store = IndexStore(settings.api_index_max_jobs, retention, index_max_bytes(settings))
+            self.index = self.store.index
+            self.queue = JobQueue(settings=settings, index=self.index, name=name)
         self.fleet = WorkerRegistry()
         self.ctx = ApiContext(settings, self.queue, self.store, self.fleet, self.auth, build_openapi(settings))
         self.rebuilt = asyncio.Event()
@@ -98,6 +107,8 @@ class ApiProcess:
         if not await connect_with_backoff(self.queue.connect, "api", stop):
             return False
         await self.fleet.follow(self.queue.broker)
+        if not isinstance(self.store, IndexStore):
+            return await self._open_store(stop, started)
         body = orjson.dumps({"type": "marker", "marker": marker, "at": time.time()})
         while not stop.is_set():
             try:
@@ -128,7 +139,22 @@ class ApiProcess:
         )
         return True
 
+    async def _open_store(self, stop: asyncio.Event, started: float) -> bool:
+        """PostgreSQL: ready once it answers (nothing to rebuild)."""
+        from .pgstore import PostgresStore, open_with_backoff
+
+        assert isinstance(self.store, PostgresStore)
+        if not await open_with_backoff(self.store, stop):
+            return False
+        self.rebuild_seconds = time.monotonic() - started
+        self.store.ready = True
+        self.rebuilt.set()
+        log.info("api ready: operation store on PostgreSQL in %.3fs", self.rebuild_seconds)
+        return True
+
     async def stop(self) -> None:
+        if not isinstance(self.store, IndexStore):
+            await self.store.close()  # type: ignore[attr-defined]
         self.store.ready = False
         self.rebuilt.clear()
         await self.fleet.stop()

@@ -6,6 +6,7 @@ They live here so that the core package, and a worker image built from it, knows
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -14,6 +15,8 @@ from controlplane_workers.settings import Settings, env_alias, or_exit, read_set
 
 class ApiSettings(Settings):
     """What `cpw api` and `cpw dev` read. docs/configuration.md is generated from it."""
+
+    secret_files: ClassVar[dict[str, str]] = {**Settings.secret_files, "postgres_url": "POSTGRES_URL"}
 
     # -- API adapter
     api_host: str = Field("0.0.0.0", validation_alias=env_alias("API_HOST"), description="Address the API listens on.")
@@ -100,6 +103,25 @@ class ApiSettings(Settings):
         False,
         validation_alias=env_alias("API_ALLOW_ANONYMOUS"),
         description="Serve without tokens when CPW_API_TOKENS_FILE is unset (cpw dev does).",
+    )
+    # -- operation store
+    api_store: Literal["stream", "postgresql"] = Field(
+        "stream",
+        validation_alias=env_alias("API_STORE"),
+        description="Where the API looks up operations: `stream` (each replica indexes provider.results in "
+        "memory) or `postgresql` (the projector, `cpw indexer`, writes them to PostgreSQL; replicas hold no index).",
+    )
+    postgres_url: str | None = Field(
+        None,
+        validation_alias=env_alias("POSTGRES_URL"),
+        description="PostgreSQL DSN of the operation store (postgresql://user:password@host/db); prefer "
+        "CPW_POSTGRES_URL_FILE (a mounted Secret). Never logged with its password.",
+    )
+    indexer_batch_messages: int = Field(
+        32,
+        ge=1,
+        validation_alias=env_alias("INDEXER_BATCH_MESSAGES"),
+        description="Stream messages `cpw indexer` writes per PostgreSQL transaction (one carries up to 512 events).",
     )
 
 

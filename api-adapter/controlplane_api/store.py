@@ -1,8 +1,9 @@
 """Where the API looks up operations: a small interface, and the stream-fed index behind it.
 
-`OperationStore` is all the routes use, so another backend (PostgreSQL) can be added without
-touching them. `IndexStore` is the default: the process's own `ApiIndex`, rebuilt by reading
-`provider.results` from its retention start.
+`OperationStore` is all the routes use, so another backend can be added without touching them; its
+lookups are coroutines, as a database's are. `IndexStore` is the default: the process's own
+`ApiIndex`, rebuilt by reading `provider.results` from its retention start; `PostgresStore`
+(pgstore.py) reads what `cpw indexer` writes.
 
 Job ids are time-ordered (`controlplane_workers.ids`), so an id that is no longer held can be told
 apart: older than the retention or than the newest evicted job -> expired.
@@ -15,7 +16,7 @@ import time
 from typing import Protocol
 
 from controlplane_workers.ids import job_id_time
-from controlplane_workers.models import JobResult, JobStatus
+from controlplane_workers.models import Job, JobResult, JobStatus
 
 from .index import ApiIndex
 
@@ -35,7 +36,7 @@ class OperationStore(Protocol):
 
     ready: bool
 
-    def get(self, job_id: str, tenant: str | None) -> JobResult | None: ...
+    async def get(self, job_id: str, tenant: str | None) -> JobResult | None: ...
 
     def miss_code(self, job_id: str) -> str:
         """Why an id is not found: "OperationExpired" (retention or size bound) or "OperationNotFound"."""
@@ -43,9 +44,9 @@ class OperationStore(Protocol):
 
     async def wait(self, job_id: str, timeout: float) -> JobResult | None: ...
 
-    def active_count(self, tenant: str | None) -> int: ...
+    async def active_count(self, tenant: str | None) -> int: ...
 
-    def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
+    async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         """Take a queued-job slot before publishing; False when `tenant` already holds `cap`."""
         ...
 
@@ -53,16 +54,20 @@ class OperationStore(Protocol):
         """Give a reserved slot back (the publish failed, or the job now counts in the index)."""
         ...
 
-    def idempotent(self, key: str) -> tuple[str, str, float] | None:
+    async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
+        """The job was published (confirmed): make it visible to its own Location at once. Never raises."""
+        ...
+
+    async def idempotent(self, key: str) -> tuple[str, str, float] | None:
         """(job id, request fingerprint, submitted at) of the job submitted with this hashed key, by
         any replica."""
         ...
 
-    def page(
+    async def page(
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]: ...
 
-    def counts(self, tenant: str | None) -> dict[str, int]: ...
+    async def counts(self, tenant: str | None) -> dict[str, int]: ...
 
     def info(self) -> dict[str, object]: ...
 
@@ -75,7 +80,7 @@ class IndexStore:
         self.retention = retention
         self.ready = False
 
-    def get(self, job_id: str, tenant: str | None) -> JobResult | None:
+    async def get(self, job_id: str, tenant: str | None) -> JobResult | None:
         return self.index.get_for(job_id, tenant)
 
     def miss_code(self, job_id: str) -> str:
@@ -90,19 +95,22 @@ class IndexStore:
     async def wait(self, job_id: str, timeout: float) -> JobResult | None:
         return await self.index.wait(job_id, timeout)
 
-    def idempotent(self, key: str) -> tuple[str, str, float] | None:
+    async def idempotent(self, key: str) -> tuple[str, str, float] | None:
         return self.index.idempotent(key)
 
-    def active_count(self, tenant: str | None) -> int:
+    async def active_count(self, tenant: str | None) -> int:
         return self.index.active_count(tenant)
 
-    def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
+    async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         return self.index.reserve(tenant, job_id, cap)
 
     def release(self, job_id: str) -> None:
         self.index.release(job_id)
 
-    def page(
+    async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
+        pass  # the queue recorded it in this process's index already (JobQueue.submit_encoded)
+
+    async def page(
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]:
         out: list[JobResult] = []
@@ -118,7 +126,7 @@ class IndexStore:
             out.append(record)
         return out, None
 
-    def counts(self, tenant: str | None) -> dict[str, int]:
+    async def counts(self, tenant: str | None) -> dict[str, int]:
         return self.index.counts(tenant)
 
     def info(self) -> dict[str, object]:

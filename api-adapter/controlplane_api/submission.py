@@ -59,7 +59,7 @@ async def submit(ctx: ApiContext, request: Request, caller: Caller, job: Submiss
         entry = cache.get(cache_key)
         if entry is None:
             # Not submitted here: maybe on another replica, or before this process restarted.
-            seen = ctx.store.idempotent(shared)
+            seen = await ctx.store.idempotent(shared)
             if seen is not None and time.time() - seen[2] < cache.window:
                 if seen[1] != fp:
                     raise key_reused()
@@ -93,7 +93,7 @@ async def _publish(
     now = time.time()
     job_id = new_job_id(now)
     cap = ctx.settings.api_tenant_max_queued
-    if not ctx.store.reserve(tenant, job_id, cap):
+    if not await ctx.store.reserve(tenant, job_id, cap):
         raise ApiError(
             429,
             "TooManyRequests",
@@ -152,3 +152,4 @@ async def _send(
         await ctx.queue.submit_encoded(orjson.dumps(message), accepted, idempotency=idempotency)
     except (BrokerUnavailable, UnroutableJob):
         raise ctx.unavailable("The job broker is unavailable; nothing was accepted. Retry later.") from None
+    await ctx.store.accepted(accepted, idempotency)

@@ -82,11 +82,11 @@ def test_jobs_in_flight_stay_even_over_the_byte_bound():
     assert all(i not in index for i in ids[:10]) and index.evicted == 10
 
 
-def test_an_evicted_job_answers_operation_expired():
+async def test_an_evicted_job_answers_operation_expired():
     store = IndexStore(max_jobs=100, retention=86_400)
     ids = finish_jobs(store.index, 150)
-    assert store.get(ids[0], None) is None and store.miss_code(ids[0]) == "OperationExpired"
-    assert store.get(ids[-1], None) is not None
+    assert await store.get(ids[0], None) is None and store.miss_code(ids[0]) == "OperationExpired"
+    assert await store.get(ids[-1], None) is not None
     assert store.miss_code(new_job_id(time.time() + 1)) == "OperationNotFound"  # made after every evicted job
 
 

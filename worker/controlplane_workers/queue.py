@@ -38,9 +38,12 @@ class JobQueue:
         index_max_jobs: int | None = None,
         index: StatusIndex | None = None,
         name: str = "cpw-client",
+        follow_results: bool = True,
     ) -> None:
         """`index`: where the results stream is read into (the API hands its own, which also counts
-        tenants and keys); by default a StatusIndex of `index_max_jobs` jobs."""
+        tenants and keys); by default a StatusIndex of `index_max_jobs` jobs. `follow_results=False`:
+        the results stream is not read (an API whose operations live in a database), so `wait` and
+        `get` know only what this queue submitted."""
         self.settings = settings or load_settings(**({"rabbitmq_url": url} if url else {}))
         self.url = url or self.settings.rabbitmq_url
         self.topology = Topology.from_settings(self.settings)
@@ -48,6 +51,7 @@ class JobQueue:
         self.broker: Broker = open_broker(self.url, self.topology, **options)
         self.index = index if index is not None else StatusIndex(index_max_jobs or DEFAULT_MAX_JOBS)
         self.replay_from = replay_from
+        self.follow_results = follow_results
         self._results: Subscription | None = None
         self.events = EventBatcher(self.broker)
         self._records: set[asyncio.Future[None]] = set()
@@ -55,9 +59,10 @@ class JobQueue:
     async def connect(self) -> None:
         """Connect and follow the results stream; BrokerUnavailable leaves nothing open."""
         async with self.broker.connecting():
-            self._results = await self.broker.follow(
-                self.topology.results_stream, self.index.apply_batch, self.replay_from
-            )
+            if self.follow_results:
+                self._results = await self.broker.follow(
+                    self.topology.results_stream, self.index.apply_batch, self.replay_from
+                )
 
     async def disconnect(self) -> None:
         if self._records:  # Accepted records still on their way

@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     docs/configuration.md is generated from both models."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # field -> CPW_ name of the secrets that may also come from a file (CPW_<name>_FILE, a mounted
+    # Secret) and that safe_dump redacts; the API adds its own.
+    secret_files: ClassVar[dict[str, str]] = {
+        "rabbitmq_url": "RABBITMQ_URL",
+        "rabbitmq_management_url": "RABBITMQ_MANAGEMENT_URL",
+    }
 
     # -- broker
     rabbitmq_url: str = Field(
@@ -280,18 +286,18 @@ class Settings(BaseSettings):
     def safe_dump(self) -> dict[str, object]:
         """Settings as they may be logged: URLs without passwords."""
         data = self.model_dump(mode="json")
-        for key in ("rabbitmq_url", "rabbitmq_management_url"):
+        for key in self.secret_files:
             if data.get(key):
                 data[key] = redact_url(data[key])
         return data
 
 
-SECRET_FILES = {"rabbitmq_url": "RABBITMQ_URL", "rabbitmq_management_url": "RABBITMQ_MANAGEMENT_URL"}
+SECRET_FILES = Settings.secret_files
 
 
-def _secrets_from_files(environ: dict[str, str]) -> dict[str, str]:
+def _secrets_from_files(environ: dict[str, str], files: dict[str, str] = SECRET_FILES) -> dict[str, str]:
     values: dict[str, str] = {}
-    for field, name in SECRET_FILES.items():
+    for field, name in files.items():
         path = environ.get(f"CPW_{name}_FILE")
         if path:
             try:
@@ -324,7 +330,7 @@ def read_settings(model: type[S], overrides: dict[str, object]) -> S:
         raise SettingsError(f"{unknown[0]}: not a setting of {model.__name__}")
     try:
         # values are validated by the model itself: that is the point of the call
-        return model(**{**_secrets_from_files(dict(os.environ)), **overrides})  # type: ignore[arg-type]
+        return model(**{**_secrets_from_files(dict(os.environ), model.secret_files), **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"

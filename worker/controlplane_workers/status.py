@@ -24,16 +24,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from .broker.base import KIND, REDRIVE, StreamMessage
-from .events import BATCH
-from .models import EVENT_STATUS, EventType, Job, JobError, JobResult, JobStatus, Operation
+from .broker.base import StreamMessage
+from .models import Job, JobError, JobResult, JobStatus, Operation
+from .records import MALFORMED, read_message
+from .records import MARKER as MARKER  # where readers of the index import it from
 
 _STARTED = (JobStatus.RUNNING,)
-# Stream messages with this kind are position markers a reader publishes for itself (the API
-# adapter publishes one at start and is ready once it has read it back); the index skips them.
-MARKER = "marker"
 DEFAULT_MAX_JOBS = 1_000_000
 # What a job in flight costs besides its variable parts (tracemalloc, CPython 3.11: the slots object, its
 # floats, its slot in the jobs dict and its key, the eviction deque's slot), and what a frozen one costs
@@ -288,75 +285,22 @@ class StatusIndex:
     def apply(self, message: StreamMessage) -> None:
         self.events += 1
         self.last_offset = message.offset
-        kind = message.headers.get(KIND)
-        if kind == MARKER:  # a reader's own position marker, not a job
-            return
         try:
-            if kind == BATCH:
-                items = orjson.loads(message.body)
-                self.events += len(items) - 1  # count events, not stream messages
-                for item in items:
-                    self._apply_event(item)
-            elif kind == "job":  # a bare job message (a binding of the stream to the job exchange)
-                job = Job.model_validate_json(message.body)
-                self._accepted(
-                    job.id,
-                    job.provider_namespace,
-                    job.resource_type,
-                    job.operation,
-                    job.request.resource_name,
-                    job.tenant,
-                    job.priority,
-                    job.submitted_at,
-                    redrive=bool(message.headers.get(REDRIVE)),
-                )
-            else:
-                self._apply_event(orjson.loads(message.body))
-        except (ValidationError, orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
+            self.events += read_message(message, self) - 1  # count events, not stream messages
+        except MALFORMED:
             self.malformed += 1
         self._evict()  # once per stream message: a bound is exceeded by one batch at most, briefly
-
-    def _apply_event(self, data: dict[str, Any]) -> None:
-        """One event as written by this project (events.py): read as plain data, the hot path of replay."""
-        job = data.get("job")
-        if job is not None:
-            key = data.get("idempotency")
-            if key is not None:
-                self._remember_key(key["key"], job["id"], key["fingerprint"], float(data["at"]))
-            self._accepted(
-                job["id"],
-                job["provider_namespace"],
-                job["resource_type"],
-                Operation(job["operation"]),
-                (job.get("request") or {}).get("resource_name"),
-                job.get("tenant"),
-                job.get("priority", 5),
-                job.get("submitted_at"),
-                redrive=bool(data.get("redrive")),
-            )
-            return
-        error = data.get("error")
-        self._event(
-            data["job_id"],
-            EVENT_STATUS[EventType(data["type"])],
-            float(data["at"]),
-            int(data.get("attempt", 1)),
-            data.get("worker_id"),
-            data.get("result"),
-            JobError.model_construct(**error) if error else None,
-            data.get("tenant"),
-        )
 
     def _evicted_one(self) -> None:
         """Hook: a finished job was evicted to stay within a bound (the API counts it in a metric)."""
 
-    def _remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
+    def remember_key(self, key: str, job_id: str, fingerprint: str, at: float) -> None:
         """Hook: an Accepted record carried an idempotency key (events.accepted_record). The API keeps
         them, so every replica can answer a retried submission with the job the first one made."""
 
     def accept(self, job: Job) -> None:
         """Record a job its submitter just published (its stream record, arriving later, changes nothing)."""
-        self._accepted(
+        self.record_accepted(
             job.id,
             job.provider_namespace,
             job.resource_type,
@@ -368,7 +312,7 @@ class StatusIndex:
         )
         self._evict()
 
-    def _accepted(
+    def record_accepted(
         self,
         job_id: str,
         namespace: str,
@@ -408,7 +352,7 @@ class StatusIndex:
         if current is not item and item is not None:
             self._freeze(job_id, current)
 
-    def _event(
+    def record_event(
         self,
         job_id: str,
         status: JobStatus,

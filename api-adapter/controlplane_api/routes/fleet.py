@@ -27,7 +27,7 @@ async def stats(request: Request, ctx: ApiContext, caller: Caller) -> Response:
             "retrying": q.retrying,
             "consumers": q.consumers,
             "inFlight": int(fleet["in_flight"]),
-            "jobs": ctx.store.counts(caller.tenant),
+            "jobs": await ctx.store.counts(caller.tenant),
             "index": ctx.store.info(),
         }
     )

@@ -37,7 +37,7 @@ async def post_job(request: Request, ctx: ApiContext, caller: Caller) -> Respons
     async def answer(job_id: str, wait: float) -> Response:
         record = await ctx.store.wait(job_id, wait) if wait else None
         # ctx.lookup: a replay of a key whose job has since left the index answers 404 OperationExpired
-        record = record or ctx.lookup(job_id, caller.tenant)
+        record = record or await ctx.lookup(job_id, caller.tenant)
         base = ctx.base_url(request)
         headers = {
             "Location": f"{base}/jobs/{job_id}",
@@ -51,13 +51,13 @@ async def post_job(request: Request, ctx: ApiContext, caller: Caller) -> Respons
 
 
 async def get_job(request: Request, ctx: ApiContext, caller: Caller) -> Response:
-    return json_response(job_view(ctx.lookup(request.path_params["id"], caller.tenant)))
+    return json_response(job_view(await ctx.lookup(request.path_params["id"], caller.tenant)))
 
 
 async def cancel_job(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     """Idempotent while the job runs; 409 once it has ended."""
     job_id = request.path_params["id"]
-    record = ctx.lookup(job_id, caller.tenant)
+    record = await ctx.lookup(job_id, caller.tenant)
     if record.terminal:
         raise ApiError(
             409, "Conflict", f"The job '{job_id}' has already finished as {record.status.value}.", reason="conflict"
@@ -76,7 +76,7 @@ async def list_jobs(request: Request, ctx: ApiContext, caller: Caller) -> Respon
     """This tenant's jobs, newest first, `top` a page; nextLink carries the skipToken."""
     status = status_filter(request)
     top = page_size(request)
-    records, last = ctx.store.page(caller.tenant, status, top, request.query_params.get("skipToken"))
+    records, last = await ctx.store.page(caller.tenant, status, top, request.query_params.get("skipToken"))
     next_link = None
     if last is not None:
         query = f"top={top}&skipToken={last}" + (f"&status={status.value}" if status else "")

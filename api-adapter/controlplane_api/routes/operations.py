@@ -15,7 +15,7 @@ from ..views import final_response, json_response, operation_status
 async def get_operation(request: Request, ctx: ApiContext, caller: Caller) -> Response:
     """Azure-AsyncOperation: the operation status resource, 200 while it exists. Retry-After while it runs:
     without one, ARM clients (azure-core's ARMPolling) wait their default 30 s between polls."""
-    record = ctx.lookup(request.path_params["id"], caller.tenant)
+    record = await ctx.lookup(request.path_params["id"], caller.tenant)
     headers = None if record.terminal else {"Retry-After": ctx.retry_after}
     return json_response(operation_status(record), headers=headers)
 
@@ -24,7 +24,7 @@ async def get_operation_result(request: Request, ctx: ApiContext, caller: Caller
     """Location: 202 while the job runs, then the answer the synchronous call would have given."""
     job_id = request.path_params["id"]
     version = optional_api_version(request)  # copied into Location: validated first
-    record = ctx.lookup(job_id, caller.tenant)
+    record = await ctx.lookup(job_id, caller.tenant)
     if not record.terminal:
         wait = ctx.wait_for(request)
         if wait:

@@ -1,0 +1,249 @@
+"""`PostgresStore`: the OperationStore over the rows `cpw indexer` writes (CPW_API_STORE=postgresql).
+
+The replica holds no index, so it is ready as soon as it reaches RabbitMQ and PostgreSQL, whatever the
+number of jobs. A job this replica accepts is inserted at once (its Accepted row: its own Location
+answers immediately); the projector merges the stream's records into that row. `wait` listens for the
+projector's NOTIFY of ended jobs, and re-reads the row every second in case a notification was lost
+(the listening connection dropped). A database error answers 503 + Retry-After, never a wrong 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+
+from controlplane_workers.models import Job, JobError, JobResult, JobStatus, Operation
+from controlplane_workers.redact import redact_text, redact_url
+
+from .errors import unavailable
+from .pgschema import CHANNEL, migrate
+from .projection import INSERT_ACCEPTED, BatchFold
+from .settings import ApiSettings
+
+log = logging.getLogger("controlplane_api.pgstore")
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+RECHECK = 1.0  # seconds between re-reads of a waited-for row, should a NOTIFY be lost
+
+
+def _record(row: Any) -> JobResult:
+    code, result, operation = row["error_code"], row["result"], row["operation"]
+    return JobResult.model_construct(
+        job_id=row["job_id"],
+        status=JobStatus(row["status"]),
+        provider_namespace=row["namespace"],
+        resource_type=row["resource_type"],
+        operation=None if operation is None else Operation(operation),
+        resource_name=row["resource_name"],
+        tenant=row["tenant"],
+        priority=row["priority"],
+        result=None if result is None else orjson.loads(result),
+        error=None if code is None else JobError.model_construct(code=code, message=row["error_message"] or ""),
+        attempts=row["attempts"],
+        worker_id=row["worker_id"],
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+class PostgresStore:
+    """OperationStore over PostgreSQL: one pool for reads and Accepted rows, one connection listening."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        if not settings.postgres_url:
+            raise ValueError("CPW_API_STORE=postgresql needs CPW_POSTGRES_URL or CPW_POSTGRES_URL_FILE")
+        self.dsn = settings.postgres_url
+        self.retry_after = str(settings.api_retry_after)
+        self.ready = False
+        self.pool: Any = None
+        self.listener: Any = None
+        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.reserved: dict[str, str | None] = {}
+        self.reserved_count: dict[str | None, int] = {}
+        self.accept_errors = 0
+
+    async def open(self) -> None:
+        """Connect, create the schema if the projector has not yet, listen for ended jobs."""
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+        self.listener = await asyncpg.connect(self.dsn)
+        await self.listener.add_listener(CHANNEL, self._ended)
+
+    async def close(self) -> None:
+        self.ready = False
+        for closing in (self.listener, self.pool):
+            if closing is not None:
+                with contextlib.suppress(*DB_ERRORS):
+                    await closing.close()
+
+    def describe(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {redact_text(str(exc))} ({redact_url(self.dsn)})"
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        try:
+            async with self.pool.acquire(timeout=5.0) as conn:
+                yield conn
+        except DB_ERRORS as exc:
+            log.warning("operation store: %s", self.describe(exc))
+            raise unavailable("The operation store is unavailable; retry later.", self.retry_after) from None
+
+    def _ended(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        for job_id in payload.split(","):
+            for waiter in self.waiters.get(job_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _row(self, job_id: str) -> Any:
+        async with self._conn() as conn:
+            return await conn.fetchrow("SELECT * FROM cpw_jobs WHERE job_id = $1", job_id)
+
+    async def get(self, job_id: str, tenant: str | None) -> JobResult | None:
+        row = await self._row(job_id)
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return _record(row)
+
+    def miss_code(self, job_id: str) -> str:
+        return "OperationNotFound"  # rows are kept until retention drops them (not yet: issue 19)
+
+    async def wait(self, job_id: str, timeout: float) -> JobResult | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            ended: asyncio.Future[None] = loop.create_future()
+            self.waiters.setdefault(job_id, []).append(ended)
+            try:
+                row = await self._row(job_id)  # after registering: a NOTIFY meanwhile is not missed
+                if row is not None and row["terminal"]:
+                    return _record(row)
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended, min(left, RECHECK))
+            finally:
+                waiters = self.waiters.get(job_id, [])
+                if ended in waiters:
+                    waiters.remove(ended)
+                if not waiters:
+                    self.waiters.pop(job_id, None)
+
+    async def active_count(self, tenant: str | None) -> int:
+        where = "tenant IS NULL" if tenant is None else "tenant = $1"
+        async with self._conn() as conn:
+            found = await conn.fetchval(
+                f"SELECT count(*) FROM cpw_jobs WHERE {where} AND NOT terminal", *([] if tenant is None else [tenant])
+            )
+        return int(found) + self.reserved_count.get(tenant, 0)
+
+    async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
+        # The slot is taken before the query: concurrent submissions on this loop see each other's.
+        self.reserved[job_id] = tenant
+        self.reserved_count[tenant] = self.reserved_count.get(tenant, 0) + 1
+        try:
+            if await self.active_count(tenant) > cap:
+                self.release(job_id)
+                return False
+        except BaseException:
+            self.release(job_id)
+            raise
+        return True
+
+    def release(self, job_id: str) -> None:
+        if job_id not in self.reserved:
+            return
+        tenant = self.reserved.pop(job_id)
+        left = self.reserved_count[tenant] - 1
+        if left:
+            self.reserved_count[tenant] = left
+        else:
+            del self.reserved_count[tenant]
+
+    async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
+        """The job's Accepted row, unless the projector wrote it first. The job is published already:
+        a failure here is logged, and the projector writes the row from the stream."""
+        fold = BatchFold()
+        if idempotency is not None:
+            fold.remember_key(idempotency[0], job.id, idempotency[1], job.submitted_at)
+        request = job.request
+        fold.record_accepted(
+            job.id, job.provider_namespace, job.resource_type, job.operation, request.resource_name,
+            job.tenant, job.priority, job.submitted_at,
+        )  # fmt: skip
+        try:
+            async with self.pool.acquire(timeout=5.0) as conn:
+                await conn.execute(INSERT_ACCEPTED, *fold.columns())
+        except DB_ERRORS as exc:
+            self.accept_errors += 1
+            log.warning("operation store: Accepted row of %s not written: %s", job.id, self.describe(exc))
+
+    async def idempotent(self, key: str) -> tuple[str, str, float] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT job_id, fingerprint, submitted_at FROM cpw_jobs WHERE idem_key = $1 "
+                "ORDER BY job_id DESC LIMIT 1",
+                key,
+            )
+        return None if row is None else (row["job_id"], row["fingerprint"], row["submitted_at"] or time.time())
+
+    async def page(
+        self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
+    ) -> tuple[list[JobResult], str | None]:
+        # Only the tenant's own job starts a page: another tenant's id must not tell that it exists.
+        if after is not None and await self.get(after, tenant) is None:
+            after = None
+        where, args = ["true"], list[object]()
+        for clause, value in (("tenant = ", tenant), ("status = ", status and status.value), ("job_id < ", after)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{clause}${len(args)}")
+        args.append(limit + 1)
+        query = f"SELECT * FROM cpw_jobs WHERE {' AND '.join(where)} ORDER BY job_id DESC LIMIT ${len(args)}"
+        async with self._conn() as conn:
+            rows = await conn.fetch(query, *args)
+        records = [_record(row) for row in rows[:limit]]
+        return records, (records[-1].job_id if len(rows) > limit else None)
+
+    async def counts(self, tenant: str | None) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobStatus}
+        where, args = ("WHERE tenant = $1", [tenant]) if tenant is not None else ("", [])
+        async with self._conn() as conn:
+            for row in await conn.fetch(f"SELECT status, count(*) AS n FROM cpw_jobs {where} GROUP BY status", *args):
+                counts[row["status"]] = row["n"]
+        return counts
+
+    def info(self) -> dict[str, object]:
+        pool = self.pool
+        return {
+            "store": "postgresql",
+            "url": redact_url(self.dsn),
+            "poolSize": 0 if pool is None else pool.get_size(),
+            "listening": self.listener is not None and not self.listener.is_closed(),
+            "waiters": len(self.waiters),
+            "acceptErrors": self.accept_errors,
+        }
+
+
+async def open_with_backoff(store: PostgresStore, stop: asyncio.Event, cap: float = 10.0) -> bool:
+    """`store.open()` until PostgreSQL answers; False if asked to stop first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await store.open()
+            return True
+        except DB_ERRORS as exc:
+            await store.close()
+            log.warning("api: operation store unavailable, retrying in %.1fs: %s", delay, store.describe(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(cap, delay * 2)
+    return False

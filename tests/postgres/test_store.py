@@ -1,0 +1,81 @@
+"""What the routes ask of an OperationStore, against IndexStore and PostgresStore (a real PostgreSQL):
+tenants, the cap, idempotency keys, pages; and PostgresStore's 503 when its database is gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from controlplane_api.errors import ApiError
+from controlplane_api.pgstore import PostgresStore
+from controlplane_api.settings import load_api_settings
+from controlplane_api.store import IndexStore, OperationStore
+from controlplane_workers.ids import new_job_id
+from controlplane_workers.models import Job, JobStatus
+
+
+def job(tenant: str, name: str) -> Job:
+    time.sleep(0.002)  # ids a millisecond apart: "newest first" is well defined
+    return Job.model_validate(
+        {
+            "id": new_job_id(),
+            "provider_namespace": "N",
+            "resource_type": "t",
+            "operation": "create",
+            "request": {"resource_name": name},
+            "tenant": tenant,
+        }
+    )
+
+
+async def publish(store: OperationStore, made: Job, key: tuple[str, str] | None) -> None:
+    """What the API does with a job it published: the queue records it in the index, then the store hears."""
+    if isinstance(store, IndexStore):
+        store.index.accept(made)
+        if key is not None:  # in the index, keys come from the stream's Accepted record
+            store.index.remember_key(key[0], made.id, key[1], made.submitted_at)
+    await store.accepted(made, key)
+
+
+@pytest.fixture(params=["index", "postgresql"])
+async def store(request: pytest.FixtureRequest, pg_url: str) -> AsyncIterator[OperationStore]:
+    if request.param == "index":
+        yield IndexStore(1_000, 86_400)
+        return
+    pg = PostgresStore(load_api_settings(postgres_url=pg_url, api_retry_after=3))
+    await pg.open()
+    yield pg
+    await pg.close()
+
+
+async def test_what_the_routes_ask_of_a_store(store):
+    a1, a2, b1 = job("a", "one"), job("a", "two"), job("b", "three")
+    for made in (a1, a2, b1):
+        assert await store.reserve(made.tenant, made.id, cap=2)
+        await publish(store, made, ("key-" + made.id, "fp") if made is a1 else None)
+        store.release(made.id)
+    assert not await store.reserve("a", new_job_id(), cap=2)  # two in flight already
+    assert await store.active_count("a") == 2 and await store.active_count("b") == 1
+    seen = await store.get(a1.id, "a")
+    assert seen is not None and seen.status is JobStatus.ACCEPTED and seen.resource_name == "one"
+    assert await store.get(a1.id, "b") is None and await store.get(a1.id, None) is not None
+    assert await store.idempotent("key-" + a1.id) == (a1.id, "fp", a1.submitted_at)
+    first, token = await store.page("a", None, 1, None)
+    assert [r.job_id for r in first] == [a2.id] and token == a2.id
+    assert [r.job_id for r in (await store.page("a", None, 1, token))[0]] == [a1.id]
+    # another tenant's id as a skipToken starts from the top: it tells nothing of that job
+    assert [r.job_id for r in (await store.page("a", None, 5, b1.id))[0]] == [a2.id, a1.id]
+    assert (await store.counts("a"))["Accepted"] == 2 and (await store.counts(None))["Accepted"] == 3
+    assert store.miss_code(new_job_id()) == "OperationNotFound"
+
+
+async def test_postgres_answers_503_when_its_database_is_gone(pg_url):
+    store = PostgresStore(load_api_settings(postgres_url=pg_url, api_retry_after=3))
+    await store.open()
+    await store.pool.close()
+    with pytest.raises(ApiError) as caught:
+        await store.get(new_job_id(), "a")
+    assert caught.value.status == 503 and caught.value.headers["Retry-After"] == "3"
+    await store.close()
