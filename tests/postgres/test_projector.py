@@ -68,7 +68,7 @@ async def assert_matches_oracle(conn: asyncpg.Connection, messages: list) -> Non
     index = oracle(messages)
     rows = {r["job_id"]: r for r in await conn.fetch("SELECT * FROM cpw_jobs")}
     assert len(rows) == len(index)
-    for job_id in index.jobs:
+    for job_id in index:
         want, row = index.get(job_id), rows[job_id]
         assert want is not None
         assert (row["status"], row["attempts"], row["tenant"], row["finished_at"]) == (

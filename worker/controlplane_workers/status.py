@@ -34,9 +34,10 @@ _STARTED = (JobStatus.RUNNING,)
 DEFAULT_MAX_JOBS = 1_000_000
 # What a job in flight costs besides its variable parts (tracemalloc, CPython 3.11: the slots object, its
 # floats, its slot in the jobs dict and its key, the eviction deque's slot), and what a frozen one costs
-# besides the length of its bytes (its key, dict slot, deque slot and the bytes object's header).
+# besides the length of its bytes (its 16-byte key, dict slot, deque slot and the bytes object's header:
+# ~120 by tracemalloc; 150 sits between that and the RSS the process grows by, allocator slack included).
 ENTRY_BYTES = 540
-FROZEN_BYTES = 224
+FROZEN_BYTES = 150
 _intern = sys.intern
 # status, operation (0: none), priority (255: none), attempts, namespace, type, tenant, worker (name
 # table numbers + 1; 0: none), submitted, started, finished (NaN: none), then the lengths of the name,
@@ -93,6 +94,7 @@ class Entry:
         "result",
         "error",
         "nbytes",
+        "key",
     )
 
     def __init__(self, status: JobStatus) -> None:
@@ -111,6 +113,7 @@ class Entry:
         self.result: bytes | None = None  # the provider's result as encoded JSON
         self.error: JobError | None = None
         self.nbytes = ENTRY_BYTES
+        self.key: Key = ""  # the jobs dict's own key object, shared with the eviction deque
 
     @property
     def terminal(self) -> bool:
@@ -184,6 +187,25 @@ class Entry:
         )
 
 
+Key = str | bytes  # a job id as the index keys it: 16 bytes for the 32-hex ids this project makes
+
+
+def _key(job_id: str) -> Key:
+    """The compact key of a job id: bytes for a lowercase 32-hex id (49 bytes instead of 81), else the id."""
+    if len(job_id) == 32:
+        try:
+            raw = bytes.fromhex(job_id)
+        except ValueError:
+            return job_id
+        if raw.hex() == job_id:
+            return raw
+    return job_id
+
+
+def _job_id(key: Key) -> str:
+    return key.hex() if type(key) is bytes else key  # type: ignore[union-attr,return-value]
+
+
 def _name(value: str | None) -> str | None:
     return None if value is None else _intern(value)
 
@@ -205,8 +227,8 @@ class StatusIndex:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.expired = 0
-        self.jobs: dict[str, Item] = {}  # in arrival order; eviction goes by `finished`
-        self.finished: deque[str] = deque()  # ids in the order they finished: the eviction order
+        self.jobs: dict[Key, Item] = {}  # in arrival order; eviction goes by `finished`
+        self.finished: deque[Key] = deque()  # keys in the order their jobs finished: the eviction order
         self.names = Names()
         self.waiters: dict[str, list[asyncio.Future[JobResult]]] = {}
         self.nbytes = 0
@@ -223,8 +245,12 @@ class StatusIndex:
     def __len__(self) -> int:
         return len(self.jobs)
 
+    def __iter__(self) -> Iterator[str]:
+        """The job ids held, oldest first."""
+        return map(_job_id, list(self.jobs))
+
     def __contains__(self, job_id: str) -> bool:
-        return job_id in self.jobs
+        return _key(job_id) in self.jobs
 
     def _entry(self, item: Item) -> Entry:
         return item if type(item) is Entry else Entry.thaw(item, self.names)  # type: ignore[arg-type]
@@ -242,12 +268,12 @@ class StatusIndex:
         return item.nbytes if type(item) is Entry else FROZEN_BYTES + len(item)  # type: ignore[union-attr,arg-type]
 
     def get(self, job_id: str) -> JobResult | None:
-        item = self.jobs.get(job_id)
+        item = self.jobs.get(_key(job_id))
         return None if item is None else self._entry(item).view(job_id)
 
     def get_for(self, job_id: str, tenant: str | None) -> JobResult | None:
         """The job if `tenant` may see it: None (no tenants) sees every job, a tenant its own only."""
-        item = self.jobs.get(job_id)
+        item = self.jobs.get(_key(job_id))
         if item is None or (tenant is not None and self._tenant_of(item) != tenant):
             return None
         return self._entry(item).view(job_id)
@@ -257,12 +283,12 @@ class StatusIndex:
     ) -> Iterator[JobResult]:
         """Jobs `tenant` may see, optionally in one status; newest (by arrival) first."""
         items = reversed(self.jobs.items()) if newest_first else iter(self.jobs.items())
-        for job_id, item in items:
+        for key, item in items:
             if tenant is not None and self._tenant_of(item) != tenant:
                 continue
             if status is not None and self._status_of(item) is not status:
                 continue
-            yield self._entry(item).view(job_id)
+            yield self._entry(item).view(_job_id(key))
 
     def counts(self, tenant: str | None = None) -> dict[str, int]:
         """Jobs `tenant` may see, by status."""
@@ -325,10 +351,11 @@ class StatusIndex:
         *,
         redrive: bool = False,
     ) -> None:
-        item = self.jobs.get(job_id)
+        key = _key(job_id)
+        item = self.jobs.get(key)
         if item is not None and redrive:  # an operator sent a dead-lettered job round again
             self.redriven += 1
-            self._remove(job_id, item)
+            self._remove(key, item)
             item = None
         if item is None:
             current = Entry(JobStatus.ACCEPTED)
@@ -350,7 +377,7 @@ class StatusIndex:
                 self._grow(current, len(resource_name))
         current.priority = priority if current.priority is None else current.priority
         if current is not item and item is not None:
-            self._freeze(job_id, current)
+            self._freeze(key, current)
 
     def record_event(
         self,
@@ -364,7 +391,8 @@ class StatusIndex:
         tenant: str | None = None,
     ) -> None:
         self.last_event_at = at
-        item = self.jobs.get(job_id)
+        key = _key(job_id)
+        item = self.jobs.get(key)
         if item is None:
             entry = Entry(JobStatus.ACCEPTED)
             self._insert(job_id, entry)
@@ -374,7 +402,7 @@ class StatusIndex:
             if tenant is not None and self._tenant_of(item) is None:
                 ended = Entry.thaw(item, self.names)  # type: ignore[arg-type]
                 ended.tenant = _intern(tenant)
-                self._freeze(job_id, ended)
+                self._freeze(key, ended)
             return
         else:
             entry = item
@@ -396,8 +424,8 @@ class StatusIndex:
         entry.started = entry.started or at
         if result is not None:
             entry.result = orjson.dumps(result)
-        self._freeze(job_id, entry)
-        self.finished.append(job_id)
+        self.finished.append(entry.key)  # the dict's own key object: no second copy of the id
+        self._freeze(key, entry)
         waiters = self.waiters.pop(job_id, None)
         if waiters:
             record = entry.view(job_id)
@@ -405,11 +433,11 @@ class StatusIndex:
                 if not waiter.done():
                     waiter.set_result(record)
 
-    def _freeze(self, job_id: str, entry: Entry) -> None:
-        """Store a finished job as bytes, in place of what the dict held for it."""
+    def _freeze(self, key: Key, entry: Entry) -> None:
+        """Store a finished job as bytes, in place of what the dict held for it (the dict keeps its key)."""
         frozen = entry.freeze(self.names)
-        self.nbytes += FROZEN_BYTES + len(frozen) - self._cost(self.jobs[job_id])
-        self.jobs[job_id] = frozen
+        self.nbytes += FROZEN_BYTES + len(frozen) - self._cost(self.jobs[key])
+        self.jobs[key] = frozen
 
     def _adopt_tenant(self, entry: Entry, tenant: str | None) -> None:
         """Give a job learned of without its tenant the tenant a later record names."""
@@ -423,12 +451,13 @@ class StatusIndex:
         self.nbytes += nbytes
 
     def _insert(self, job_id: str, entry: Entry) -> None:
-        self.jobs[job_id] = entry
+        entry.key = _key(job_id)
+        self.jobs[entry.key] = entry
         self.nbytes += entry.nbytes
         self._count(entry, 1)
 
-    def _remove(self, job_id: str, item: Item) -> None:
-        del self.jobs[job_id]
+    def _remove(self, key: Key, item: Item) -> None:
+        del self.jobs[key]
         self.nbytes -= self._cost(item)
         if type(item) is Entry:
             self._count(item, -1)
@@ -442,11 +471,11 @@ class StatusIndex:
         if self.max_age is not None and finished:
             self._expire(time.time() - self.max_age)
         while finished and self.over_bound():
-            job_id = finished.popleft()
-            item = self.jobs.get(job_id)
+            key = finished.popleft()
+            item = self.jobs.get(key)
             if item is None or type(item) is Entry:  # redriven or removed since it finished
                 continue
-            self._remove(job_id, item)
+            self._remove(key, item)
             self.evicted += 1
             self._evicted_one()
             submitted = _FLOAT.unpack_from(item, _SUBMITTED_AT)[0]  # type: ignore[arg-type]
@@ -468,7 +497,7 @@ class StatusIndex:
 
     async def wait(self, job_id: str, timeout: float | None) -> JobResult | None:
         """The job's terminal state, or None when it is not terminal within `timeout` seconds."""
-        item = self.jobs.get(job_id)
+        item = self.jobs.get(_key(job_id))
         if item is not None and type(item) is not Entry:
             return self._entry(item).view(job_id)
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
