@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         description="Quorum queues only: deliveries after which a message that keeps crashing workers is "
         "dead-lettered by the broker. A queue argument, so every process must agree on it.",
     )
+    stream_replicas: int = Field(
+        0,
+        ge=0,
+        validation_alias=env_alias("STREAM_REPLICAS"),
+        description="Nodes the results and control streams are replicated on when they are created "
+        "(x-initial-cluster-size); 0 leaves it to the broker (RabbitMQ 3.10+: every node of the cluster). "
+        "A stream argument: an existing stream refuses a different value.",
+    )
     exchange: str = Field(
         "provider.exchange",
         validation_alias=env_alias("EXCHANGE"),

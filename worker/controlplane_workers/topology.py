@@ -26,6 +26,7 @@ class Topology:
     results_max_bytes: int = 2_000_000_000
     accepted_on_stream: bool = True
     delivery_limit: int = 20
+    stream_replicas: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -41,6 +42,7 @@ class Topology:
             results_max_bytes=settings.results_max_bytes,
             accepted_on_stream=settings.accepted_on_stream,
             delivery_limit=settings.queue_delivery_limit,
+            stream_replicas=settings.stream_replicas,
         )
 
     @property
@@ -65,8 +67,8 @@ class Topology:
             "x-dead-letter-routing-key": self.dead_letter_queue,
         }
         if self.queue_type == "quorum":
-            # Quorum queues on RabbitMQ 3.10 have no priorities; the delivery limit catches poison
-            # messages that crash a worker before it can dead-letter them itself.
+            # Quorum queues have no priorities before RabbitMQ 3.13 (two levels since); the delivery
+            # limit catches poison messages that crash a worker before it can dead-letter them itself.
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = self.delivery_limit
         else:
@@ -79,8 +81,13 @@ class Topology:
         return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.jobs_queue}
 
     def stream_arguments(self) -> dict[str, Any]:
-        return {
+        args: dict[str, Any] = {
             "x-queue-type": "stream",
             "x-max-age": self.results_max_age,
             "x-max-length-bytes": self.results_max_bytes,
         }
+        if self.stream_replicas:
+            # Only when asked: RabbitMQ compares it on every redeclaration, so a stream created without
+            # it (every release before the setting) would refuse the declaration.
+            args["x-initial-cluster-size"] = self.stream_replicas
+        return args
