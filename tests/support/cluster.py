@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.rabbitmq import RabbitMQServer, amqp_answers, free_port, installed
+from tests.support.rabbitmq import QUEUES, RabbitMQServer, amqp_answers, free_port, installed
 
 HAPROXY = "/usr/sbin/haproxy"
 # The AMQP 0-9-1 protocol header; a live broker answers with Connection.Start, a method frame (type 1).
@@ -179,6 +179,62 @@ class RabbitMQCluster:
     def restart(self, node: RabbitMQServer, timeout: float = 120.0) -> None:
         """Start a killed node again on its ports and data: it rejoins the cluster by itself."""
         node.start(timeout)
+
+    def add_vhost(self, vhost: str) -> str:
+        """A vhost of its own for one drill (fresh declarations, leaders placed anew); returns its AMQP URL."""
+        quoted = urllib.parse.quote(vhost, safe="")
+        self.management("PUT", f"/api/vhosts/{quoted}", {})
+        self.management("PUT", f"/api/permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+        return self.amqp_url + quoted
+
+    def wait_rejoined(self, node: RabbitMQServer, quorum: list[tuple[str, str]], timeout: float = 120.0) -> None:
+        """Until `node` runs in the cluster and is back online in each (vhost, quorum queue or stream):
+        what an operator waits for before it restarts the next pod."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ok = node.nodename in self.running_nodes() and all(
+                    node.nodename in (self.queue(name, vhost).get("online") or []) for vhost, name in quorum
+                )
+            except OSError:
+                ok = False
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.nodename} did not rejoin in {timeout}s")
+            time.sleep(0.2)
+
+    def roll(self, node: RabbitMQServer, timeout: float = 120.0) -> None:
+        """A graceful restart of one node (a pod of an operator upgrade): `rabbitmqctl stop`, start again."""
+        node.stop()
+        node.start(timeout)
+
+    def lose(self, node: RabbitMQServer) -> None:
+        """A node lost for good: killed, its data dir removed, and forgotten by the cluster (from a live node).
+
+        Forgetting shrinks the quorum queues to the live members and deletes the classic queues whose
+        home it was, with their messages; streams keep listing it as a member (RabbitMQ 3.10)."""
+        node.kill()
+        shutil.rmtree(node.base / "mnesia", ignore_errors=True)
+        live = next(n for n in self.nodes if n is not node and n.process is not None)
+        live.ctl("forget_cluster_node", node.nodename)
+
+    def replace(self, node: RabbitMQServer, timeout: float = 120.0) -> None:
+        """A fresh node under the lost one's name (a StatefulSet pod on a new, empty volume): it joins
+        at boot through peer discovery, as the operator's pods do, so it never serves clients alone;
+        then the quorum queues grow back onto it (RabbitMQ does not do that by itself)."""
+        others = [n.nodename for n in self.nodes if n is not node]
+        node.extra_config = [
+            *node.extra_config,
+            "cluster_formation.peer_discovery_backend = classic_config",
+            *(f"cluster_formation.classic_config.nodes.{i + 1} = {name}" for i, name in enumerate(others)),
+        ]
+        node.start(timeout)
+        self.grow(node, timeout)
+
+    def grow(self, node: RabbitMQServer, timeout: float = 120.0) -> str:
+        """Add `node` to every quorum queue that lacks it (`rabbitmq-queues grow`); returns what it said."""
+        return node.ctl("grow", node.nodename, "all", timeout=timeout, program=QUEUES)
 
     def stop(self) -> None:
         if self.proxy is not None:
