@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -252,6 +253,10 @@ async def run_drill(
                     done.notes["unseen_accepted_s_after_fault"] = f"{when[0]:.1f}..{when[-1]:.1f}"
                     done.notes["faults_s"] = ",".join(f"{m - t0:.1f}" for m in done.moments)
             ignored = queue.index.duplicates
+        with contextlib.suppress(Exception):  # what the worker ran: tells a job never run from an outcome lost
+            status = worker.status()
+            done.notes["worker_processed"] = str(status.get("jobs_processed"))
+            done.notes["worker_ack_lost"] = str(status.get("ack_lost"))
     finally:
         logging.getLogger("controlplane_workers.broker").removeHandler(sdk_log)
         worker.stop()
@@ -319,13 +324,16 @@ async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(
 async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
     vhost = f"cpw-rolling-{size}"
     replicated = [(vhost, "provider.jobs"), (vhost, "provider.results"), (vhost, "provider.control")]
+    # Restarting the next node while the last one's stream replicas still caught up lost a range of
+    # confirmed stream writes (RabbitMQ 3.10.8, docs/reliability.md); CPW_DRILL_NO_STREAM_SYNC=1 shows it.
+    streams = [] if os.environ.get("CPW_DRILL_NO_STREAM_SYNC") else replicated[1:]
 
     async def fault(done: Fault) -> None:
         started = time.time()
         for node in reversed(whole_cluster.nodes):  # the operator's order: highest ordinal first
             done.moments.append(time.time())
             await asyncio.to_thread(whole_cluster.roll, node)
-            await asyncio.to_thread(whole_cluster.wait_rejoined, node, replicated)
+            await asyncio.to_thread(whole_cluster.wait_rejoined, node, replicated, streams)
         done.notes["rolled_in_s"] = f"{time.time() - started:.1f}"
 
     await run_drill(

@@ -25,6 +25,8 @@ from typing import Any
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 QUEUES = "/usr/lib/rabbitmq/bin/rabbitmq-queues"
+STREAMS = "/usr/lib/rabbitmq/bin/rabbitmq-streams"
+UPGRADE = "/usr/lib/rabbitmq/bin/rabbitmq-upgrade"
 
 
 def free_port() -> int:
