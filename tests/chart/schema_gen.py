@@ -230,6 +230,41 @@ def api_schema() -> dict:
     )
 
 
+# A classic jobs queue lives on one node: on a multi-node operator cluster its jobs wait for that node, or are
+# lost with its disk (docs/reliability.md). Refused unless global.broker.allowClassicQueueOnCluster says so.
+CLASSIC_QUEUE_ON_A_CLUSTER = {
+    "if": {
+        "properties": {
+            "rabbitmq": {
+                "properties": {
+                    "cluster": {
+                        "properties": {"enabled": {"const": True}, "replicas": {"minimum": 2}},
+                        "required": ["enabled", "replicas"],
+                    }
+                },
+                "required": ["cluster"],
+            },
+            "broker": {"properties": {"queueType": {"const": "classic"}}, "required": ["queueType"]},
+        },
+        "required": ["rabbitmq", "broker"],
+    },
+    "then": {
+        "properties": {
+            "broker": {
+                "properties": {
+                    "allowClassicQueueOnCluster": {
+                        "const": True,
+                        "description": "queueType classic on a multi-node operator cluster needs "
+                        "allowClassicQueueOnCluster: true (use quorum: a classic queue lives on one node)",
+                    }
+                },
+                "required": ["allowClassicQueueOnCluster"],
+            }
+        }
+    },
+}
+
+
 def umbrella_schema() -> dict:
     peers = {"type": "array", "items": ANY_OBJ}
     rabbitmq = obj(
@@ -276,7 +311,10 @@ def umbrella_schema() -> dict:
                     ),
                     "resultsStream": s(minLength=1),
                     "resultsMaxAge": s(pattern="^[0-9]+[YMDhms]$"),
-                    "queueType": {"enum": ["classic", "quorum"]},
+                    "queueType": {"enum": ["auto", "classic", "quorum"]},
+                    "allowClassicQueueOnCluster": B,
+                    "deliveryLimit": i(minimum=1),
+                    "streamReplicas": {"anyOf": [{"const": "auto"}, i(minimum=0)]},
                 }
             ),
             "tracing": obj(
@@ -288,6 +326,7 @@ def umbrella_schema() -> dict:
             ),
         }
     )
+    glob["allOf"] = [CLASSIC_QUEUE_ON_A_CLUSTER]
     monitor = obj({"enabled": B, "interval": s(), "scrapeTimeout": s(), "labels": MAP_STR})
     props = {
         "global": glob,

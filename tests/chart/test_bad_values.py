@@ -148,6 +148,11 @@ CASES = {
         ["api.auth.tokens", "existingSecret"],
     ),
     "bad digest": ({"workers": {"image": {"digest": "latest"}}}, helm_python.HelmValuesError, ["/image/digest"]),
+    "classic jobs queue on a multi-node operator cluster": (
+        {"global": {"rabbitmq": {"cluster": {"enabled": True}}, "broker": {"queueType": "classic"}}},
+        helm_python.HelmValuesError,
+        ["/global/broker/allowClassicQueueOnCluster", "must be true"],
+    ),
     "unknown queue type": (
         {"global": {"broker": {"queueType": "stream"}}},
         helm_python.HelmValuesError,

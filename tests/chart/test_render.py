@@ -209,6 +209,39 @@ def test_rabbitmq_cluster_wires_the_default_user_secret() -> None:
     assert trig["host"] == f"http://{RELEASE}-rabbitmq.{NAMESPACE}.svc:15672/"
 
 
+def test_an_operator_cluster_defaults_to_a_quorum_queue_and_streams_on_every_node() -> None:
+    env = env_of(_worker(render_set("rabbitmq-cluster"))["spec"]["template"]["spec"]["containers"][0])
+    assert env["CPW_QUEUE_TYPE"] == "quorum" and env["CPW_QUEUE_DELIVERY_LIMIT"] == "20"
+    assert env["CPW_STREAM_REPLICAS"] == "3"
+    api = one(render_set("rabbitmq-cluster"), "Deployment", f"{RELEASE}-api")
+    assert env_of(api["spec"]["template"]["spec"]["containers"][0])["CPW_STREAM_REPLICAS"] == "3", "both must agree"
+    five = {"global": {"rabbitmq": {"cluster": {"enabled": True, "replicas": 5}}}}
+    assert (
+        env_of(_worker(render_values(five))["spec"]["template"]["spec"]["containers"][0])["CPW_STREAM_REPLICAS"] == "5"
+    )
+
+
+def test_without_an_operator_cluster_the_queue_stays_classic_and_streams_take_the_broker_default() -> None:
+    env = env_of(_worker(render_set("default"))["spec"]["template"]["spec"]["containers"][0])
+    assert env["CPW_QUEUE_TYPE"] == "classic" and env["CPW_STREAM_REPLICAS"] == "0"
+    single = {"global": {"rabbitmq": {"cluster": {"enabled": True, "replicas": 1}}}}
+    assert env_of(_worker(render_values(single))["spec"]["template"]["spec"]["containers"][0])["CPW_QUEUE_TYPE"] == (
+        "classic"
+    )
+
+
+def test_a_classic_queue_on_a_cluster_renders_when_explicitly_allowed() -> None:
+    # An existing release whose classic queue and streams predate the cluster defaults pins them.
+    values = {
+        "global": {
+            "rabbitmq": {"cluster": {"enabled": True}},
+            "broker": {"queueType": "classic", "allowClassicQueueOnCluster": True, "streamReplicas": 0},
+        }
+    }
+    env = env_of(_worker(render_values(values))["spec"]["template"]["spec"]["containers"][0])
+    assert env["CPW_QUEUE_TYPE"] == "classic" and env["CPW_STREAM_REPLICAS"] == "0"
+
+
 def test_chart_made_secrets_hold_only_what_was_given() -> None:
     docs = render_set("keda-on")
     sec = one(docs, "Secret", f"{RELEASE}-rabbitmq")

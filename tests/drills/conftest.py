@@ -33,10 +33,13 @@ async def cluster(drill_node, tmp_path):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
-    from tests.drills.test_cluster import CLUSTER_RESULTS
+    from tests.drills.test_cluster import CLUSTER_RESULTS, summary
 
-    for line in CLUSTER_RESULTS:
-        terminalreporter.write_line(line)
+    if CLUSTER_RESULTS:
+        terminalreporter.section("cluster drill account")
+        for account in CLUSTER_RESULTS:
+            terminalreporter.write_line(account.line())
+        terminalreporter.write_line(summary(CLUSTER_RESULTS))
     if not RESULTS:
         return
     terminalreporter.section("drill account")

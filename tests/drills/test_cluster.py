@@ -1,12 +1,25 @@
-"""A broker node lost under load, on a three-node cluster behind haproxy (tests/support/cluster.py).
+"""Broker nodes lost under load, on a three-node cluster behind haproxy (tests/support/cluster.py).
 
-SIGKILL of the node that leads `provider.jobs` (a quorum queue) and the streams, started again a few
-seconds later (a pod restart), while a submitter (the SDK's JobQueue) offers jobs at a steady rate to
-a real `cpw worker`, both on haproxy's one URL. Every accepted job must reach exactly one terminal
-state, and the worker's log must stay a few lines per restart: one per state change, not one per
-retry (issue 22: 356 tracebacks in 2 s).
+Four scenarios, each in a vhost of its own (fresh declarations, leaders placed anew), while a
+submitter (the SDK's JobQueue) offers jobs at a steady rate to a real `cpw worker`, both on
+haproxy's one URL:
 
-`[small]` runs in `make test`; `[full]` (marker `drill`) in `make drill`.
+- `kill`: SIGKILL of the node that leads `provider.jobs` (quorum) and the streams, started again a
+  few seconds later (a pod restart);
+- `rolling`: every node stopped gracefully and started again, one at a time, each waited for until
+  it is back in the cluster and in the jobs queue (an operator upgrade);
+- `lost`: the jobs queue's leader killed, its data removed, forgotten by the cluster, and a fresh
+  node under its name joins (a pod on a new volume);
+- `classic`: the `kill` with a classic jobs queue, to measure what a cluster does not give it;
+- `lost-retrying`: `lost` while jobs wait for their retry in the delay queues, which stay classic.
+
+Every accepted job must reach exactly one terminal state (for `rolling`, `classic` and `lost-retrying` the
+losses are measured and reported, not asserted: they document known limits), and the worker's log must stay a few lines per
+restart: one per state change, not one per retry (issue 22: 356 tracebacks in 2 s).
+
+`[small]` (`kill` alone, ~45 s with the cluster's start) runs in `make test`; `[full]` (marker `drill`,
+every scenario) in `make drill`. The rolling restart stays out of `make test`: it loses confirmed stream
+writes on RabbitMQ 3.10.8 in about half the runs (a broker limit, measured and documented).
 """
 
 from __future__ import annotations
@@ -14,23 +27,75 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from controlplane_workers import JobStatus
-from controlplane_workers.errors import BrokerUnavailable
-from tests.drills.test_drills import SIZES, sized
+from controlplane_workers import JobQueue, JobStatus
+from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
+from tests.drills.test_drills import sized
 from tests.support.cluster import RabbitMQCluster, own_cluster
 from tests.support.harness import client, request
 from tests.support.processes import CpwProcess, worker_env
 
 NS, TYPE = "Test.Scripted", "things"
-QUORUM = {"CPW_QUEUE_TYPE": "quorum"}
-CLUSTER_RESULTS: list[str] = []
+SMALL = pytest.param("small", id="small")
+FULL = pytest.param("full", id="full", marks=pytest.mark.drill)
+
+
+@dataclass
+class ClusterAccount:
+    """One scenario's account; `conftest.py` prints these and the `cluster-drill:` summary line."""
+
+    scenario: str
+    size: str
+    accepted: int
+    terminal: int
+    lost: int
+    duplicates: int
+    recovery_s: float
+    log_lines: int
+    restarts: int
+    detail: str
+    asserted: bool = True  # False: a known limit, measured (the classic jobs queue)
+    limit: str = ""  # what such a scenario measured, for the summary line
+
+    @property
+    def lines_per_restart(self) -> float:
+        return self.log_lines / max(self.restarts, 1)
+
+    def line(self) -> str:
+        return (
+            f"cluster {self.scenario} [{self.size}]: accepted={self.accepted} terminal={self.terminal} "
+            f"lost={self.lost} duplicates={self.duplicates} recovery_s={self.recovery_s:.1f} "
+            f"log_lines_per_restart={self.lines_per_restart:.0f} {self.detail}"
+        )
+
+
+CLUSTER_RESULTS: list[ClusterAccount] = []
+_STARTED: list[CpwProcess] = []
+
+
+def summary(accounts: list[ClusterAccount]) -> str:
+    """The `cluster-drill:` line: totals over the scenarios whose promise is asserted; the classic
+    queue's measured limit follows after `classic:`."""
+    kept = [a for a in accounts if a.asserted]
+    line = (
+        f"cluster-drill: accepted={sum(a.accepted for a in kept)} terminal={sum(a.terminal for a in kept)} "
+        f"lost={sum(a.lost for a in kept)} duplicates={sum(a.duplicates for a in kept)} "
+        f"max_recovery_s={max((a.recovery_s for a in kept), default=0.0):.1f} "
+        f"log_lines_per_restart={max((a.lines_per_restart for a in accounts), default=0.0):.0f} "
+        f"scenarios={','.join(a.scenario for a in accounts)}"
+    )
+    for a in accounts:
+        if not a.asserted:
+            line += f" | {a.scenario} (measured limit): accepted={a.accepted} terminal={a.terminal} lost={a.lost}"
+            line += f" recovery_s={a.recovery_s:.1f} {a.limit}"
+    return line
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +110,28 @@ class Outcomes:
     accepted: dict[str, float] = field(default_factory=dict)
     finished: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, JobStatus] = field(default_factory=dict)
-    not_accepted: int = 0
+    not_accepted: list[float] = field(default_factory=list)
+    scripts: dict[str, str] = field(default_factory=dict)
 
     def first_after(self, times: dict[str, float], moment: float) -> float:
         later = [t for t in times.values() if t >= moment]
         return min(later) - moment if later else float("inf")
+
+    def recovery(self, moment: float) -> float:
+        """Seconds from a fault to the first job accepted and the first finished after it (the later)."""
+        return max(self.first_after(self.accepted, moment), self.first_after(self.finished, moment))
+
+    def open_at(self, moment: float) -> int:
+        """Jobs accepted before `moment` and not yet terminal then: the messages a queue held."""
+        return sum(t < moment and self.finished.get(j, float("inf")) > moment for j, t in self.accepted.items())
+
+
+@dataclass
+class Fault:
+    """What a scenario did to the cluster: the moments its faults began, and what else it measured."""
+
+    moments: list[float] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 class _Records(logging.Handler):
@@ -71,25 +153,66 @@ def _lines_since(path: Path, offset: int) -> list[str]:
         return f.read().decode(errors="replace").splitlines()
 
 
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.timeout(240)
-async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(size, broker_cluster, tmp_path):
-    rate, count, kill_at, down_s = sized(size, (50, 300, 1.5, 4.0), (100, 5000, 10.0, 10.0))
-    url = broker_cluster.amqp_url
-    worker_log = tmp_path / "worker.log"
-    outcomes = Outcomes()
-    sdk_log = _Records()  # what the submitter (the SDK, in this process) logged about the broker
-    worker = CpwProcess(
-        "worker", worker_env(url, CPW_WORKER_ID="w1", CPW_MAX_CONCURRENT_JOBS="32", **QUORUM), worker_log
-    )
+@contextlib.asynccontextmanager
+async def _client(url: str, **overrides: object) -> AsyncIterator[JobQueue]:
+    """The harness's client, its connection retried for a while: right after a node was replaced, a
+    connection through haproxy to it was closed at open (the worker's own start retries the same way)."""
+    deadline = time.monotonic() + 30
+    while True:
+        manager = client(url, **overrides)
+        try:
+            queue = await manager.__aenter__()
+            break
+        except BrokerUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # a backoff: the node has no event to await
     try:
-        logging.getLogger("controlplane_workers.broker").addHandler(sdk_log)
+        yield queue
+    finally:
+        await manager.__aexit__(None, None, None)
+
+
+async def run_drill(
+    cluster: RabbitMQCluster,
+    tmp_path: Path,
+    *,
+    scenario: str,
+    size: str,
+    queue_type: str,
+    rate: int,
+    fault_at: float,
+    fault: Callable[[Fault], Awaitable[None]],
+    tail_s: float,
+    settle_s: float,
+    script: Callable[[int], str] = lambda n: "ok",
+    asserted: bool = True,
+    worker_settings: dict[str, str] | None = None,
+) -> tuple[ClusterAccount, Outcomes, Fault]:
+    """Steady load from before the fault until `tail_s` after it, then every accepted job waited for."""
+    url = cluster.add_vhost(f"cpw-{scenario}-{size}")
+    worker_log = tmp_path / f"worker-{scenario}.log"
+    outcomes, done = Outcomes(), Fault()
+    sdk_log = _Records()  # what the submitter (the SDK, in this process) logged about the broker
+    # What the chart sets with its operator cluster: the streams created on all three nodes.
+    replicas = {"stream_replicas": len(cluster.nodes)}
+    env = worker_env(
+        url,
+        CPW_WORKER_ID="w1",
+        CPW_MAX_CONCURRENT_JOBS="32",
+        CPW_QUEUE_TYPE=queue_type,
+        CPW_STREAM_REPLICAS=str(len(cluster.nodes)),
+        **(worker_settings or {}),
+    )
+    worker = CpwProcess("worker", env, worker_log)
+    _STARTED.append(worker)  # stopped by the fixture too: a timeout interrupts the loop, not this coroutine
+    logging.getLogger("controlplane_workers.broker").addHandler(sdk_log)
+    try:
         worker.start()
         await asyncio.to_thread(worker.wait_ready, 60)
-        jobs_leader = broker_cluster.leader("provider.jobs")
-        stream_leaders = {s: broker_cluster.leader(s).nodename for s in ("provider.results", "provider.control")}
-        async with client(url, queue_type="quorum", publish_timeout=5.0) as queue:
+        async with _client(url, queue_type=queue_type, publish_timeout=5.0, **replicas) as queue:
             waiters: set[asyncio.Task[None]] = set()
+            stop_load = asyncio.Event()
 
             async def wait_terminal(job_id: str) -> None:
                 result = await queue.get_job_result(job_id, timeout=None)
@@ -99,70 +222,226 @@ async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(
 
             async def submit(n: int) -> None:
                 try:
-                    job_id = await queue.submit_job(NS, TYPE, "create", request(f"c{n}", "ok"))
-                except BrokerUnavailable:
-                    outcomes.not_accepted += 1  # not accepted: nothing was promised
+                    job_id = await queue.submit_job(NS, TYPE, "create", request(f"c{n}", script(n)))
+                except (BrokerUnavailable, UnroutableJob):  # UnroutableJob: a classic queue's node is down
+                    outcomes.not_accepted.append(time.time())  # not accepted: nothing was promised
                     return
                 outcomes.accepted[job_id] = time.time()
-                waiter = asyncio.create_task(wait_terminal(job_id))
-                waiters.add(waiter)
+                outcomes.scripts[job_id] = script(n)
+                waiters.add(asyncio.create_task(wait_terminal(job_id)))
 
             async def load() -> None:
-                started = time.monotonic()
-                submissions = []
-                for n in range(count):
-                    await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+                started, submissions, n = time.monotonic(), [], 0
+                while not stop_load.is_set():
                     submissions.append(asyncio.create_task(submit(n)))
+                    n += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop_load.wait(), max(0.0, started + n / rate - time.monotonic()))
                 await asyncio.gather(*submissions)
 
             loading = asyncio.create_task(load())
-            await asyncio.sleep(kill_at)  # the scenario: the node dies while the load runs
+            await asyncio.sleep(fault_at)  # the scenario: the fault comes while the load runs
             log_offset = _log_size(worker_log)
-            killed_at = time.time()
-            await asyncio.to_thread(broker_cluster.kill, jobs_leader)
-            await asyncio.sleep(down_s)  # the scenario: a pod restart takes a few seconds
-            await asyncio.to_thread(broker_cluster.restart, jobs_leader)
-            back_at = time.time()
+            await fault(done)
+            await asyncio.sleep(tail_s)  # the scenario: load goes on after the cluster is whole again
+            stop_load.set()
             await loading
-            settle = sized(size, 60, 180)
-            await asyncio.wait_for(asyncio.gather(*waiters), settle)
+            if waiters:
+                await asyncio.wait(waiters, timeout=settle_s)
+            for waiter in waiters:
+                waiter.cancel()
             restart_lines = _lines_since(worker_log, log_offset)
             # A second reader from the start of the stream must agree on every outcome (another replica).
-            async with client(url, queue_type="quorum") as replica:
+            async with _client(url, queue_type=queue_type, **replicas) as replica:
                 disagree = 0
                 for job_id, status in outcomes.statuses.items():
                     other = await replica.get_job_result(job_id, timeout=30)
                     disagree += other is None or other.status is not status
+                # Forensics of a job the submitter never saw end: did its end reach the stream at all?
+                unseen = [j for j in outcomes.accepted if j not in outcomes.finished]
+                answers = await asyncio.gather(*(replica.get_job_result(j, timeout=5) for j in unseen))
+                seen_by_fresh_reader = sum(a is not None for a in answers)
+                if unseen:
+                    states = sorted(
+                        {str(getattr(queue.get_job_status(j), "status", None)) for j in unseen}
+                        | {"fresh:" + str(getattr(replica.get_job_status(j), "status", None)) for j in unseen}
+                    )
+                    done.notes["unseen_states"] = "|".join(states)
+                    done.notes["unseen_by_submitter_but_on_stream"] = str(seen_by_fresh_reader)
+                    done.notes["unseen_sample"] = ",".join(unseen[:3])
+                    t0 = done.moments[0] if done.moments else 0.0
+                    when = sorted(outcomes.accepted[j] - t0 for j in unseen)
+                    done.notes["unseen_accepted_s_after_fault"] = f"{when[0]:.1f}..{when[-1]:.1f}"
+                    done.notes["faults_s"] = ",".join(f"{m - t0:.1f}" for m in done.moments)
             ignored = queue.index.duplicates
-        accepted = len(outcomes.accepted)
-        terminal = len(outcomes.finished)
-        lost = accepted - terminal
-        recovery = max(
-            outcomes.first_after(outcomes.accepted, killed_at),
-            outcomes.first_after(outcomes.finished, killed_at),
-        )
-        tracebacks = sum("Traceback" in line for line in restart_lines)
-        line = (
-            f"cluster-drill: accepted={accepted} terminal={terminal} lost={lost} duplicates={disagree} "
-            f"max_recovery_s={recovery:.1f} log_lines_per_restart={len(restart_lines)}"
-        )
-        detail = (
-            f"  [{size}] not_accepted={outcomes.not_accepted} ignored_dup_events={ignored} tracebacks={tracebacks} "
-            f"first_accepted_after_kill_s={outcomes.first_after(outcomes.accepted, killed_at):.1f} "
-            f"first_finished_after_kill_s={outcomes.first_after(outcomes.finished, killed_at):.1f} "
-            f"submitter_log_lines={len(sdk_log.records)} "
-            f"node_back_after_s={back_at - killed_at:.1f} killed={jobs_leader.nodename} streams_led_by={stream_leaders}"
-        )
-        CLUSTER_RESULTS.append(line)
-        print(f"\n{line}\n{detail}")
-        assert accepted > 0 and lost == 0 and disagree == 0, detail
-        assert all(s is JobStatus.SUCCEEDED for s in outcomes.statuses.values())
-        assert len(restart_lines) < 30, "\n".join(restart_lines[:40])
-        assert tracebacks <= 1, "\n".join(restart_lines[:40])
+        with contextlib.suppress(Exception):  # what the worker ran: tells a job never run from an outcome lost
+            status = worker.status()
+            done.notes["worker_processed"] = str(status.get("jobs_processed"))
+            done.notes["worker_ack_lost"] = str(status.get("ack_lost"))
     finally:
         logging.getLogger("controlplane_workers.broker").removeHandler(sdk_log)
         worker.stop()
-        with contextlib.suppress(Exception):  # a node a failed drill left down
-            for node in broker_cluster.nodes:
-                if node.process is None:
-                    broker_cluster.restart(node)
+    accepted, terminal = len(outcomes.accepted), len(outcomes.finished)
+    tracebacks = sum("Traceback" in line for line in restart_lines)
+    recovery = max((outcomes.recovery(m) for m in done.moments), default=0.0)
+    notes = " ".join(f"{k}={v}" for k, v in done.notes.items())
+    detail = (
+        f"not_accepted={len(outcomes.not_accepted)} ignored_dup_events={ignored} tracebacks={tracebacks} "
+        f"submitter_log_lines={len(sdk_log.records)} load={rate}/s {notes}"
+    )
+    account = ClusterAccount(
+        scenario, size, accepted, terminal, accepted - terminal, disagree, recovery, len(restart_lines),
+        len(done.moments), detail, asserted=asserted,
+    )  # fmt: skip
+    CLUSTER_RESULTS.append(account)
+    print(f"\n{account.line()}")
+    if account.asserted:
+        assert accepted > 0 and account.lost == 0 and disagree == 0, account.line()
+        assert all(s is JobStatus.SUCCEEDED for s in outcomes.statuses.values())
+        assert account.lines_per_restart < 30, "\n".join(restart_lines[:40])
+        assert tracebacks <= account.restarts, "\n".join(restart_lines[:40])
+    return account, outcomes, done
+
+
+@pytest.fixture
+def whole_cluster(broker_cluster) -> Iterator[RabbitMQCluster]:
+    """The cluster, and every node running again after the drill (a failed one may leave one down)."""
+    yield broker_cluster
+    while _STARTED:
+        with contextlib.suppress(Exception):
+            _STARTED.pop().stop()
+    with contextlib.suppress(Exception):
+        for node in broker_cluster.nodes:
+            if node.process is None:
+                broker_cluster.restart(node)
+
+
+def _kill_and_restart(cluster: RabbitMQCluster, queue: str, vhost: str, down_s: float):  # noqa: ANN202
+    async def fault(done: Fault) -> None:
+        victim = cluster.leader(queue, vhost)
+        done.notes["killed"] = victim.nodename
+        done.moments.append(time.time())
+        await asyncio.to_thread(cluster.kill, victim)
+        await asyncio.sleep(down_s)  # the scenario: a pod restart takes a few seconds
+        await asyncio.to_thread(cluster.restart, victim)
+        done.notes["node_back_after_s"] = f"{time.time() - done.moments[0]:.1f}"
+
+    return fault
+
+
+@pytest.mark.parametrize("size", [SMALL, FULL])
+@pytest.mark.timeout(240)
+async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(size, whole_cluster, tmp_path):
+    down_s = sized(size, 4.0, 10.0)
+    await run_drill(
+        whole_cluster, tmp_path, scenario="kill", size=size, queue_type="quorum", rate=sized(size, 50, 100),
+        fault_at=sized(size, 1.5, 10.0), tail_s=sized(size, 2.0, 30.0), settle_s=sized(size, 60, 180),
+        fault=_kill_and_restart(whole_cluster, "provider.jobs", f"cpw-kill-{size}", down_s),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [FULL])
+@pytest.mark.timeout(360)
+async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
+    """Measured, not asserted: on RabbitMQ 3.10.8 a graceful stop of the node leading the streams lost
+    about a second of confirmed stream writes in half the runs (docs/reliability.md). What is asserted:
+    the worker ran every accepted job, and a job the submitter never saw end is missing from the stream
+    altogether (its Accepted record too), so the loss is the broker's, not a reader's or the worker's."""
+    vhost = f"cpw-rolling-{size}"
+    replicated = [(vhost, "provider.jobs"), (vhost, "provider.results"), (vhost, "provider.control")]
+    # Restarting the next node while the last one's stream replicas still caught up lost a range of
+    # confirmed stream writes (RabbitMQ 3.10.8, docs/reliability.md); CPW_DRILL_NO_STREAM_SYNC=1 shows it.
+    streams = [] if os.environ.get("CPW_DRILL_NO_STREAM_SYNC") else replicated[1:]
+
+    async def fault(done: Fault) -> None:
+        started = time.time()
+        for node in reversed(whole_cluster.nodes):  # the operator's order: highest ordinal first
+            done.moments.append(time.time())
+            await asyncio.to_thread(whole_cluster.roll, node)
+            await asyncio.to_thread(whole_cluster.wait_rejoined, node, replicated, streams)
+        done.notes["rolled_in_s"] = f"{time.time() - started:.1f}"
+
+    account, outcomes, done = await run_drill(
+        whole_cluster, tmp_path, scenario="rolling", size=size, queue_type="quorum", rate=100,
+        fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=False,
+    )  # fmt: skip
+    unseen = account.lost
+    on_stream = int(done.notes.get("unseen_by_submitter_but_on_stream", "0"))
+    account.limit = (
+        f"lost_confirmed_stream_writes={unseen - on_stream} worker_processed={done.notes.get('worker_processed')}"
+    )
+    print(f"  [rolling] {account.limit}")
+    assert account.duplicates == 0 and on_stream == 0, account.line()
+    assert int(done.notes.get("worker_processed", "0")) >= account.accepted, "the worker must have run every job"
+    assert account.lines_per_restart < 30 and account.lost <= account.accepted // 20, account.line()
+
+
+@pytest.mark.parametrize("size", [FULL])
+@pytest.mark.timeout(360)
+async def test_a_classic_jobs_queue_whose_node_is_killed(size, whole_cluster, tmp_path):
+    """Measured, not asserted: a classic queue lives on one node; what does the load see while it is away?"""
+    vhost = f"cpw-classic-{size}"
+    account, outcomes, done = await run_drill(
+        whole_cluster, tmp_path, scenario="classic", size=size, queue_type="classic", rate=100,
+        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_kill_and_restart(whole_cluster, "provider.jobs", vhost, 10.0),
+        asserted=False,
+    )  # fmt: skip
+    killed_at = done.moments[0]
+    refused = [t - killed_at for t in outcomes.not_accepted if t >= killed_at]
+    # The messages the killed node held (an upper bound: accepted, not terminal at the kill): kept
+    # across a restart, lost with its disk.
+    account.limit = (
+        f"not_accepted={len(outcomes.not_accepted)} refused_s={min(refused, default=0):.1f}-"
+        f"{max(refused, default=0):.1f} at_risk_if_disk_lost={outcomes.open_at(killed_at)}"
+    )
+    print(f"  [classic] {account.limit}")
+    assert account.duplicates == 0
+
+
+def _lose_and_replace(cluster: RabbitMQCluster, vhost: str):  # noqa: ANN202
+    async def fault(done: Fault) -> None:
+        victim = cluster.leader("provider.jobs", vhost)
+        done.notes["lost"] = victim.nodename
+        done.moments.append(time.time())
+        await asyncio.to_thread(cluster.lose, victim)
+        done.notes["forgotten_after_s"] = f"{time.time() - done.moments[0]:.1f}"
+        await asyncio.sleep(10.0)  # the scenario: a new pod, a new volume
+        await asyncio.to_thread(cluster.replace, victim)
+        done.notes["fresh_node_in_after_s"] = f"{time.time() - done.moments[0]:.1f}"
+        deadline = time.monotonic() + 30
+        while len(members := cluster.queue("provider.jobs", vhost).get("members") or []) < 3:
+            if time.monotonic() > deadline:
+                done.notes["grow_said"] = repr(await asyncio.to_thread(cluster.grow, victim))[-200:]
+                break
+            await asyncio.sleep(0.5)  # the management API has no event for a membership change
+        done.notes["jobs_queue_members_after_grow"] = str(len(members))
+
+    return fault
+
+
+@pytest.mark.parametrize("size", [FULL])
+@pytest.mark.timeout(360)
+async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, whole_cluster, tmp_path):
+    await run_drill(
+        whole_cluster, tmp_path, scenario="lost", size=size, queue_type="quorum", rate=100,
+        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, f"cpw-lost-{size}"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [FULL])
+@pytest.mark.timeout(360)
+async def test_a_node_lost_for_good_with_retries_waiting_in_its_classic_delay_queues(size, whole_cluster, tmp_path):
+    """Measured, not asserted: the delay queues (and the DLQ) are classic even beside a quorum jobs
+    queue, so a job waiting for its retry on the lost node is lost with it."""
+    account, outcomes, _ = await run_drill(
+        whole_cluster, tmp_path, scenario="lost-retrying", size=size, queue_type="quorum", rate=100,
+        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, f"cpw-lost-retrying-{size}"),
+        script=lambda n: "fail:1" if n % 10 == 0 else "ok", asserted=False,
+        worker_settings={"CPW_RETRY_BASE_DELAY": "3", "CPW_RETRY_MAX_DELAY": "3"},
+    )  # fmt: skip
+    lost = [j for j in outcomes.accepted if j not in outcomes.finished]
+    retrying = sum(outcomes.scripts[j] != "ok" for j in lost)
+    account.limit = f"lost_while_waiting_for_a_retry={retrying} of {sum(v != 'ok' for v in outcomes.scripts.values())}"
+    print(f"  [lost-retrying] {account.limit}")
+    assert retrying == len(lost), "only jobs waiting in a delay queue may be lost"
+    assert account.duplicates == 0

@@ -19,12 +19,12 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.rabbitmq import RabbitMQServer, amqp_answers, free_port, installed
+from tests.support.rabbitmq import QUEUES, STREAMS, UPGRADE, RabbitMQServer, amqp_answers, free_port, installed
 
 HAPROXY = "/usr/sbin/haproxy"
 # The AMQP 0-9-1 protocol header; a live broker answers with Connection.Start, a method frame (type 1).
@@ -179,6 +179,91 @@ class RabbitMQCluster:
     def restart(self, node: RabbitMQServer, timeout: float = 120.0) -> None:
         """Start a killed node again on its ports and data: it rejoins the cluster by itself."""
         node.start(timeout)
+
+    def add_vhost(self, vhost: str) -> str:
+        """A vhost of its own for one drill (fresh declarations, leaders placed anew); returns its AMQP URL."""
+        quoted = urllib.parse.quote(vhost, safe="")
+        self.management("PUT", f"/api/vhosts/{quoted}", {})
+        self.management("PUT", f"/api/permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+        # Each node starts the vhost on its own; a connection through haproxy to a node that has not yet
+        # is closed at open (seen on a node that had just joined).
+        deadline = time.monotonic() + 30
+        while set((self.management("GET", f"/api/vhosts/{quoted}").get("cluster_state") or {}).values()) != {"running"}:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"vhost {vhost} not running on every node")
+            time.sleep(0.2)  # the management API has no event for it
+        return self.amqp_url + quoted
+
+    def stream_members(self, name: str, vhost: str) -> list[dict[str, Any]]:
+        """`rabbitmq-streams stream_status`: each member's role, node, offset and committed offset."""
+        live = next(n for n in self.nodes if n.process is not None)
+        return json.loads(live.ctl("stream_status", name, "--vhost", vhost, "--formatter", "json", program=STREAMS))
+
+    def stream_in_sync(self, name: str, vhost: str) -> bool:
+        """Every member of the stream has what its writer has (offsets as `stream_status` reports them)."""
+        members = self.stream_members(name, vhost)
+        writer = [m["offset"] for m in members if m["role"] == "writer"]
+        return len(members) == self.size and bool(writer) and all(m["offset"] >= writer[0] for m in members)
+
+    def wait_rejoined(
+        self,
+        node: RabbitMQServer,
+        quorum: list[tuple[str, str]],
+        streams: Sequence[tuple[str, str]] = (),
+        timeout: float = 120.0,
+    ) -> None:
+        """Until `node` runs in the cluster, is back online in each (vhost, quorum queue or stream), and
+        each (vhost, stream) has caught up on every member: what an operator waits for before it
+        restarts the next pod."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ok = (
+                    node.nodename in self.running_nodes()
+                    and all(node.nodename in (self.queue(name, vhost).get("online") or []) for vhost, name in quorum)
+                    and all(self.stream_in_sync(name, vhost) for vhost, name in streams)
+                )
+            except (OSError, RuntimeError, ValueError):
+                ok = False
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.nodename} did not rejoin in {timeout}s")
+            time.sleep(0.2)
+
+    def roll(self, node: RabbitMQServer, timeout: float = 120.0) -> None:
+        """A graceful restart of one node (a pod of an operator upgrade): the operator's preStop check
+        (`rabbitmq-upgrade await_online_quorum_plus_one`), `rabbitmqctl stop`, start again."""
+        node.ctl("await_online_quorum_plus_one", "-t", str(int(timeout)), timeout=timeout + 10, program=UPGRADE)
+        node.stop()
+        node.start(timeout)
+
+    def lose(self, node: RabbitMQServer) -> None:
+        """A node lost for good: killed, its data dir removed, and forgotten by the cluster (from a live node).
+
+        Forgetting shrinks the quorum queues to the live members and deletes the classic queues whose
+        home it was, with their messages; streams keep listing it as a member (RabbitMQ 3.10)."""
+        node.kill()
+        shutil.rmtree(node.base / "mnesia", ignore_errors=True)
+        live = next(n for n in self.nodes if n is not node and n.process is not None)
+        live.ctl("forget_cluster_node", node.nodename)
+
+    def replace(self, node: RabbitMQServer, timeout: float = 120.0) -> None:
+        """A fresh node under the lost one's name (a StatefulSet pod on a new, empty volume): it joins
+        at boot through peer discovery, as the operator's pods do, so it never serves clients alone;
+        then the quorum queues grow back onto it (RabbitMQ does not do that by itself)."""
+        others = [n.nodename for n in self.nodes if n is not node]
+        node.extra_config = [
+            *node.extra_config,
+            "cluster_formation.peer_discovery_backend = classic_config",
+            *(f"cluster_formation.classic_config.nodes.{i + 1} = {name}" for i, name in enumerate(others)),
+        ]
+        node.start(timeout)
+        self.grow(node, timeout)
+
+    def grow(self, node: RabbitMQServer, timeout: float = 120.0) -> str:
+        """Add `node` to every quorum queue that lacks it (`rabbitmq-queues grow`); returns what it said."""
+        return node.ctl("grow", node.nodename, "all", timeout=timeout, program=QUEUES)
 
     def stop(self) -> None:
         if self.proxy is not None:

@@ -24,6 +24,9 @@ from typing import Any
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+QUEUES = "/usr/lib/rabbitmq/bin/rabbitmq-queues"
+STREAMS = "/usr/lib/rabbitmq/bin/rabbitmq-streams"
+UPGRADE = "/usr/lib/rabbitmq/bin/rabbitmq-upgrade"
 
 
 def free_port() -> int:
@@ -176,9 +179,10 @@ class RabbitMQServer:
     def _amqp_answers(self) -> bool:
         return amqp_answers(self.amqp_port)
 
-    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+    def ctl(self, *args: str, timeout: float = 60.0, program: str = CTL) -> str:
+        """rabbitmqctl (or another CLI tool of the node, `program`, e.g. rabbitmq-queues) against this node."""
         result = subprocess.run(
-            self._as_owner([CTL, "-n", self.nodename, *args]),
+            self._as_owner([program, "-n", self.nodename, *args]),
             env=self._env(),
             cwd=self.base,
             capture_output=True,
@@ -186,7 +190,7 @@ class RabbitMQServer:
             timeout=timeout,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {result.stdout}{result.stderr}")
+            raise RuntimeError(f"{Path(program).name} {' '.join(args)}: {result.stdout}{result.stderr}")
         return result.stdout
 
     def stop_app(self) -> None:

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         description="What a full dead-letter queue does (x-overflow): drop-head drops the oldest dead letter; "
         "reject-publish refuses the new one, and its job goes back to the job queue and runs again.",
     )
+    stream_replicas: int = Field(
+        0,
+        ge=0,
+        validation_alias=env_alias("STREAM_REPLICAS"),
+        description="Nodes the results and control streams are replicated on when they are created "
+        "(x-initial-cluster-size); 0 leaves it to the broker (RabbitMQ 3.10+: every node of the cluster). "
+        "A stream argument: an existing stream refuses a different value.",
+    )
     exchange: str = Field(
         "provider.exchange",
         validation_alias=env_alias("EXCHANGE"),

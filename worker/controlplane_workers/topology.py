@@ -29,6 +29,7 @@ class Topology:
     dlq_max_length: int = 10_000
     dlq_max_age: int = 7 * 24 * 3600
     dlq_overflow: str = "drop-head"
+    stream_replicas: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -47,6 +48,7 @@ class Topology:
             dlq_max_length=settings.dlq_max_length,
             dlq_max_age=settings.dlq_max_age,
             dlq_overflow=settings.dlq_overflow,
+            stream_replicas=settings.stream_replicas,
         )
 
     @property
@@ -71,8 +73,8 @@ class Topology:
             "x-dead-letter-routing-key": self.dead_letter_queue,
         }
         if self.queue_type == "quorum":
-            # Quorum queues on RabbitMQ 3.10 have no priorities; the delivery limit catches poison
-            # messages that crash a worker before it can dead-letter them itself.
+            # Quorum queues have no priorities before RabbitMQ 3.13 (two levels since); the delivery
+            # limit catches poison messages that crash a worker before it can dead-letter them itself.
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = self.delivery_limit
         else:
@@ -95,8 +97,13 @@ class Topology:
         return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.jobs_queue}
 
     def stream_arguments(self) -> dict[str, Any]:
-        return {
+        args: dict[str, Any] = {
             "x-queue-type": "stream",
             "x-max-age": self.results_max_age,
             "x-max-length-bytes": self.results_max_bytes,
         }
+        if self.stream_replicas:
+            # Only when asked: RabbitMQ compares it on every redeclaration, so a stream created without
+            # it (every release before the setting) would refuse the declaration.
+            args["x-initial-cluster-size"] = self.stream_replicas
+        return args

@@ -14,11 +14,26 @@ Sources of the broker Secret, in order (global.rabbitmq):
 {{- toYaml ((.Values.global | default dict).rabbitmq | default dict) -}}
 {{- end -}}
 
-{{/* global.broker with the defaults filled in (the umbrella documents them; these serve a subchart installed alone). */}}
+{{/* global.broker with the defaults filled in (the umbrella documents them; these serve a subchart installed
+alone) and `auto` resolved: with the chart's operator cluster of 2+ nodes the jobs queue is quorum, and the
+streams are created on every node. */}}
 {{- define "cpw.lib.broker" -}}
-{{- $d := dict "jobsQueue" "provider.jobs" "exchange" "provider.exchange" "resultsStream" "provider.results" "resultsMaxAge" "24h" "queueType" "classic" -}}
-{{- $_ := set $d "deadLetter" (dict "maxLength" 10000 "maxAge" 604800 "overflow" "drop-head") -}}
-{{- toYaml (merge (deepCopy ((.Values.global | default dict).broker | default dict)) $d) -}}
+{{- $d := dict "jobsQueue" "provider.jobs" "exchange" "provider.exchange" "resultsStream" "provider.results" "resultsMaxAge" "24h" "queueType" "auto" "deliveryLimit" 20 "streamReplicas" "auto" -}}
+{{- $b := deepCopy ((.Values.global | default dict).broker | default dict) -}}
+{{- range $k, $v := $d }}{{ if not (hasKey $b $k) }}{{ $_ := set $b $k $v }}{{ end }}{{ end -}}{{/* not merge: it takes 0 for unset */}}
+{{- $dl := deepCopy ($b.deadLetter | default dict) -}}
+{{- range $k, $v := (dict "maxLength" 10000 "maxAge" 604800 "overflow" "drop-head") }}{{ if not (hasKey $dl $k) }}{{ $_ := set $dl $k $v }}{{ end }}{{ end -}}
+{{- $_ := set $b "deadLetter" $dl -}}
+{{- $c := ((include "cpw.lib.rabbitmq.values" . | fromYaml).cluster) | default dict -}}
+{{- $enabled := $c.enabled | default false -}}
+{{- $replicas := int (hasKey $c "replicas" | ternary $c.replicas 3) -}}
+{{- if eq (toString $b.queueType) "auto" -}}
+{{- $_ := set $b "queueType" (ternary "quorum" "classic" (and $enabled (ge $replicas 2))) -}}
+{{- end -}}
+{{- if eq (toString $b.streamReplicas) "auto" -}}
+{{- $_ := set $b "streamReplicas" (ternary $replicas 0 $enabled) -}}
+{{- end -}}
+{{- toYaml $b -}}
 {{- end -}}
 
 {{- define "cpw.lib.rabbitmq.clusterName" -}}
@@ -136,6 +151,10 @@ Sources of the broker Secret, in order (global.rabbitmq):
   value: "8001"
 - name: CPW_QUEUE_TYPE
   value: {{ $b.queueType | quote }}
+- name: CPW_QUEUE_DELIVERY_LIMIT
+  value: {{ $b.deliveryLimit | toString | quote }}
+- name: CPW_STREAM_REPLICAS
+  value: {{ $b.streamReplicas | toString | quote }}
 - name: CPW_JOBS_QUEUE
   value: {{ $b.jobsQueue | quote }}
 - name: CPW_EXCHANGE
