@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 
-import uvloop
-
-from controlplane_workers import __version__, looplag, tracing
-from controlplane_workers.lifecycle import install_stop_handlers
+from controlplane_workers import __version__, tracing
+from controlplane_workers.lifecycle import run_process
 from controlplane_workers.logs import setup_logging
-from controlplane_workers.ops import PortTaken
 from controlplane_workers.providers import load_providers
 from controlplane_workers.run import serve_worker
 
@@ -37,17 +33,7 @@ def run_dev(args: argparse.Namespace) -> int:
     providers = load_providers(settings.providers, use_entry_points=False)
     tracing.setup_from_env("cpw-dev", instance_id=settings.worker_id, version=__version__)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        async with looplag.watching():
-            await asyncio.gather(serve_worker(settings, providers, stop), serve_api(settings, stop, banner=True))
-
-    try:
-        uvloop.run(main())
-    except PortTaken as exc:
-        print(f"cpw dev: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        tracing.shutdown()  # flush the spans still batched
-    return 0
+    return run_process(
+        "cpw dev",
+        lambda stop: asyncio.gather(serve_worker(settings, providers, stop), serve_api(settings, stop, banner=True)),
+    )

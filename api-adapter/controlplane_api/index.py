@@ -17,6 +17,7 @@ from controlplane_workers.models import Job
 from controlplane_workers.status import MARKER, Entry, StatusIndex
 
 from . import metrics
+from .slots import Reservations
 
 MARKER_ID = "x-cpw-marker"
 
@@ -27,9 +28,7 @@ class ApiIndex(StatusIndex):
     def __init__(self, max_jobs: int, max_bytes: int | None = None, max_age: float | None = None) -> None:
         super().__init__(max_jobs, max_bytes, max_age)
         self.active: dict[str | None, int] = {}
-        # job id -> tenant of a submission being published: counted until its record lands here.
-        self.reserved: dict[str, str | None] = {}
-        self.reserved_count: dict[str | None, int] = {}
+        self.reserved = Reservations()  # submissions being published: counted until their record lands here
         # hashed key -> (job id, request fingerprint, submitted at); bounded like the jobs.
         self.idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         self.marker: str | None = None
@@ -38,27 +37,19 @@ class ApiIndex(StatusIndex):
 
     def active_count(self, tenant: str | None) -> int:
         """Jobs of `tenant` that are Accepted or Running, or reserved and being published."""
-        return self.active.get(tenant, 0) + self.reserved_count.get(tenant, 0)
+        return self.active.get(tenant, 0) + self.reserved.of(tenant)
 
     def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         """Take a slot for `job_id` if `tenant` is under `cap`. No await between check and take, so
         concurrent submissions on this event loop cannot all pass the check."""
         if self.active_count(tenant) >= cap:
             return False
-        self.reserved[job_id] = tenant
-        self.reserved_count[tenant] = self.reserved_count.get(tenant, 0) + 1
+        self.reserved.take(job_id, tenant)
         return True
 
     def release(self, job_id: str) -> None:
         """Give back `job_id`'s slot (publish failed, or its record now counts it); idempotent."""
-        if job_id not in self.reserved:
-            return
-        tenant = self.reserved.pop(job_id)
-        left = self.reserved_count[tenant] - 1
-        if left:
-            self.reserved_count[tenant] = left
-        else:
-            del self.reserved_count[tenant]
+        self.reserved.release(job_id)
 
     def _insert(self, job_id: str, entry: Entry) -> None:
         self.release(job_id)  # counted from now on as the record itself: not twice

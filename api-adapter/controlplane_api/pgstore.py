@@ -26,6 +26,7 @@ from .errors import unavailable
 from .pgschema import CHANNEL, migrate
 from .projection import INSERT_ACCEPTED, BatchFold
 from .settings import ApiSettings
+from .slots import Reservations
 
 log = logging.getLogger("controlplane_api.pgstore")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -65,8 +66,7 @@ class PostgresStore:
         self.pool: Any = None
         self.listener: Any = None
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.reserved: dict[str, str | None] = {}
-        self.reserved_count: dict[str | None, int] = {}
+        self.reserved = Reservations()
         self.accept_errors = 0
 
     async def open(self) -> None:
@@ -143,12 +143,11 @@ class PostgresStore:
             found = await conn.fetchval(
                 f"SELECT count(*) FROM cpw_jobs WHERE {where} AND NOT terminal", *([] if tenant is None else [tenant])
             )
-        return int(found) + self.reserved_count.get(tenant, 0)
+        return int(found) + self.reserved.of(tenant)
 
     async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         # The slot is taken before the query: concurrent submissions on this loop see each other's.
-        self.reserved[job_id] = tenant
-        self.reserved_count[tenant] = self.reserved_count.get(tenant, 0) + 1
+        self.reserved.take(job_id, tenant)
         try:
             if await self.active_count(tenant) > cap:
                 self.release(job_id)
@@ -159,14 +158,7 @@ class PostgresStore:
         return True
 
     def release(self, job_id: str) -> None:
-        if job_id not in self.reserved:
-            return
-        tenant = self.reserved.pop(job_id)
-        left = self.reserved_count[tenant] - 1
-        if left:
-            self.reserved_count[tenant] = left
-        else:
-            del self.reserved_count[tenant]
+        self.reserved.release(job_id)
 
     async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
         """The job's Accepted row, unless the projector wrote it first. The job is published already:

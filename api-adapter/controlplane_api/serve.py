@@ -16,14 +16,13 @@ import uuid
 from typing import Any
 
 import orjson
-import uvloop
 from starlette.routing import Route
 
-from controlplane_workers import __version__, gcpolicy, looplag, tracing
+from controlplane_workers import __version__, gcpolicy, tracing
 from controlplane_workers.broker.base import KIND
 from controlplane_workers.fleet import WorkerRegistry
 from controlplane_workers.httplimits import HttpLimits
-from controlplane_workers.lifecycle import connect_with_backoff, install_stop_handlers
+from controlplane_workers.lifecycle import connect_with_backoff, run_process
 from controlplane_workers.ops import ops_app, ops_limits, server
 from controlplane_workers.queue import JobQueue
 from controlplane_workers.status import MARKER
@@ -234,14 +233,4 @@ def run_api(settings: ApiSettings) -> int:
     tracing.setup_from_env("cpw-api", instance_id=settings.worker_id, version=__version__)
     gcpolicy.install()  # no full-GC pause proportional to the status index (controlplane_workers/gcpolicy.py)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        async with looplag.watching():
-            await serve_api(settings, stop)
-
-    try:
-        uvloop.run(main())
-    finally:
-        tracing.shutdown()  # flush the spans still batched
-    return 0
+    return run_process("cpw api", lambda stop: serve_api(settings, stop))

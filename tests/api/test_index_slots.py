@@ -23,6 +23,6 @@ def test_reserved_slots_count_until_released_or_recorded():
     index.release("j2")  # idempotent
     assert index.active_count("a") == 1
     index.accept(job("j1", "a"))  # confirmed: the record counts it now, the reservation no longer does
-    assert index.active_count("a") == 1 and index.reserved == {"j3": "b"}
+    assert index.active_count("a") == 1 and index.reserved.by_job == {"j3": "b"}
     index.release("j1")  # the submitter's own release after the confirm changes nothing
     assert index.active_count("a") == 1 and index.active_count("b") == 1

@@ -107,8 +107,9 @@ def test_security_md_covers_the_threat_model_and_tls() -> None:
         assert needle in text, needle
 
 
-def test_tls_url_parameters_named_in_security_md_are_the_ones_aiormq_reads() -> None:
-    """security.md tells operators to put the CA file in the URL; prove the AMQP client reads those names."""
+async def test_tls_url_parameters_named_in_security_md_are_the_ones_aiormq_reads() -> None:
+    """security.md tells operators to put the CA file in the URL; prove the AMQP client reads those names.
+    (Async: aiormq.Connection asks for the running loop, and an earlier test may have closed the default one.)"""
     import aiormq
 
     url = "amqps://u:p@rabbitmq.example:5671/vh?cafile=/ca.pem&certfile=/tls.crt&keyfile=/tls.key"

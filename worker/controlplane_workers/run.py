@@ -7,12 +7,10 @@ import logging
 import sys
 import time
 
-import uvloop
-
-from . import looplag, metrics, tracing
+from . import metrics, tracing
 from ._version import __version__
-from .lifecycle import connect_with_backoff, install_stop_handlers
-from .ops import PortTaken, listen, ops_app, ops_limits, server
+from .lifecycle import connect_with_backoff, run_process
+from .ops import listen, ops_app, ops_limits, server
 from .providers import ProviderLookup, load_providers
 from .role import WorkerRole, load_role
 from .settings import Settings
@@ -61,17 +59,4 @@ def run_worker(settings: Settings) -> int:
     providers = load_providers(settings.providers) if role is ProviderWorker or settings.providers else None
     tracing.setup_from_env("cpw-worker", instance_id=settings.worker_id, version=__version__)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        async with looplag.watching():
-            await serve_worker(settings, providers, stop)
-
-    try:
-        uvloop.run(main())
-    except PortTaken as exc:
-        print(f"cpw worker: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        tracing.shutdown()  # flush the spans still batched
-    return 0
+    return run_process("cpw worker", lambda stop: serve_worker(settings, providers, stop))
