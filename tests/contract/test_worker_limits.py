@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Iterator
 
+import httpx
 import orjson
 import pytest
 
@@ -18,8 +19,9 @@ from controlplane_workers.context import current_job
 from controlplane_workers.dlq import list_dead_letters
 from controlplane_workers.logs import JsonFormatter
 from controlplane_workers.metrics import REGISTRY
+from controlplane_workers.ops import ops_app
 from tests.support import providers
-from tests.support.harness import client, request, running_worker
+from tests.support.harness import client, eventually, request, running_worker
 
 NS, TYPE = "Test.Scripted", "things"
 CAP = 1024
@@ -142,7 +144,7 @@ async def test_hung_sync_calls_make_the_worker_unready_and_good_jobs_wait_in_the
     provider = Blocking()
     try:
         async with (
-            running_worker(broker_url, provider, max_concurrent_jobs=hung) as worker,
+            running_worker(broker_url, provider, max_concurrent_jobs=hung, stuck_restart_after=0.5) as worker,
             client(broker_url) as queue,
         ):
             hung_ids = [
@@ -154,14 +156,19 @@ async def test_hung_sync_calls_make_the_worker_unready_and_good_jobs_wait_in_the
             good = await queue.submit_job(NS, TYPE, "create", request("good"), timeout=1.0, max_attempts=1)
             await asyncio.sleep(2.0)  # twice its timeout: it must not have timed out waiting for a thread
             assert queue.get_job_status(good).status is JobStatus.ACCEPTED and "good" not in provider.calls
-            # Every thread is held by a call whose job ended: the worker says so instead of saying ready.
+            # Every thread is held by a call whose job ended: the worker says so instead of saying ready,
+            # and once that has lasted CPW_STUCK_RESTART_AFTER, liveness fails so the kubelet restarts it.
             assert worker.sync_pool.stuck == hung and not worker.ready
             assert REGISTRY.get_sample_value("cpw_worker_stuck_threads") == hung
+            live = ops_app(is_ready=lambda: worker.ready, status=dict, identity=dict, is_alive=lambda: worker.alive)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=live), base_url="http://ops") as ops:
+                await eventually(lambda: not worker.alive, timeout=5)
+                assert (await ops.get("/health/live")).status_code == 503
 
             provider.release.set()  # the hung calls return: their threads are free again
             result = await queue.get_job_result(good, timeout=10)
             letters = await list_dead_letters(worker.broker)
-            assert worker.ready and worker.sync_pool.stuck == 0
+            assert worker.ready and worker.alive and worker.sync_pool.stuck == 0
             assert REGISTRY.get_sample_value("cpw_worker_stuck_threads") == 0
     finally:
         provider.release.set()

@@ -24,14 +24,18 @@ def ops_app(
     status: Callable[[], dict[str, Any]],
     identity: Callable[[], dict[str, Any]],
     registries: Sequence[CollectorRegistry] = (),
+    is_alive: Callable[[], bool] = lambda: True,
 ) -> Starlette:
-    """Liveness says the loop answers; readiness says the process takes work.
+    """Liveness says the loop answers and the process is not wedged (`is_alive`: a restart would help);
+    readiness says the process takes work.
 
     /metrics serves prometheus-client's default registry plus the component's own `registries`.
     """
 
     async def live(_: Request) -> Response:
-        return JSONResponse({"status": "alive"})
+        if is_alive():
+            return JSONResponse({"status": "alive"})
+        return JSONResponse({"status": "wedged"}, status_code=503)
 
     async def ready(_: Request) -> Response:
         ok = is_ready()

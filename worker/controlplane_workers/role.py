@@ -38,6 +38,11 @@ class WorkerRole(abc.ABC):
     def ready(self) -> bool:
         """Whether this process takes work now: /health/ready and `cpw_worker_ready`."""
 
+    @property
+    def alive(self) -> bool:
+        """False when only a restart can help (/health/live answers 503 and the kubelet restarts the pod)."""
+        return True
+
     @abc.abstractmethod
     async def process_job(self, job: Job) -> Any:
         """Do one job and return its result; raise RetryableError / PermanentError when it fails."""

@@ -32,6 +32,7 @@ async def serve_worker(settings: Settings, providers: ProviderLookup | None, sto
             status=worker.status,
             identity=lambda: {"worker_id": worker.worker_id},
             registries=[metrics.REGISTRY],
+            is_alive=lambda: worker.alive,
         ),
         settings.health_host,
         settings.health_port,

@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         validation_alias=env_alias("RETRY_JITTER"),
         description="Spread of each retry delay, as a fraction (0.25 = +-25%).",
     )
+    stuck_restart_after: float = Field(
+        300.0,
+        ge=0,
+        validation_alias=env_alias("STUCK_RESTART_AFTER"),
+        description="Seconds every sync provider thread may stay stuck in a call whose job ended before "
+        "/health/live fails and the kubelet restarts the worker (unready from the first moment); 0: never.",
+    )
     running_event_delay: float = Field(
         0.05,
         ge=0,

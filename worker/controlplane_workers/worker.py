@@ -98,6 +98,7 @@ class ProviderWorker(WorkerRole):
         self._running_attempt: dict[str, int] = {}
         self._attached: dict[tuple[str, int], list[Delivery]] = {}
         self._settled: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._exhausted_since: float | None = None  # when every sync thread became stuck
         self.sync_pool = SyncPool(
             settings.sync_threads or settings.max_concurrent_jobs, on_change=self._stuck_threads_changed
         )
@@ -110,7 +111,19 @@ class ProviderWorker(WorkerRole):
     def ready(self) -> bool:
         return self.consuming and not self.draining and self.broker.connected.is_set() and not self.sync_pool.exhausted
 
+    @property
+    def alive(self) -> bool:
+        """Every sync thread stuck for `CPW_STUCK_RESTART_AFTER` seconds: a restart frees them, waiting may not."""
+        limit = self.settings.stuck_restart_after
+        since = self._exhausted_since
+        return not (limit and since is not None and time.monotonic() - since > limit)
+
     def _stuck_threads_changed(self, stuck: int) -> None:
+        exhausted = self.sync_pool.exhausted
+        if exhausted and self._exhausted_since is None:
+            self._exhausted_since = time.monotonic()
+        elif not exhausted:
+            self._exhausted_since = None
         metrics.STUCK_THREADS.set(stuck)
         metrics.READY.set(1 if self.ready else 0)
         if self.sync_pool.exhausted:
