@@ -1,0 +1,147 @@
+"""The chart's pods run as rendered (issue 18): every workload of a value set started from its manifest alone.
+
+For each value set: render with the Helm engine, create the Secrets the chart expects to exist, start one
+replica of each Deployment (runner.py: volumes, env, user, read-only root, probes), require the probes to pass
+within their budgets and every Service's targetPort to hit a listening port, send a job through the API
+Service to a worker, run the helm test pod to exit 0, then preStop + SIGTERM each pod to exit 0 within its
+grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.chart.chartlib import render_set
+from tests.conftest import BrokerEndpoint
+from tests.pods import kube
+from tests.pods.cluster import BROKER_HOST, Cluster, broker_url
+from tests.pods.conftest import HELM_TEST
+from tests.pods.runner import PodRun, listening_ports
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(150)]
+
+API_VERSION = "2024-01-01"
+RESOURCE = "/subscriptions/sub1/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1"
+# value set -> (broker URL Secret, its keys) and (API tokens Secret, its keys), as an operator creates them
+SECRETS = {
+    "default": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
+    "production": (("rabbitmq-credentials", ("url", "management-url")), ("api-tokens", "tokens.yaml")),
+}
+
+
+def prerequisites(value_set: str, rabbitmq: BrokerEndpoint, vhost: str) -> tuple[dict, str]:
+    """The Secrets that must exist before `helm install`, with real values, and the API token of the test."""
+    (broker_secret, broker_keys), (tokens_secret, tokens_key) = SECRETS[value_set]
+    urls = {"url": broker_url(rabbitmq.amqp_url, vhost), "management-url": f"http://guest:guest@{BROKER_HOST}:15672"}
+    token, helm_token = uuid.uuid4().hex, uuid.uuid4().hex
+    tokens = json.dumps({token: "tenant-a", helm_token: "helm-test"})
+    objects = {
+        ("Secret", broker_secret): kube.secret({k: urls[k] for k in broker_keys}),
+        ("Secret", tokens_secret): kube.secret({tokens_key: tokens, "helm-test-token": helm_token}),
+    }
+    return objects, token
+
+
+@pytest.fixture
+def make_cluster(image_venv: Path, rabbitmq: BrokerEndpoint, tmp_path: Path) -> Iterator:
+    clusters: list[Cluster] = []
+    vhosts: list[str] = []
+
+    def make(value_set: str, docs: list[dict] | None = None) -> tuple[Cluster, str]:
+        vhost = rabbitmq.new_vhost()
+        vhosts.append(vhost)
+        objects, token = prerequisites(value_set, rabbitmq, vhost)
+        assert rabbitmq.server is not None, "tests/pods needs the session's own broker (ports it can relay)"
+        ports = {5672: rabbitmq.server.amqp_port, 15672: rabbitmq.server.management_port}
+        docs = render_set(value_set) if docs is None else docs
+        cluster = Cluster(docs, objects, image_venv, tmp_path / f"c{len(clusters)}", ports)
+        clusters.append(cluster)
+        assert not cluster.problems(), f"fields the pod runner does not model: {cluster.problems()}"
+        return cluster.build(), token
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
+    for vhost in vhosts:
+        rabbitmq.delete_vhost(vhost)
+
+
+def _wait(run: PodRun, what: str, event_name: str, budget: float) -> None:
+    event = getattr(run.log, event_name)
+    deadline = time.monotonic() + budget
+    while not event.wait(0.2):
+        assert run.process is not None
+        assert run.process.poll() is None, f"{run.pod.name} exited {run.process.returncode}:\n{run.output()}"
+        assert not run.log.killed.is_set(), f"{run.pod.name}: the kubelet would restart it: {run.log.failures[-3:]}"
+        assert time.monotonic() < deadline, (
+            f"{run.pod.name}: {what} not passed in {budget:.0f}s: {run.log.failures[-3:]}"
+        )
+
+
+def wait_up(run: PodRun) -> None:
+    """Started (startup probe) within its budget, then ready and alive within theirs."""
+    _wait(run, "startupProbe", "started", run.budget("startup"))
+    _wait(run, "readinessProbe", "ready", run.budget("readiness"))
+    _wait(run, "livenessProbe", "alive", run.budget("liveness"))
+
+
+def submit_job(cluster: Cluster, token: str) -> str:
+    """PUT a resource through the API Service's port and poll the operation until it ends."""
+    transport = httpx.HTTPTransport(uds=str(cluster.service_socket("cpw-api", 8000)))
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(transport=transport, base_url="http://cpw-api:8000", headers=headers, timeout=10) as http:
+        created = http.put(
+            f"{RESOURCE}?api-version={API_VERSION}",
+            json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}},
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["jobId"]
+        deadline = time.monotonic() + 60
+        while True:
+            status = http.get(f"/operations/{job_id}", params={"api-version": API_VERSION}).json()
+            if status["status"] in ("Succeeded", "Failed", "Canceled") or time.monotonic() > deadline:
+                return status["status"]
+            time.sleep(0.1)  # a client polling the operation, as an ARM client does
+
+
+@pytest.mark.parametrize("value_set", list(SECRETS))
+def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[str]) -> None:  # noqa: ANN001
+    cluster, token = make_cluster(value_set)
+    deployments, helm_tests = cluster.of_kind("Deployment"), cluster.of_kind("Pod")
+    assert deployments and len(helm_tests) == 1
+    for run in deployments:
+        run.start()
+    for run in deployments:
+        wait_up(run)
+
+    for service in cluster.services:
+        for port in service["spec"]["ports"]:
+            run = cluster.selected(service)
+            assert run is not None, f"Service {service['metadata']['name']} selects no running pod"
+            target = kube.named_port(run.container, port.get("targetPort", port["port"]))
+            assert target in listening_ports(run.pid()), f"{service['metadata']['name']}:{port['port']} -> {target}"
+
+    assert submit_job(cluster, token) == "Succeeded"
+
+    helm_test = helm_tests[0].start()
+    assert helm_test.process is not None
+    code = helm_test.process.wait(float(helm_test.pod.spec.get("activeDeadlineSeconds", 300)))
+    assert code == 0, f"helm test pod exited {code}:\n{helm_test.output()}"
+    HELM_TEST.append(code == 0)
+
+    for run in deployments:
+        code, took = run.terminate()
+        assert code == 0, f"{run.pod.name} exited {code} on SIGTERM:\n{run.output()}"
+    pod_stats["value_sets"] += 1
+    pod_stats["workloads"] += len(deployments) + len(helm_tests)
+    pod_stats["started"] += len(deployments) + 1
+    pod_stats["probes_passed"] += sum(1 for r in deployments for k in r.log.passed.values() if k)
+    pod_stats["jobs_ok"] += 1
