@@ -9,69 +9,22 @@ grace period.
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.chart.chartlib import render_set
-from tests.conftest import BrokerEndpoint
 from tests.pods import kube
-from tests.pods.cluster import BROKER_HOST, Cluster, broker_url
+from tests.pods.cluster import Cluster
 from tests.pods.conftest import HELM_TEST
 from tests.pods.runner import PodRun, listening_ports
+from tests.pods.secrets import SECRETS
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(150)]
 
 API_VERSION = "2024-01-01"
 RESOURCE = "/subscriptions/sub1/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1"
-# value set -> (broker URL Secret, its keys) and (API tokens Secret, its keys), as an operator creates them
-SECRETS = {
-    "default": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
-    "production": (("rabbitmq-credentials", ("url", "management-url")), ("api-tokens", "tokens.yaml")),
-}
-
-
-def prerequisites(value_set: str, rabbitmq: BrokerEndpoint, vhost: str) -> tuple[dict, str]:
-    """The Secrets that must exist before `helm install`, with real values, and the API token of the test."""
-    (broker_secret, broker_keys), (tokens_secret, tokens_key) = SECRETS[value_set]
-    urls = {"url": broker_url(rabbitmq.amqp_url, vhost), "management-url": f"http://guest:guest@{BROKER_HOST}:15672"}
-    token, helm_token = uuid.uuid4().hex, uuid.uuid4().hex
-    tokens = json.dumps({token: "tenant-a", helm_token: "helm-test"})
-    objects = {
-        ("Secret", broker_secret): kube.secret({k: urls[k] for k in broker_keys}),
-        ("Secret", tokens_secret): kube.secret({tokens_key: tokens, "helm-test-token": helm_token}),
-    }
-    return objects, token
-
-
-@pytest.fixture
-def make_cluster(image_venv: Path, rabbitmq: BrokerEndpoint, tmp_path: Path) -> Iterator:
-    clusters: list[Cluster] = []
-    vhosts: list[str] = []
-
-    def make(value_set: str, docs: list[dict] | None = None) -> tuple[Cluster, str]:
-        vhost = rabbitmq.new_vhost()
-        vhosts.append(vhost)
-        objects, token = prerequisites(value_set, rabbitmq, vhost)
-        assert rabbitmq.server is not None, "tests/pods needs the session's own broker (ports it can relay)"
-        ports = {5672: rabbitmq.server.amqp_port, 15672: rabbitmq.server.management_port}
-        docs = render_set(value_set) if docs is None else docs
-        cluster = Cluster(docs, objects, image_venv, tmp_path / f"c{len(clusters)}", ports)
-        clusters.append(cluster)
-        assert not cluster.problems(), f"fields the pod runner does not model: {cluster.problems()}"
-        return cluster.build(), token
-
-    yield make
-    for cluster in clusters:
-        cluster.close()
-    for vhost in vhosts:
-        rabbitmq.delete_vhost(vhost)
 
 
 def _wait(run: PodRun, what: str, event_name: str, budget: float) -> None:
