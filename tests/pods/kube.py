@@ -94,7 +94,7 @@ POD: dict[str, Any] = {
     "activeDeadlineSeconds": True,
     "restartPolicy": True,
     "serviceAccountName": True,
-    "automountServiceAccountToken": True,  # must be false: no API server token to mount (checked below)
+    "automountServiceAccountToken": True,  # true: service_account_files() at SERVICE_ACCOUNT_DIR
     "enableServiceLinks": True,  # must be false: no *_SERVICE_HOST variables are made (checked below)
     "affinity": PLACEMENT,
     "topologySpreadConstraints": PLACEMENT,
@@ -120,9 +120,8 @@ def not_understood(spec: dict[str, Any], allowed: dict[str, Any] = POD, where: s
             elif isinstance(rule, dict):
                 out.extend(not_understood(value, rule, f"{here}.{key}"))
     if where == "spec" and isinstance(spec, dict):
-        for key in ("automountServiceAccountToken", "enableServiceLinks"):
-            if spec.get(key, True) is not False:
-                out.append(f"spec.{key} (not false)")
+        if spec.get("enableServiceLinks", True) is not False:
+            out.append("spec.enableServiceLinks (not false)")
         for container in spec.get("containers", []):
             context = container.get("securityContext", {})
             if context.get("privileged") or context.get("readOnlyRootFilesystem") is not True:
@@ -313,6 +312,19 @@ def materialize(pod: Pod, volume: dict[str, Any], root: Path) -> None:
                 _downward_files(root, pod, part["downwardAPI"]["items"], mode)
     else:
         raise AssertionError(f"volume {volume['name']}: not a file volume")
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def service_account_files(pod: Pod, root: Path) -> bool:
+    """The token volume the kubelet projects unless automountServiceAccountToken is false (no API server here:
+    the token is a placeholder, which is all a pod that never calls the API can tell)."""
+    if pod.spec.get("automountServiceAccountToken", True) is False:
+        return False
+    for name, content in (("token", b"pods-runner-token"), ("ca.crt", b""), ("namespace", pod.namespace.encode())):
+        _write(root, name, content, 0o644)
+    return True
 
 
 def named_port(container: dict[str, Any], port: int | str) -> int:

@@ -119,11 +119,14 @@ class PodRun:
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             args += ["--ro-bind" if mount.get("readOnly") else "--bind", str(source), path]
+        account = self.workdir / "volumes" / "kube-api-access"
+        if kube.service_account_files(self.pod, account):
+            args += ["--ro-bind", str(account), os.path.realpath(kube.SERVICE_ACCOUNT_DIR)]
         return args
 
     def command(self) -> list[str]:
         uid, gid = self._user()
-        mounts = [m["mountPath"] for m in self.container.get("volumeMounts", [])]
+        mounts = [m["mountPath"] for m in self.container.get("volumeMounts", [])] + [kube.SERVICE_ACCOUNT_DIR]
         hosts = self.workdir / "hosts"
         hosts.write_text(self.hosts)
         (self.netdir / self.pod.name).mkdir(parents=True, exist_ok=True)
