@@ -13,6 +13,7 @@ from tests.pods.cluster import BROKER_HOST, broker_url
 SECRETS = {
     "default": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
     "production": (("rabbitmq-credentials", ("url", "management-url")), ("api-tokens", "tokens.yaml")),
+    "monitoring-on": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
 }
 
 
