@@ -4,7 +4,7 @@ For each value set: render with the Helm engine, create the Secrets the chart ex
 replica of each Deployment (runner.py: volumes, env, user, read-only root, probes), require the probes to pass
 within their budgets and every Service's targetPort to hit a listening port, send a job through the API
 Service to a worker, run the helm test pod to exit 0, then preStop + SIGTERM each pod to exit 0 within its
-grace period.
+grace period (the worker while a job runs: that job must still Succeed).
 """
 
 from __future__ import annotations
@@ -46,11 +46,34 @@ def wait_up(run: PodRun) -> None:
     _wait(run, "livenessProbe", "alive", run.budget("liveness"))
 
 
-def submit_job(cluster: Cluster, token: str) -> str:
-    """PUT a resource through the API Service's port and poll the operation until it ends."""
+def api_client(cluster: Cluster, token: str) -> httpx.Client:
+    """A client whose connections land where the API Service's port 8000 sends them."""
     transport = httpx.HTTPTransport(uds=str(cluster.service_socket("cpw-api", 8000)))
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(transport=transport, base_url="http://cpw-api:8000", headers=headers, timeout=10) as http:
+    return httpx.Client(transport=transport, base_url="http://cpw-api:8000", headers=headers, timeout=10)
+
+
+def wait_status(http: httpx.Client, job_id: str, until: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = http.get(f"/operations/{job_id}", params={"api-version": API_VERSION}).json()["status"]
+        if status in until or status in ("Succeeded", "Failed", "Canceled") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.02)  # a client polling the operation, as an ARM client does
+
+
+def put_vm(http: httpx.Client, name: str) -> str:
+    created = http.put(
+        f"{RESOURCE[: RESOURCE.rindex('/')]}/{name}?api-version={API_VERSION}",
+        json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}},
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["jobId"]
+
+
+def submit_job(cluster: Cluster, token: str) -> str:
+    """PUT a resource through the API Service's port and poll the operation until it ends."""
+    with api_client(cluster, token) as http:
         created = http.put(
             f"{RESOURCE}?api-version={API_VERSION}",
             json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}},
@@ -90,9 +113,23 @@ def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[s
     assert code == 0, f"helm test pod exited {code}:\n{helm_test.output()}"
     HELM_TEST.append(code == 0)
 
+    # The worker gets SIGTERM while a job runs (the demo provider takes 0.5 s): it must finish it, then exit 0.
+    (worker,) = [r for r in deployments if r.pod.name.startswith("cpw-worker-")]
+    with api_client(cluster, token) as http:
+        for attempt in range(5):
+            job_id = put_vm(http, f"drain{attempt}")
+            if wait_status(http, job_id, ("Running",)) == "Running":
+                break
+        else:
+            pytest.fail("no job was seen Running before it ended: cannot test the drain")
+        code, took = worker.terminate()
+        print(f"worker drained in {took:.1f}s")
+        assert code == 0, f"{worker.pod.name} exited {code} on SIGTERM:\n{worker.output()}"
+        assert wait_status(http, job_id, ()) == "Succeeded", "the in-flight job was not finished by the drain"
     for run in deployments:
-        code, took = run.terminate()
-        assert code == 0, f"{run.pod.name} exited {code} on SIGTERM:\n{run.output()}"
+        if run is not worker:
+            code, _ = run.terminate()
+            assert code == 0, f"{run.pod.name} exited {code} on SIGTERM:\n{run.output()}"
     pod_stats["value_sets"] += 1
     pod_stats["workloads"] += len(deployments) + len(helm_tests)
     pod_stats["started"] += len(deployments) + 1
