@@ -120,3 +120,33 @@ def test_every_value_set_renders_only_modelled_fields(value_set: str) -> None:
         for path in kube.not_understood(spec)
     ]
     assert not problems
+
+
+def test_mounts_honour_subpath_readonly_and_emptydir(tmp_path: Path) -> None:
+    """The bwrap mounts of volumeMounts: subPath binds one file, readOnly binds read-only, emptyDir is a tmpfs."""
+    from tests.pods.runner import PodRun
+
+    container = {
+        "name": "app",
+        "volumeMounts": [
+            {"name": "s", "mountPath": "/etc/app/url", "subPath": "url", "readOnly": True},
+            {"name": "c", "mountPath": "/config"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    spec = {
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [
+            {"name": "s", "secret": {"secretName": "s"}},
+            {"name": "c", "configMap": {"name": "c"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    run = PodRun(_pod(spec), {}, [], [], tmp_path / "venv", tmp_path / "pod", "", [], tmp_path / "net")
+    args = run._mounts()
+    volumes = tmp_path / "pod" / "volumes"
+    assert args[:3] == ["--ro-bind", str(volumes / "s" / "url"), "/etc/app/url"]
+    assert args[3:6] == ["--bind", str(volumes / "c"), "/config"]
+    assert args[6:] == ["--size", str(64 * 2**20), "--perms", "1777", "--tmpfs", "/tmp"]
+    assert (volumes / "s" / "url").read_text() == "amqp://h:5672/"
