@@ -141,7 +141,9 @@ class Cluster:
         config.write_text(
             json.dumps({"inbound": [[str(broker_sockets[p]), self.broker_ports[p]] for p in broker_sockets]})
         )
-        self._relay = subprocess.Popen([sys.executable, str(RELAY), str(config)], stdout=subprocess.PIPE, text=True)
+        self._relay = subprocess.Popen(
+            [sys.executable, str(RELAY), str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self._relay.stdout is not None and self._relay.stdout.readline().strip() == "ready"
         return self
 
@@ -154,6 +156,9 @@ class Cluster:
         if self._relay is not None:
             self._relay.kill()
             self._relay.wait(10)
+            for pipe in (self._relay.stdin, self._relay.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 def broker_url(amqp_url: str, vhost: str) -> str:

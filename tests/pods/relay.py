@@ -8,7 +8,8 @@ Each pod runs in its own network namespace (bwrap --unshare-net: only `lo`), so 
   broker) that forwards to a Unix socket (another pod's inbound socket, or the host relay to RabbitMQ).
 It binds everything, then forks: the child serves, the parent `exec`s the container's command, which thus
 keeps the pid bwrap gave it (1, as in a container), and connections made before the child runs wait in the
-listen backlog. Without a command (on the host) it prints `ready` and serves. Stdlib only.
+listen backlog. Without a command (on the host) it prints `ready` and serves until its stdin closes.
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import threading
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -77,6 +79,8 @@ def main() -> None:
     command = sys.argv[3:] if len(sys.argv) > 2 and sys.argv[2] == "--" else []
     listeners = _listeners(config)
     if not command:
+        # on the host: serve until the test process goes away (its end of our stdin closes), however it ends
+        threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
         print("ready", flush=True)
         asyncio.run(_serve(listeners))
         return
