@@ -13,7 +13,7 @@ CHECKOV_VENV ?= .tools/checkov
 APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk haproxy postgresql
 PYTEST_ARGS ?=
 
-.PHONY: help run test install system-deps tools lint fmt chart dashboards bench bench-index clean docs dev drill autoscale-drill
+.PHONY: help run test install system-deps tools lint fmt chart dashboards bench bench-index clean docs dev drill autoscale-drill pods
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ fmt: $(VENV)/.installed ## format the code
 
 chart: $(VENV)/.installed ## render the umbrella chart through the Helm engine (VALUES=file SET="k=v ...")
 	$(PY) tests/chart/render.py $(if $(VALUES),-f $(VALUES)) $(foreach s,$(SET),--set $(s))
+
+pods: $(VENV)/.installed system-deps ## run the chart's pods as rendered, without a cluster (tests/pods; part of make test)
+	$(PY) -m pytest tests/pods -p no:cacheprovider $(PYTEST_ARGS)
 
 dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/generate.py
 	$(PY) dashboards/generate.py

@@ -14,10 +14,14 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.rabbitmq import RabbitMQServer, installed
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass
@@ -99,3 +103,14 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     name = endpoint.new_vhost()
     yield endpoint.url_for(name)
     endpoint.delete_vhost(name)
+
+
+@pytest.fixture(scope="session")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's /opt/venv built as the Dockerfile builds it, once per session (tests/images, tests/pods)."""
+    from tests.images.runtime import build_runtime_venv, bwrap_problem
+
+    problem = bwrap_problem()
+    if problem:
+        pytest.fail(problem)
+    return build_runtime_venv(tmp_path_factory.mktemp("image"))

@@ -22,8 +22,6 @@ from tests.conftest import BrokerEndpoint
 from tests.images.runtime import (
     AUDIT_HOOK,
     Sandbox,
-    build_runtime_venv,
-    bwrap_problem,
     dir_size,
     entrypoint,
     image_env,
@@ -39,11 +37,9 @@ API_VERSION = "2024-01-01"
 
 
 @pytest.fixture(scope="module")
-def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    problem = bwrap_problem()
-    if problem:
-        pytest.fail(problem)
-    return build_runtime_venv(tmp_path_factory.mktemp("image"))
+def runtime_venv(image_venv: Path) -> Path:
+    """The session's image venv (tests/conftest.py), shared with tests/pods."""
+    return image_venv
 
 
 def test_runtime_venv_is_small(runtime_venv: Path, record_property) -> None:  # noqa: ANN001

@@ -1,0 +1,56 @@
+"""The `pods:` summary line, printed whatever pytest captured (make pods shows it)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chart.chartlib import render_set
+from tests.conftest import BrokerEndpoint
+from tests.pods.cluster import Cluster
+from tests.pods.secrets import prerequisites
+
+STATS: Counter[str] = Counter()
+HELM_TEST: list[bool] = []
+
+
+@pytest.fixture
+def pod_stats() -> Counter[str]:
+    return STATS
+
+
+@pytest.fixture
+def make_cluster(image_venv: Path, rabbitmq: BrokerEndpoint, tmp_path: Path) -> Iterator:
+    clusters: list[Cluster] = []
+    vhosts: list[str] = []
+
+    def make(value_set: str, docs: list[dict] | None = None) -> tuple[Cluster, str]:
+        vhost = rabbitmq.new_vhost()
+        vhosts.append(vhost)
+        objects, token = prerequisites(value_set, rabbitmq, vhost)
+        assert rabbitmq.server is not None, "tests/pods needs the session's own broker (ports it can relay)"
+        ports = {5672: rabbitmq.server.amqp_port, 15672: rabbitmq.server.management_port}
+        docs = render_set(value_set) if docs is None else docs
+        cluster = Cluster(docs, objects, image_venv, tmp_path / f"c{len(clusters)}", ports)
+        clusters.append(cluster)
+        assert not cluster.problems(), f"fields the pod runner does not model: {cluster.problems()}"
+        return cluster.build(), token
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
+    for vhost in vhosts:
+        rabbitmq.delete_vhost(vhost)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    if not STATS:
+        return
+    helm_test = "ok" if HELM_TEST and all(HELM_TEST) else "failed"
+    terminalreporter.write_line(
+        f"pods: value_sets={STATS['value_sets']} workloads={STATS['workloads']} started={STATS['started']} "
+        f"probes_passed={STATS['probes_passed']} jobs_ok={STATS['jobs_ok']} helm_test={helm_test}"
+    )

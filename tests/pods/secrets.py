@@ -1,0 +1,30 @@
+"""The Secrets the chart expects to exist before `helm install`, as an operator creates them, with real values."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.conftest import BrokerEndpoint
+from tests.pods import kube
+from tests.pods.cluster import BROKER_HOST, broker_url
+
+# value set -> (broker URL Secret, its keys) and (API tokens Secret, its keys), as an operator creates them
+SECRETS = {
+    "default": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
+    "production": (("rabbitmq-credentials", ("url", "management-url")), ("api-tokens", "tokens.yaml")),
+    "monitoring-on": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
+}
+
+
+def prerequisites(value_set: str, rabbitmq: BrokerEndpoint, vhost: str) -> tuple[dict, str]:
+    """The Secrets that must exist before `helm install`, with real values, and the API token of the test."""
+    (broker_secret, broker_keys), (tokens_secret, tokens_key) = SECRETS[value_set]
+    urls = {"url": broker_url(rabbitmq.amqp_url, vhost), "management-url": f"http://guest:guest@{BROKER_HOST}:15672"}
+    token, helm_token = uuid.uuid4().hex, uuid.uuid4().hex
+    tokens = json.dumps({token: "tenant-a", helm_token: "helm-test"})
+    objects = {
+        ("Secret", broker_secret): kube.secret({k: urls[k] for k in broker_keys}),
+        ("Secret", tokens_secret): kube.secret({tokens_key: tokens, "helm-test-token": helm_token}),
+    }
+    return objects, token

@@ -1,0 +1,137 @@
+"""The chart's pods run as rendered (issue 18): every workload of a value set started from its manifest alone.
+
+For each value set: render with the Helm engine, create the Secrets the chart expects to exist, start one
+replica of each Deployment (runner.py: volumes, env, user, read-only root, probes), require the probes to pass
+within their budgets and every Service's targetPort to hit a listening port, send a job through the API
+Service to a worker, run the helm test pod to exit 0, then preStop + SIGTERM each pod to exit 0 within its
+grace period (the worker while a job runs: that job must still Succeed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.pods import kube
+from tests.pods.cluster import Cluster
+from tests.pods.conftest import HELM_TEST
+from tests.pods.runner import PodRun, listening_ports
+from tests.pods.secrets import SECRETS
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(150)]
+
+API_VERSION = "2024-01-01"
+RESOURCE = "/subscriptions/sub1/resourceGroups/rg1/providers/Demo.Compute/virtualMachines/vm1"
+
+
+def _wait(run: PodRun, what: str, event_name: str, budget: float) -> None:
+    event = getattr(run.log, event_name)
+    deadline = time.monotonic() + budget
+    while not event.wait(0.2):
+        assert run.process is not None
+        assert run.process.poll() is None, f"{run.pod.name} exited {run.process.returncode}:\n{run.output()}"
+        assert not run.log.killed.is_set(), f"{run.pod.name}: the kubelet would restart it: {run.log.failures[-3:]}"
+        assert time.monotonic() < deadline, (
+            f"{run.pod.name}: {what} not passed in {budget:.0f}s: {run.log.failures[-3:]}"
+        )
+
+
+def wait_up(run: PodRun) -> None:
+    """Started (startup probe) within its budget, then ready and alive within theirs."""
+    _wait(run, "startupProbe", "started", run.budget("startup"))
+    _wait(run, "readinessProbe", "ready", run.budget("readiness"))
+    _wait(run, "livenessProbe", "alive", run.budget("liveness"))
+
+
+def api_client(cluster: Cluster, token: str) -> httpx.Client:
+    """A client whose connections land where the API Service's port 8000 sends them."""
+    transport = httpx.HTTPTransport(uds=str(cluster.service_socket("cpw-api", 8000)))
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.Client(transport=transport, base_url="http://cpw-api:8000", headers=headers, timeout=10)
+
+
+def wait_status(http: httpx.Client, job_id: str, until: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = http.get(f"/operations/{job_id}", params={"api-version": API_VERSION}).json()["status"]
+        if status in until or status in ("Succeeded", "Failed", "Canceled") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.02)  # a client polling the operation, as an ARM client does
+
+
+def put_vm(http: httpx.Client, name: str) -> str:
+    created = http.put(
+        f"{RESOURCE[: RESOURCE.rindex('/')]}/{name}?api-version={API_VERSION}",
+        json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}},
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["jobId"]
+
+
+def submit_job(cluster: Cluster, token: str) -> str:
+    """PUT a resource through the API Service's port and poll the operation until it ends."""
+    with api_client(cluster, token) as http:
+        created = http.put(
+            f"{RESOURCE}?api-version={API_VERSION}",
+            json={"location": "westeurope", "properties": {"vmSize": "Standard_D2s_v5"}},
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["jobId"]
+        deadline = time.monotonic() + 60
+        while True:
+            status = http.get(f"/operations/{job_id}", params={"api-version": API_VERSION}).json()
+            if status["status"] in ("Succeeded", "Failed", "Canceled") or time.monotonic() > deadline:
+                return status["status"]
+            time.sleep(0.1)  # a client polling the operation, as an ARM client does
+
+
+@pytest.mark.parametrize("value_set", list(SECRETS))
+def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[str]) -> None:  # noqa: ANN001
+    cluster, token = make_cluster(value_set)
+    deployments, helm_tests = cluster.of_kind("Deployment"), cluster.of_kind("Pod")
+    assert deployments and len(helm_tests) == 1
+    for run in deployments:
+        run.start()
+    for run in deployments:
+        wait_up(run)
+
+    for service in cluster.services:
+        for port in service["spec"]["ports"]:
+            run = cluster.selected(service)
+            assert run is not None, f"Service {service['metadata']['name']} selects no running pod"
+            target = kube.named_port(run.container, port.get("targetPort", port["port"]))
+            assert target in listening_ports(run.pid()), f"{service['metadata']['name']}:{port['port']} -> {target}"
+
+    assert submit_job(cluster, token) == "Succeeded"
+
+    helm_test = helm_tests[0].start()
+    assert helm_test.process is not None
+    code = helm_test.process.wait(float(helm_test.pod.spec.get("activeDeadlineSeconds", 300)))
+    assert code == 0, f"helm test pod exited {code}:\n{helm_test.output()}"
+    HELM_TEST.append(code == 0)
+
+    # The worker gets SIGTERM while a job runs (the demo provider takes 0.5 s): it must finish it, then exit 0.
+    (worker,) = [r for r in deployments if r.pod.name.startswith("cpw-worker-")]
+    with api_client(cluster, token) as http:
+        for attempt in range(5):
+            job_id = put_vm(http, f"drain{attempt}")
+            if wait_status(http, job_id, ("Running",)) == "Running":
+                break
+        else:
+            pytest.fail("no job was seen Running before it ended: cannot test the drain")
+        code, took = worker.terminate()
+        print(f"worker drained in {took:.1f}s")
+        assert code == 0, f"{worker.pod.name} exited {code} on SIGTERM:\n{worker.output()}"
+        assert wait_status(http, job_id, ()) == "Succeeded", "the in-flight job was not finished by the drain"
+    for run in deployments:
+        if run is not worker:
+            code, _ = run.terminate()
+            assert code == 0, f"{run.pod.name} exited {code} on SIGTERM:\n{run.output()}"
+    pod_stats["value_sets"] += 1
+    pod_stats["workloads"] += len(deployments) + len(helm_tests)
+    pod_stats["started"] += len(deployments) + 1
+    pod_stats["probes_passed"] += sum(1 for r in deployments for k in r.log.passed.values() if k)
+    pod_stats["jobs_ok"] += 1
