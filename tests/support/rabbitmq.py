@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -30,9 +31,34 @@ UPGRADE = "/usr/lib/rabbitmq/bin/rabbitmq-upgrade"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, below the kernel's ephemeral range.
+
+    Port 0 would hand out an ephemeral port, which every outgoing connection of every process (a worker
+    reconnecting every 0.1 s) may take as its local port before the test's server binds it: a flaky
+    "address already in use". Below the range only servers bind, and they bind on purpose."""
+    low = ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low)
+        if port in _GIVEN:  # handed out already in this process, perhaps not bound yet
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+_GIVEN: set[int] = set()
+
+
+def ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def amqp_answers(port: int) -> bool:
