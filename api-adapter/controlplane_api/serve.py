@@ -105,7 +105,10 @@ class ApiProcess:
         self.index.on_marker.append(self.rebuilt.set)
         if not await connect_with_backoff(self.queue.connect, "api", stop):
             return False
-        await self.fleet.follow(self.queue.broker)
+        # The broker may go away again right after the connect (the drills close every connection): the
+        # fleet view's subscription is retried like the connect, while the robust connection comes back.
+        if not await connect_with_backoff(lambda: self.fleet.follow(self.queue.broker), "api fleet view", stop):
+            return False
         if not isinstance(self.store, IndexStore):
             return await self._open_store(stop, started)
         body = orjson.dumps({"type": "marker", "marker": marker, "at": time.time()})

@@ -182,3 +182,45 @@ async def test_a_worker_whose_node_stops_right_after_it_connected_waits_for_the_
     finally:
         stop.set()
         await worker.stop(drain_timeout=1.0)
+
+
+@pytest.mark.timeout(120)
+async def test_an_api_whose_connections_are_closed_right_after_it_connected_still_becomes_ready(stoppable_node):
+    """CI, 2026-12-05, drill `everything at once`: a restarted API exited with status 1.
+
+    Its connect succeeded, then the drill closed every connection, and subscribing to the heartbeats (the
+    fleet view) failed with CONNECTION_FORCED, which escaped the start. The subscription now says
+    BrokerUnavailable and the start retries it while the robust connection comes back.
+    """
+    import aiormq
+
+    from controlplane_api.serve import ApiProcess
+    from controlplane_api.settings import load_api_settings
+
+    process = ApiProcess(load_api_settings(rabbitmq_url=stoppable_node.amqp_url, worker_id="api-regression"))
+    connect = process.queue.connect
+    forced = 0
+
+    async def connect_then_every_connection_is_closed() -> None:  # the fault, at the one moment that matters
+        await connect()
+        connection = process.queue.broker.connection
+        assert connection is not None
+        opening = connection.channel
+
+        def channel(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the next channel open meets the close
+            nonlocal forced
+            if not forced:
+                forced += 1
+                raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED - test drill")
+            return opening(*args, **kwargs)
+
+        connection.channel = channel  # type: ignore[method-assign]
+
+    process.queue.connect = connect_then_every_connection_is_closed  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    try:
+        assert await asyncio.wait_for(process.start(stop), 60)
+        assert process.is_ready() and forced == 1
+    finally:
+        stop.set()
+        await process.stop()

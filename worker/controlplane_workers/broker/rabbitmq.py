@@ -516,18 +516,21 @@ class RabbitMQBroker(Broker):
 
     async def subscribe_heartbeats(self, handler: HeartbeatHandler) -> Subscription:
         assert self.connection is not None
-        channel = await self.connection.channel(publisher_confirms=False)
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        assert self.heartbeats is not None
-        exchange = await channel.declare_exchange(
-            self.topology.heartbeat_exchange, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        await queue.bind(exchange)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             handler(message.body)
 
-        tag = await queue.consume(on_message, no_ack=True)
+        # As following a stream does: a broker that goes away mid-call is BrokerUnavailable, which the
+        # API's start retries (a CONNECTION_FORCED here used to end the process).
+        with _unavailable("cannot subscribe to heartbeats"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            assert self.heartbeats is not None
+            exchange = await channel.declare_exchange(
+                self.topology.heartbeat_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            await queue.bind(exchange)
+            tag = await queue.consume(on_message, no_ack=True)
         return _Consumer(queue, tag)
 
     async def queue_stats(self) -> QueueStats:
