@@ -6,8 +6,6 @@ broker instead of starting one.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import urllib.parse
 import urllib.request
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.rabbitmq import RabbitMQServer, installed
+from tests.support.rabbitmq import RabbitMQServer, installed, management_request
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,16 +31,7 @@ class BrokerEndpoint:
     def _request(self, method: str, path: str, body: object | None = None) -> object:
         parts = urllib.parse.urlsplit(self.management_url)
         base = f"{parts.scheme}://{parts.hostname}:{parts.port}"
-        request = urllib.request.Request(base + path, method=method)
-        token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, data=data, timeout=10) as response:
-            text = response.read()
-            return json.loads(text) if text else None
+        return management_request(base, parts.username or "", parts.password or "", method, path, body)
 
     def new_vhost(self) -> str:
         """A fresh virtual host: each test gets its own topology and nothing left over."""

@@ -15,7 +15,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -29,6 +28,7 @@ from controlplane_workers.settings import load_settings
 from controlplane_workers.topology import Topology
 from tests.api.support import A, start_api, wait_ready
 from tests.chart.chartlib import one, render_set
+from tests.support.proc import rss_bytes
 
 pytestmark = [pytest.mark.bench, pytest.mark.rabbitmq, pytest.mark.timeout(3600)]
 SIZES = [int(n) for n in os.environ.get("CPW_BENCH_INDEX_JOBS", "100000,300000,1000000").split(",")]
@@ -115,13 +115,6 @@ def finished_jobs(count: int, first: list[str]) -> Iterator[bytes]:
         yield b"[" + b",".join(events) + b"]"
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def fill(url: str, jobs: int) -> tuple[str, str, float]:
     """Publish `jobs` finished jobs; (the first job id, the newest, seconds taken)."""
     settings = load_settings(rabbitmq_url=url)
@@ -151,7 +144,7 @@ async def test_index_at_volume(rabbitmq, tmp_path, jobs):
     url = rabbitmq.url_for(vhost)
     try:
         empty = await start_api(url, tmp_path, **env)  # the process's own baseline, with no job
-        baseline = rss_mib(empty.proc.pid)
+        baseline = rss_bytes(empty.proc.pid) / 2**20
         empty.stop()
         first, newest, fill_s = await fill(url, jobs)
         started = time.perf_counter()
@@ -159,7 +152,7 @@ async def test_index_at_volume(rabbitmq, tmp_path, jobs):
         await wait_ready(api, f"{api.ops_url}/health/ready", timeout=600)
         ready_s = time.perf_counter() - started
         try:
-            rss = rss_mib(api.proc.pid)
+            rss = rss_bytes(api.proc.pid) / 2**20
             async with httpx.AsyncClient(timeout=30) as http:
                 index = (await http.get(f"{api.ops_url}/status")).json()["index"]
                 newest_http = (await http.get(f"{api.url}/operations/{newest}", headers=A)).status_code

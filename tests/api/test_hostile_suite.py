@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.support import RG, A, V, start_api
+from tests.support.proc import rss_bytes
 
 from .test_errors import arm
 
@@ -29,13 +29,6 @@ async def api(rabbitmq, tmp_path_factory):
     yield proc
     proc.stop()
     rabbitmq.delete_vhost(vhost)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 async def raw_status(api, head: bytes, body: bytes = b"{}") -> int:
@@ -137,7 +130,7 @@ async def test_odd_methods_and_paths_are_4xx(api, http, method, path):
 
 async def test_memory_stays_bounded_and_nothing_answered_5xx(api):
     """Many hostile requests in a row: the process grows by little, no 5xx is counted, no traceback logged."""
-    before = rss_kib(api.proc.pid)
+    before = rss_bytes(api.proc.pid)
     big = b'{"location":"w","properties":{"p":"' + b"y" * (LIMIT - 60) + b'"}}'
     async with httpx.AsyncClient(timeout=30) as http:
         for i in range(300):
@@ -145,7 +138,7 @@ async def test_memory_stays_bounded_and_nothing_answered_5xx(api):
             await http.put(f"{api.url}{RG}/m{i % 7}", params=V, headers=bad, content=big)
             await http.put(f"{api.url}{RG}/m{i % 7}", params=V, headers=A, content=big + b"!")
         metrics = (await http.get(f"{api.ops_url}/metrics")).text
-    grown_mib = (rss_kib(api.proc.pid) - before) / 1024
+    grown_mib = (rss_bytes(api.proc.pid) - before) / 2**20
     print(f"hostile suite: RSS grew {grown_mib:.1f} MiB over 600 requests with {LIMIT // 1024} KiB bodies")
     assert grown_mib < 40
     assert not any(line.startswith("cpw_api_requests_total") and 'code="5' in line for line in metrics.splitlines())

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.support import A, start_api
+from tests.support.proc import rss_bytes
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -35,13 +35,6 @@ async def api(rabbitmq, tmp_path_factory):
     yield proc
     proc.stop()
     rabbitmq.delete_vhost(vhost)
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def port_of(api, which: str) -> int:  # noqa: ANN001
@@ -70,7 +63,7 @@ async def test_headers_past_the_limit_answer_431(api, which):
 
 @pytest.mark.parametrize("which", ["api", "ops"])
 async def test_32_mb_of_unfinished_headers_are_cut_off_and_memory_stays_bounded(api, which):
-    before = rss(api.proc.pid)
+    before = rss_bytes(api.proc.pid)
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api, which))
     writer.write(f"GET {PATH[which]} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode())
     sent, chunk, cut_off = 0, b"a" * 65536, False
@@ -82,7 +75,7 @@ async def test_32_mb_of_unfinished_headers_are_cut_off_and_memory_stays_bounded(
     except (ConnectionResetError, BrokenPipeError):
         cut_off = True
     writer.close()
-    grown = rss(api.proc.pid) - before
+    grown = rss_bytes(api.proc.pid) - before
     assert cut_off, f"the server read all {sent} bytes of headers"
     assert grown < 16 * 2**20, f"the process grew by {grown} bytes"
 

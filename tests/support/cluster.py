@@ -8,7 +8,6 @@ node marked down, so a client reconnects to a live node as it would through the 
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import contextlib
 import json
@@ -24,7 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.rabbitmq import QUEUES, STREAMS, UPGRADE, RabbitMQServer, amqp_answers, free_port, installed
+from tests.support.rabbitmq import (
+    QUEUES,
+    STREAMS,
+    UPGRADE,
+    RabbitMQServer,
+    amqp_answers,
+    free_port,
+    installed,
+    management_request,
+)
 
 HAPROXY = "/usr/sbin/haproxy"
 # The AMQP 0-9-1 protocol header; a live broker answers with Connection.Start, a method frame (type 1).
@@ -143,15 +151,7 @@ class RabbitMQCluster:
 
     def management(self, method: str, path: str, body: object | None = None) -> Any:
         node = self.live()
-        request = urllib.request.Request(f"http://127.0.0.1:{node.management_port}{path}", method=method)
-        request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, data=data, timeout=10) as response:
-            text = response.read()
-            return json.loads(text) if text else None
+        return management_request(f"http://127.0.0.1:{node.management_port}", "guest", "guest", method, path, body)
 
     def running_nodes(self) -> list[str]:
         return [n["name"] for n in self.management("GET", "/api/nodes") if n.get("running")]

@@ -51,3 +51,11 @@ def peak_rss_bytes(pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS (current resident set) of one process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -7,7 +7,9 @@ user (Erlang refuses nothing as root, but the data dir must belong to the user t
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import pwd
 import random
@@ -28,6 +30,19 @@ CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 QUEUES = "/usr/lib/rabbitmq/bin/rabbitmq-queues"
 STREAMS = "/usr/lib/rabbitmq/bin/rabbitmq-streams"
 UPGRADE = "/usr/lib/rabbitmq/bin/rabbitmq-upgrade"
+
+
+def management_request(base: str, user: str, password: str, method: str, path: str, body: object = None) -> Any:
+    """One call of RabbitMQ's management HTTP API (`base` = http://host:port), its JSON answer or None."""
+    request = urllib.request.Request(base + path, method=method)
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, data=data, timeout=10) as response:
+        text = response.read()
+        return json.loads(text) if text else None
 
 
 def free_port() -> int:
