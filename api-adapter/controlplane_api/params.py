@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from controlplane_workers.models import JobStatus, Operation
 from controlplane_workers.offloading import DEFAULT_PRIORITY
+from controlplane_workers.status import MAX_PAGE
 
 from .errors import ApiError, invalid
 from .schemas import API_VERSION, IDEMPOTENCY_KEY, SEGMENT
@@ -25,7 +26,7 @@ _PREFER_ASYNC = re.compile(r"(?:^|[,;\s])respond-async(?:$|[,;\s])", re.IGNORECA
 _SKIP_TOKEN = re.compile(r"[0-9]{1,9}")
 # ASCII digits only, at most 4: str.isdigit() accepts "²" and "٣", and int() of 5,000 digits raises.
 _SMALL_INT = re.compile(r"[0-9]{1,4}")
-PAGE_MAX = 1000
+PAGE_MAX = MAX_PAGE  # the SDK's JobQueue.list_jobs has the same bound
 # The deepest JSON body accepted: orjson decodes 1,024 levels but encodes only 255, and the job wraps the
 # body in a few levels of its own, so a deeper body could be accepted and never delivered.
 MAX_JSON_DEPTH = 64
