@@ -27,14 +27,16 @@ def _file(name: str) -> dict[str, Any]:
 
 
 def value_sets() -> dict[str, dict[str, Any]]:
-    """The matrix of the issue: defaults, the seed's quick start, production and high-throughput examples,
+    """The matrix of the issue: defaults, the seed's quick start, development, production and high-throughput examples,
     KEDA on/off, monitoring on/off, existingSecret, RabbitmqCluster on, NetworkPolicies off, and more."""
     return {
         "default": {},
         # the seed's quick start: --set workers.enabled=true --set workers.replicaCount=3
         "seed-quickstart": helm_python.parse_set_string("workers.enabled=true,workers.replicaCount=3"),
+        "seed-development": _file("seed-development"),
         "seed-production": _file("seed-production"),
         "seed-high-throughput": _file("seed-high-throughput"),
+        "high-throughput-keda": _file("high-throughput-keda"),
         "production": _file("production"),
         "keda-on": _file("keda"),
         "keda-off": {"workers": {"autoscaling": {"enabled": False}}},
