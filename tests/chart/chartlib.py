@@ -87,6 +87,12 @@ def render_set(name: str) -> list[dict]:
     return copy.deepcopy(list(_render_set(name)))
 
 
+def lint_problems(values: dict[str, Any]) -> list[Any]:
+    """What `helm lint --strict` reports as an error or warning (a warning is an error under --strict)."""
+    report = helm_python.lint(CHART, copy.deepcopy(values), strict=True, namespace=NAMESPACE)
+    return [*report["errors"], *(m for m in report["messages"] if m["severity"] >= 2)]  # 2 = warning, 3 = error
+
+
 def notes(values: dict[str, Any]) -> str:
     with load_chart() as chart:
         out = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True)
