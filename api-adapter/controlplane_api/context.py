@@ -26,6 +26,7 @@ from . import params
 from .auth import ANONYMOUS, Caller, TokenAuth
 from .errors import ApiError, no_route, not_found, unavailable
 from .idempotency import IdempotencyCache
+from .ratelimit import TenantRate
 from .settings import ApiSettings
 from .store import OperationStore
 
@@ -49,6 +50,7 @@ class ApiContext:
         self.auth = auth
         self.openapi = openapi or {}
         self.idempotency = IdempotencyCache(settings.api_idempotency_window)
+        self.tenant_rate = TenantRate(settings.api_tenant_rate, settings.api_tenant_burst)
         self.retry_after = str(settings.api_retry_after)
         self.public_url = settings.api_public_url.rstrip("/") if settings.api_public_url else None
 

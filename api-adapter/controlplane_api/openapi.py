@@ -142,7 +142,11 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         ),
         "413": _error(f"The body is larger than {settings.api_max_body_bytes} bytes."),
         "422": _error("The Idempotency-Key was used with another request."),
-        "429": _error("The tenant has too many jobs queued or running.", {"Retry-After": retry_after}),
+        "429": _error(
+            f"The tenant has too many jobs queued or running, or submits faster than {settings.api_tenant_rate:g} jobs"
+            " a second (per API replica; Retry-After: whole seconds until it may submit again).",
+            {"Retry-After": retry_after},
+        ),
         **common,
     }
     lookup_errors = {"404": _error("Not found, or expired (code OperationExpired), or another tenant's."), **common}
