@@ -70,6 +70,14 @@ def test_max_result_bytes_reaches_the_worker_env() -> None:
     assert env_of(_worker(raised)["spec"]["template"]["spec"]["containers"][0])["CPW_MAX_RESULT_BYTES"] == "1048576"
 
 
+def test_the_tenant_rate_limit_reaches_the_api_env() -> None:
+    """Issue 20: on by default; a fractional rate and 0 (off) pass through as the API reads them."""
+    for rate, burst, expected in ((2.5, 7, "2.5"), (0, 1, "0")):
+        docs = render_values({"api": {"tenantRate": rate, "tenantBurst": burst}})
+        env = env_of(one(docs, "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]["containers"][0])
+        assert (env["CPW_API_TENANT_RATE"], env["CPW_API_TENANT_BURST"]) == (expected, str(burst))
+
+
 def test_sync_threads_default_to_the_workers_own_default() -> None:
     """Unset, the worker sizes its sync threads by CPW_MAX_CONCURRENT_JOBS; set, the chart passes it on."""
     container = _worker(render_set("default"))["spec"]["template"]["spec"]["containers"][0]

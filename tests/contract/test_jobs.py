@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from controlplane_workers import JobStatus, WorkerRegistry
-from controlplane_workers.dlq import list_dead_letters, redrive
+from controlplane_workers.dlq import list_dead_letters, page_dead_letters, redrive, settle_one
+from controlplane_workers.errors import DeadLettersBusy
 from tests.support import providers
 from tests.support.harness import client, eventually, request, running_worker
 
@@ -183,6 +184,32 @@ async def test_redrive_sends_dead_letters_round_again(broker_url):
             assert (await queue.get_job_result(job_id, timeout=10)).attempts == 1
             await eventually(lambda: len(calls_for("again")) == 2)
             assert [l["job_id"] for l in await list_dead_letters(worker.broker)] == [other, job_id]
+
+
+async def test_dead_letter_walks_keep_order_and_exclude_each_other(broker_url):
+    """A peek puts every letter back in its place; a second walk (another connection) waits for the
+    first, so it never sees the first's letters missing; a discard removes exactly one letter."""
+    async with client(broker_url) as queue, client(broker_url) as other:
+        async with running_worker(broker_url, providers.registry) as worker:
+            for i in range(4):
+                await queue.submit_job(NS, TYPE, "create", request(f"w{i}", "poison"))
+            await eventually(lambda: worker.stats.dead_lettered == 4)
+        order = [l["job_id"] for l in await list_dead_letters(queue.broker)]
+        assert len(order) == 4
+        letters, more = await page_dead_letters(queue.broker, 1, 2)
+        assert [l["job_id"] for l in letters] == order[1:3] and more
+        last, more = await page_dead_letters(queue.broker, 3, 2)
+        assert [l["job_id"] for l in last] == order[3:] and not more
+        assert await page_dead_letters(queue.broker, 9, 2) == ([], False)
+        async with queue.broker.dead_letters() as walk:
+            assert (await walk.take()) is not None
+            with pytest.raises(DeadLettersBusy):
+                async with other.broker.dead_letters(wait=0.3):
+                    pass
+        assert [l["job_id"] for l in await list_dead_letters(other.broker)] == order
+        assert (await settle_one(other.broker, order[2], send_again=False))["job_id"] == order[2]
+        assert await settle_one(other.broker, order[2], send_again=False) is None
+        assert [l["job_id"] for l in await list_dead_letters(queue.broker)] == [order[0], order[1], order[3]]
 
 
 async def test_drain_finishes_in_flight_and_requeues_the_rest(broker_url):

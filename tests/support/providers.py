@@ -2,6 +2,7 @@
 
 `body["script"]`: "ok" | "sleep:<s>" | "fail:<n>" (RetryableError on attempts 1..n) |
 "permanent" (PermanentError: Failed, not a dead letter) | "poison" (PermanentError(dead_letter=True)) |
+"poison-once:<file>" (a line per call appended to the file, across processes; poison on the first call, ok after) |
 "error" (a plain exception every time) | "hang" | "echo" | "size:<n>" (a result whose encoded JSON
 is n bytes) | "raise:<value|permanent|poison|retryable>" (that exception with `body["message"]`).
 """
@@ -39,6 +40,13 @@ class Scripted:
             raise PermanentError("this request can never succeed", code="InvalidRequest")
         elif kind == "poison":
             raise PermanentError("keep this job for an operator", code="Poison", dead_letter=True)
+        elif kind == "poison-once":
+            with open(arg, "a+") as calls:
+                calls.seek(0)
+                first = not calls.read()
+                calls.write(f"{os.getpid()}\n")
+            if first:
+                raise PermanentError("dead-letter me once", code="Poison", dead_letter=True)
         elif kind == "error":
             raise ValueError("provider bug")
         elif kind == "hang":
