@@ -21,10 +21,12 @@ from tests.chart.chartlib import NAMESPACE
 from tests.images.dockerfile import DOCKERFILES, parse
 from tests.images.runtime import image_env
 from tests.pods import kube
+from tests.pods.otlp import OtlpSink
 from tests.pods.runner import RELAY, PodRun
 
 BROKER_HOST = f"rabbitmq.{NAMESPACE}.svc"
 BROKER_ADDRESS = "127.0.2.1"
+OTLP_ADDRESS = "127.0.3.1"  # the OTLP collector the values name: tests/pods/otlp.py
 # The image a container names -> the Dockerfile that builds it.
 IMAGES = {"api-adapter": "api", "worker": "worker"}
 
@@ -66,6 +68,17 @@ def broker_hosts(objects: dict[tuple[str, str], dict[str, bytes]], ports: dict[i
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "http": 80, "https": 443}
 
 
+def otlp_endpoints(pods: list[tuple[str, kube.Pod]]) -> set[tuple[str, int]]:
+    """(host, port) of the OTLP endpoints the pods export to (OTEL_EXPORTER_OTLP_ENDPOINT as rendered)."""
+    out: set[tuple[str, int]] = set()
+    for _, pod in pods:
+        for item in pod.spec["containers"][0].get("env", []):
+            if item["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT" and "value" in item:
+                parts = urllib.parse.urlsplit(item["value"])
+                out.add((parts.hostname or "", parts.port or _DEFAULT_PORTS.get(parts.scheme, 4317)))
+    return out
+
+
 def _aliases(name: str) -> str:
     return f"{name} {name}.{NAMESPACE} {name}.{NAMESPACE}.svc {name}.{NAMESPACE}.svc.cluster.local"
 
@@ -82,6 +95,7 @@ class Cluster:
     runs: dict[str, PodRun] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)  # pod name -> the Deployment (or Pod) it comes from
+    otlp: OtlpSink | None = None
     _relay: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -108,6 +122,7 @@ class Cluster:
             pods.append((doc["kind"], pod))
             self.owners[name] = doc["metadata"]["name"]
         self._pods = pods
+        self.otlp_endpoints = otlp_endpoints(pods)
 
     def problems(self) -> list[str]:
         """Fields of any pod spec the runner does not model."""
@@ -116,6 +131,8 @@ class Cluster:
     def hosts(self) -> str:
         lines = ["127.0.0.1 localhost", f"{BROKER_ADDRESS} {' '.join(sorted(self.broker_hosts))}"]
         lines += [f"{address} {_aliases(name)}" for name, address in self.addresses.items()]
+        if self.otlp_endpoints:
+            lines.append(f"{OTLP_ADDRESS} {' '.join(sorted({host for host, _ in self.otlp_endpoints}))}")
         return "\n".join(lines) + "\n"
 
     def selected(self, service: dict[str, Any]) -> PodRun | None:
@@ -145,6 +162,8 @@ class Cluster:
         netdir = self.workdir / "net"
         netdir.mkdir(exist_ok=True)
         broker_sockets = self.broker_sockets
+        if self.otlp_endpoints:
+            self.otlp = OtlpSink(netdir / "otlp.sock")
         for kind, pod in self._pods:
             container = pod.spec["containers"][0]
             component = image_of(container)
@@ -156,6 +175,8 @@ class Cluster:
         for run in self.runs.values():
             own = set(run.ports())
             routes = [(BROKER_ADDRESS, port, str(path)) for port, path in broker_sockets.items()]
+            if self.otlp is not None:
+                routes += [(OTLP_ADDRESS, port, str(self.otlp.path)) for port in {p for _, p in self.otlp_endpoints}]
             for service in self.services:
                 selected = self.selected(service)
                 if selected is None:
@@ -182,6 +203,8 @@ class Cluster:
     def close(self) -> None:
         for run in self.runs.values():
             run.close()
+        if self.otlp is not None:
+            self.otlp.close()
         if self._relay is not None:
             self._relay.kill()
             self._relay.wait(10)

@@ -160,6 +160,8 @@ def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[s
         if run is not worker:
             code, _ = run.terminate()
             assert code == 0, f"{run.pod.name} exited {code} on SIGTERM:\n{run.output()}"
+    if cluster.otlp is not None:  # global.tracing.otlpEndpoint: the collector it names got the spans
+        assert cluster.otlp.requests["/v1/traces"] >= 1, f"no spans exported: {dict(cluster.otlp.requests)}"
     pod_stats["value_sets"] += 1
     pod_stats["workloads"] += len(deployments) + len(helm_tests)
     pod_stats["started"] += len(deployments) + 1
