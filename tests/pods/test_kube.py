@@ -223,11 +223,13 @@ def test_keda_fields_it_does_not_model_are_refused() -> None:
 
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
-def test_every_value_set_renders_only_modelled_keda_fields(value_set: str) -> None:
-    """Also for the value sets tests/pods does not start: a new KEDA feature must be taught to keda.py first."""
+def test_every_value_set_renders_only_modelled_keda_and_monitor_fields(value_set: str) -> None:
+    """Also for the value sets tests/pods does not start: a new KEDA or monitoring feature must be taught to
+    keda.py or monitor.py first."""
     from tests.pods.keda import SCALED_OBJECT, TRIGGER_AUTHENTICATION
+    from tests.pods.monitor import MONITORS
 
-    rules = {"ScaledObject": SCALED_OBJECT, "TriggerAuthentication": TRIGGER_AUTHENTICATION}
+    rules = {"ScaledObject": SCALED_OBJECT, "TriggerAuthentication": TRIGGER_AUTHENTICATION, **MONITORS}
     problems = [
         f"{doc['kind']} {doc['metadata']['name']}: {path}"
         for doc in render_set(value_set)
@@ -235,3 +237,20 @@ def test_every_value_set_renders_only_modelled_keda_fields(value_set: str) -> No
         for path in kube.not_understood(doc["spec"], rules[doc["kind"]], f"{doc['kind']}.spec")
     ]
     assert not problems
+
+
+def test_label_selectors() -> None:
+    from tests.pods.monitor import selects
+
+    labels = {"app": "x", "component": "worker"}
+    assert selects({"matchLabels": {"app": "x"}}, labels)
+    assert not selects({"matchLabels": {"app": "y"}}, labels)
+    expressions = [
+        ({"key": "component", "operator": "In", "values": ["worker", "api"]}, True),
+        ({"key": "component", "operator": "NotIn", "values": ["worker"]}, False),
+        ({"key": "tier", "operator": "NotIn", "values": ["db"]}, True),
+        ({"key": "app", "operator": "Exists"}, True),
+        ({"key": "app", "operator": "DoesNotExist"}, False),
+    ]
+    for expression, expected in expressions:
+        assert selects({"matchExpressions": [expression]}, labels) is expected, expression

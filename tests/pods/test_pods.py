@@ -15,7 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.pods import keda, kube
+from tests.pods import keda, kube, monitor
 from tests.pods.cluster import Cluster
 from tests.pods.conftest import HELM_TEST
 from tests.pods.runner import PodRun, listening_ports
@@ -127,6 +127,8 @@ def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[s
     for run in deployments:
         if run.process is None:
             scale_as_keda(cluster, token, scaled[cluster.owners[run.pod.name]], run)
+    for _, run, port, path in monitor.targets(cluster):  # PodMonitors and ServiceMonitors, as Prometheus scrapes
+        monitor.scrape(run, port, path)
 
     for service in cluster.services:
         for port in service["spec"]["ports"]:
