@@ -124,6 +124,7 @@ class BatchFold:
         submitted_at: float | None,
         *,
         redrive: bool = False,
+        not_before: float | None = None,  # not stored yet: a PostgreSQL store shows no notBefore
     ) -> None:
         change = self._change(job_id)
         if redrive:  # starts afresh: what came before it in this batch is replaced too

@@ -28,6 +28,7 @@ from . import metrics, tracing
 from ._version import __version__
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
+from .cancels import CancelMemory
 from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError
 from .events import EventBatcher
@@ -43,10 +44,12 @@ from .topology import Topology
 
 log = logging.getLogger(__name__)
 
-CANCEL_MEMORY = 100_000
 # Attempts whose outcome this worker published and acked (or tried to ack): a redelivery of one is
 # settled without running the provider again.
 SETTLED_MEMORY = 10_000
+# A delayed job that arrives early by this host's clock: up to this many seconds are waited out here,
+# a longer wait goes back into the delay cascade.
+REPARK_AFTER = 1.0
 # Seconds before a job whose outcome could not be published is handed back to the broker.
 OUTCOME_LOST_BACKOFF = 1.0
 
@@ -82,7 +85,7 @@ class ProviderWorker(WorkerRole):
         self.stats = WorkerStats()
         self.events = EventBatcher(self.broker)
         self.running: dict[str, asyncio.Task[Any]] = {}
-        self.cancel_requests: OrderedDict[str, str] = OrderedDict()
+        self.cancel_requests = CancelMemory(grace=settings.cancel_window)
         self.draining = False
         self.consuming = False
         self._consumer: Subscription | None = None
@@ -149,7 +152,8 @@ class ProviderWorker(WorkerRole):
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
         async with self.broker.connecting():
-            since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
+            # A delayed job may arrive long after its cancel request: read back over the longest delay too.
+            since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window + self.settings.job_max_delay)
             self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
             await self._read_cancel_backlog()
             self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
@@ -209,9 +213,12 @@ class ProviderWorker(WorkerRole):
                 job_id = str(request["job_id"])
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 continue
-            self.cancel_requests[job_id] = str(request.get("reason") or "canceled by request")
-            if len(self.cancel_requests) > CANCEL_MEMORY:
-                self.cancel_requests.popitem(last=False)
+            not_before = request.get("not_before")
+            self.cancel_requests.add(
+                job_id,
+                str(request.get("reason") or "canceled by request"),
+                not_before if isinstance(not_before, int | float) else None,
+            )
             task = self.running.get(job_id)
             if task is not None:
                 self._canceled_by_request.add(job_id)
@@ -263,6 +270,8 @@ class ProviderWorker(WorkerRole):
         if job.id in self.cancel_requests:
             await self._finish(delivery, job, attempt, EventType.CANCELED, error=self._cancel_error(job.id))
             return
+        if job.not_before is not None and not await self._due(delivery, job):
+            return
         provider = self.providers.get_provider(job.provider_namespace, job.resource_type)
         if provider is None:
             await self._dead_letter(
@@ -284,7 +293,9 @@ class ProviderWorker(WorkerRole):
             metrics.JOBS.labels(*labels, "requeued").inc()
             return
         if attempt == 1:
-            metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - job.submitted_at, 0.0))
+            # a delayed job waits in the queue from its start time on, not from its submission
+            queued_since = job.submitted_at if job.not_before is None else max(job.submitted_at, job.not_before)
+            metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - queued_since, 0.0))
         task = asyncio.current_task()
         assert task is not None
         self.running[job.id] = task
@@ -362,6 +373,30 @@ class ProviderWorker(WorkerRole):
         if tracing.enabled:
             tracing.set_attributes({"cpw.job.outcome": outcome})
 
+    async def _due(self, delivery: Delivery, job: Job) -> bool:
+        """Whether a delayed job may start now. The cascade never delivers early by the broker's clock;
+        by this host's clock a job may still be early (clocks differ): a moment is waited out here, a
+        longer wait goes back into the cascade. So no worker starts a job before its not_before."""
+        early = (job.not_before or 0.0) - time.time()
+        if early <= 0:
+            return True
+        if early <= REPARK_AFTER:
+            await asyncio.sleep(early)  # the wait itself, not a synchronisation
+            return job.id not in self.cancel_requests or await self._run_canceled(delivery, job)
+        try:
+            await self.broker.publish_delayed(
+                delivery.body, message_id=job.id, priority=delivery.priority, headers=delivery.headers, delay=early
+            )
+        except BrokerUnavailable:
+            await self._outcome_lost(delivery)
+            return False
+        await self._settle(delivery, ack=True)
+        return False
+
+    async def _run_canceled(self, delivery: Delivery, job: Job) -> bool:
+        await self._finish(delivery, job, delivery.attempt, EventType.CANCELED, error=self._cancel_error(job.id))
+        return False
+
     async def _redelivery_of_own_attempt(self, delivery: Delivery) -> bool:
         """True if this redelivery is an attempt this worker runs or has finished; it is then
         settled with that attempt (the consumer timeout closed the channel of a long job, or the
@@ -405,7 +440,7 @@ class ProviderWorker(WorkerRole):
         )
 
     def _cancel_error(self, job_id: str) -> JobError:
-        return JobError(code="Canceled", message=self.cancel_requests.get(job_id, "canceled by request"))
+        return JobError(code="Canceled", message=self.cancel_requests.get(job_id) or "canceled by request")
 
     async def _failed_attempt(
         self, delivery: Delivery, job: Job, attempt: int, error: JobError, *, retryable: bool
