@@ -378,7 +378,9 @@ def read_settings(model: type[S], overrides: dict[str, object]) -> S:
         return model(**{**_secrets_from_files(dict(os.environ), model.secret_files), **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule across settings: its message names them
+            raise SettingsError(str(error["msg"]).removeprefix("Value error, ")) from None
+        field = str(error["loc"][0])
         name = _env_name(model, field) if field in model.model_fields else field
         raise SettingsError(f"{name}: {error['msg']}") from None
 
