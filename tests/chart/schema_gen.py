@@ -313,6 +313,7 @@ def umbrella_schema() -> dict:
                     ),
                     "resultsStream": s(minLength=1),
                     "resultsMaxAge": s(pattern="^[0-9]+[YMDhms]$"),
+                    "jobMaxDelay": {"type": "number", "exclusiveMinimum": 0, "maximum": 1073741.823},
                     "queueType": {"enum": ["auto", "classic", "quorum"]},
                     "allowClassicQueueOnCluster": B,
                     "deliveryLimit": i(minimum=1),
