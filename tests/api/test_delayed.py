@@ -95,8 +95,12 @@ async def test_the_maximum_delay_is_accepted_and_every_bad_delay_is_a_400_naming
     raw = b'{"namespace": "Test.Scripted", "type": "things", "operation": "create", "delay": 1e400}'
     response = await http.post(f"{api.url}/jobs", headers={**A, "Content-Type": "application/json"}, content=raw)
     assert response.status_code == 400, response.text
+    keyed = {**A, "Idempotency-Key": "k1", "x-cpw-delay": "5"}
+    assert (await http.put(f"{api.url}{RG}/k", params=V, headers=keyed, json={})).status_code == 201
+    other = await http.put(f"{api.url}{RG}/k", params=V, headers={**keyed, "x-cpw-delay": "6"}, json={})
+    assert other.status_code == 422  # another delay is another request
     jobs = (await http.get(f"{api.url}/jobs", headers=A)).json()["value"]
-    assert len(jobs) == 2  # only the two at the limit were made
+    assert len(jobs) == 3  # the two at the limit and the keyed one
 
 
 async def test_cpw_jobs_submit_delay_and_cancel(api, http):
