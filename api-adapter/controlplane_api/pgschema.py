@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS cpw_jobs (
     duplicates int NOT NULL DEFAULT 0,
     redrives int NOT NULL DEFAULT 0
 );
+-- added by the delayed jobs (issue 20): nullable, so a release before it reads and writes the table as before
+ALTER TABLE cpw_jobs ADD COLUMN IF NOT EXISTS not_before double precision;
 CREATE INDEX IF NOT EXISTS cpw_jobs_tenant_id ON cpw_jobs (tenant, job_id DESC);
 CREATE INDEX IF NOT EXISTS cpw_jobs_tenant_status_id ON cpw_jobs (tenant, status, job_id DESC);
 CREATE INDEX IF NOT EXISTS cpw_jobs_active ON cpw_jobs (tenant) WHERE NOT terminal;

@@ -51,6 +51,7 @@ def _record(row: Any) -> JobResult:
         submitted_at=row["submitted_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        not_before=row["not_before"],
     )
 
 
@@ -169,7 +170,7 @@ class PostgresStore:
         request = job.request
         fold.record_accepted(
             job.id, job.provider_namespace, job.resource_type, job.operation, request.resource_name,
-            job.tenant, job.priority, job.submitted_at,
+            job.tenant, job.priority, job.submitted_at, not_before=job.not_before,
         )  # fmt: skip
         try:
             async with self.pool.acquire(timeout=5.0) as conn:

@@ -18,10 +18,12 @@ from controlplane_workers.models import JobError, JobStatus, Operation
 
 COLUMNS = (
     "job_id status terminal namespace resource_type operation resource_name tenant priority attempts worker_id "
-    "submitted_at started_at finished_at result error_code error_message idem_key fingerprint duplicates redrives"
+    "submitted_at not_before started_at finished_at result error_code error_message idem_key fingerprint duplicates "
+    "redrives"
 ).split()
 TYPES = (
-    "text text bool text text text text text int2 int4 text float8 float8 float8 jsonb text text text text int4 int4"
+    "text text bool text text text text text int2 int4 text float8 float8 float8 float8 jsonb text text text text int4 "
+    "int4"
 ).split()
 _KEEP_IF_ENDED = ("attempts", "worker_id", "started_at", "finished_at", "result", "error_code", "error_message")
 
@@ -36,6 +38,7 @@ _MERGE = {
     "tenant": "COALESCE(t.tenant, e.tenant)",
     "priority": "COALESCE(t.priority, e.priority)",
     "submitted_at": "COALESCE(e.submitted_at, t.submitted_at)",
+    "not_before": "COALESCE(t.not_before, e.not_before)",
     "idem_key": "COALESCE(e.idem_key, t.idem_key)",
     "fingerprint": "COALESCE(e.fingerprint, t.fingerprint)",
     "attempts": "GREATEST(t.attempts, e.attempts)",
@@ -85,6 +88,7 @@ class Change:
         self.attempts = 0
         self.worker_id: str | None = None
         self.submitted_at: float | None = None
+        self.not_before: float | None = None  # a delayed job's earliest start
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.result: str | None = None  # encoded JSON
@@ -124,7 +128,7 @@ class BatchFold:
         submitted_at: float | None,
         *,
         redrive: bool = False,
-        not_before: float | None = None,  # not stored yet: a PostgreSQL store shows no notBefore
+        not_before: float | None = None,
     ) -> None:
         change = self._change(job_id)
         if redrive:  # starts afresh: what came before it in this batch is replaced too
@@ -138,6 +142,7 @@ class BatchFold:
         change.resource_name = change.resource_name or resource_name
         change.tenant = change.tenant or tenant
         change.priority = priority if change.priority is None else change.priority
+        change.not_before = change.not_before if not_before is None else not_before
 
     def record_event(
         self,

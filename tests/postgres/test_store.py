@@ -79,3 +79,12 @@ async def test_postgres_answers_503_when_its_database_is_gone(pg_url):
         await store.get(new_job_id(), "a")
     assert caught.value.status == 503 and caught.value.headers["Retry-After"] == "3"
     await store.close()
+
+
+async def test_a_delayed_jobs_start_time_is_kept_by_both_stores(store):
+    delayed = job("a", "later").model_copy(update={"not_before": time.time() + 3600})
+    plain = job("a", "now")
+    for made in (delayed, plain):
+        await publish(store, made, None)
+    assert (await store.get(delayed.id, "a")).not_before == delayed.not_before
+    assert (await store.get(plain.id, "a")).not_before is None
