@@ -61,8 +61,8 @@ async def test_delays_in_mixed_order_start_in_delay_order(broker_url):
 async def test_not_before_takes_a_datetime(broker_url):
     from datetime import UTC, datetime, timedelta
 
-    at = datetime.now(UTC) + timedelta(seconds=0.5)
     async with running_worker(broker_url, providers.registry), client(broker_url) as queue:
+        at = datetime.now(UTC) + timedelta(seconds=0.5)
         job_id = await queue.submit_job(NS, TYPE, "create", request("dated"), not_before=at)
         result = await queue.get_job_result(job_id, timeout=15)
     assert result.status is JobStatus.SUCCEEDED
