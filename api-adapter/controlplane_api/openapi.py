@@ -107,12 +107,7 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "description": f"A delayed job: seconds before it may start, 0 to {settings.job_max_delay:g} "
         "(CPW_JOB_MAX_DELAY). Accepted at once; the job view's notBefore says when it starts. Also ?delay=.",
     }
-    delay_query = {
-        "name": "delay",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "number", "minimum": 0, "maximum": settings.job_max_delay},
-    }
+    delay_query = {**delay_header, "name": "delay", "in": "query", "description": "As x-cpw-delay."}
     idempotency = {
         "name": "Idempotency-Key",
         "in": "header",
