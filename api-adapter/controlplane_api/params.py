@@ -74,7 +74,7 @@ def priority(request: Request, operation: Operation) -> int:
 
 
 _DELAY = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
-DELAY_HEADER = "x-cpw-delay"
+DELAY_HEADER, MAX = "x-cpw-delay", "CPW_JOB_MAX_DELAY"
 
 
 def delay(request: Request, limit: float, body_value: object = None) -> float | None:
@@ -91,10 +91,7 @@ def delay(request: Request, limit: float, body_value: object = None) -> float | 
     # the body's JSON number: orjson has no NaN or Infinity, and a bool is no number of seconds
     ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= limit
     if not ok:
-        raise invalid(
-            f"'{target}' must be a number of seconds from 0 to {limit:g} (the maximum delay, CPW_JOB_MAX_DELAY).",
-            target,
-        )
+        raise invalid(f"'{target}' must be a number of seconds from 0 to {limit:g} (the maximum delay, {MAX}).", target)
     return float(value)  # type: ignore[arg-type]
 
 

@@ -201,6 +201,7 @@ class Stats(BaseModel):
     unacked: int
     deadLetters: int
     retrying: int
+    delayed: int = Field(0, description="Delayed jobs not yet due.")
     consumers: int
     inFlight: int
     jobs: dict[str, int]

@@ -127,3 +127,11 @@ async def test_the_maximum_delay_is_accepted_and_more_is_refused(broker_url):
         with pytest.raises(ValueError, match="timezone-aware"):
             await queue.submit_job(NS, TYPE, "create", request("naive"), not_before=datetime.now())
     assert [c["name"] for c in providers.CALLS] == ["at-limit"]
+
+
+async def test_waiting_jobs_are_counted_in_the_queue_stats(broker_url):
+    async with client(broker_url) as queue:
+        for i in range(3):
+            await queue.submit_job(NS, TYPE, "create", request(f"w{i}"), delay=60)
+        stats = await queue.get_queue_stats()
+    assert (stats.delayed, stats.ready) == (3, 0)

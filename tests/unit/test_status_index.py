@@ -234,4 +234,5 @@ def test_a_delayed_job_keeps_its_start_time_in_flight_and_frozen_for_8_bytes_mor
     assert (record.status, record.not_before) == (JobStatus.SUCCEEDED, 1_900_000_000.25)
     assert plain.get(other).not_before is None
     assert index.nbytes - plain.nbytes == 8  # frozen: 8 bytes after the head, flagged in the status byte
-    assert index.counts()["Succeeded"] == 1 and [r.job_id for r in index.iter_jobs(status=JobStatus.SUCCEEDED)]
+    assert index.counts()["Succeeded"] == 1
+    assert [r.job_id for r in index.list_jobs(status=JobStatus.SUCCEEDED).jobs] == [job_id]

@@ -93,6 +93,7 @@ class QueueStats:
     consumers: int
     dead_letters: int
     retrying: int
+    delayed: int = 0  # delayed jobs not yet due (in the delay cascade)
 
     @property
     def depth(self) -> int:

@@ -359,6 +359,7 @@ class MemoryBroker(Broker):
             consumers=sum(1 for c in node.consumers if c.active),
             dead_letters=len(node.dead_letters),
             retrying=len(node.retrying),
+            delayed=len(node.delayed),
         )
 
     async def _walk_dead_letters(self, wait: float) -> DeadLetterWalk:

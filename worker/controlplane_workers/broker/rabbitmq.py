@@ -646,10 +646,14 @@ class RabbitMQBroker(Broker):
             for attempt in t.retry_attempts:
                 queue = await channel.declare_queue(t.retry_queue(attempt), passive=True)
                 retrying += queue.declaration_result.message_count or 0
+            delayed = 0
+            for level in range(DELAY_LEVELS):  # a job in transit between two levels is in neither, briefly
+                queue = await channel.declare_queue(t.delay_queue(level), passive=True)
+                delayed += queue.declaration_result.message_count or 0
             ready = jobs.declaration_result.message_count or 0
             consumers = jobs.declaration_result.consumer_count or 0
             # AMQP reports only ready messages; unacked needs the management API (see fleet stats).
-            return QueueStats(ready, 0, consumers, dlq.declaration_result.message_count or 0, retrying)
+            return QueueStats(ready, 0, consumers, dlq.declaration_result.message_count or 0, retrying, delayed)
         finally:
             await channel.close()
 
