@@ -432,6 +432,9 @@ class ProviderWorker(WorkerRole):
             task = asyncio.current_task()
             assert task is not None
             self._handing_back.add(task)
+            key = _key(delivery)
+            if key is not None:  # the copy may come back here at once: it must run, not wait for this attempt
+                self._untrack(key[0])
             try:
                 await self.broker.republish_job(
                     delivery.body,
@@ -449,11 +452,14 @@ class ProviderWorker(WorkerRole):
         await self._settle(delivery, ack=False, requeue=True)
 
     def _untrack(self, job_id: str) -> None:
+        """The job no longer runs in this task (a copy handed back may run here already, in its own task)."""
+        if self.running.get(job_id) is not asyncio.current_task():
+            return
+        del self.running[job_id]
         self._running_attempt.pop(job_id, None)
-        if self.running.pop(job_id, None) is not None:
-            metrics.IN_FLIGHT.dec()
-            if not self.running:
-                self._idle.set()
+        metrics.IN_FLIGHT.dec()
+        if not self.running:
+            self._idle.set()
 
     def _announce_running(self, job: Job, attempt: int) -> None:
         if job.id in self.running:
