@@ -113,7 +113,7 @@ class PostgresStore:
         return _record(row)
 
     def miss_code(self, job_id: str) -> str:
-        return "OperationNotFound"  # rows are kept until retention drops them (not yet: issue 19)
+        return "OperationNotFound"  # a job past CPW_OPERATION_RETENTION is gone with its day's partition
 
     async def wait(self, job_id: str, timeout: float) -> JobResult | None:
         loop = asyncio.get_running_loop()
