@@ -4,7 +4,13 @@ The replica holds no index, so it is ready as soon as it reaches RabbitMQ and Po
 number of jobs. A job this replica accepts is inserted at once (its Accepted row: its own Location
 answers immediately); the projector merges the stream's records into that row. `wait` listens for the
 projector's NOTIFY of ended jobs, and re-reads the row every second in case a notification was lost
-(the listening connection dropped). A database error answers 503 + Retry-After, never a wrong 404.
+(the listening connection dropped: it is opened again, with backoff, and every waiter re-reads).
+
+PostgreSQL unreachable: every route that needs it answers 503 + Retry-After (never a wrong 404), the
+replica stays ready (a 503 per request says more than a pod pulled out of the Service), and the pool
+connects again by itself. Submissions answer 503 too: the queued-jobs cap and the Idempotency-Key
+cannot be checked without the store, and a job accepted unchecked could exceed the one or be a
+duplicate under the other. The workers and the stream carry on; the projector catches up once back.
 """
 
 from __future__ import annotations
@@ -65,20 +71,52 @@ class PostgresStore:
         self.ready = False
         self.pool: Any = None
         self.listener: Any = None
+        self.relisten: asyncio.Task[None] | None = None
+        self.closing = False
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.reserved = Reservations()
         self.accept_errors = 0
 
     async def open(self) -> None:
         """Connect, create the schema if the projector has not yet, listen for ended jobs."""
+        self.closing = False
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
         async with self.pool.acquire() as conn:
             await migrate(conn)
+        await self._listen()
+
+    async def _listen(self) -> None:
         self.listener = await asyncpg.connect(self.dsn)
+        self.listener.add_termination_listener(self._lost)
         await self.listener.add_listener(CHANNEL, self._ended)
+
+    def _lost(self, _conn: Any) -> None:
+        if not self.closing and (self.relisten is None or self.relisten.done()):
+            self.relisten = asyncio.ensure_future(self._listen_again())
+
+    async def _listen_again(self, cap: float = 10.0) -> None:
+        """The listening connection is gone: open another; the waiters re-read what they missed."""
+        delay = 0.5
+        while not self.closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._listen()
+            except DB_ERRORS as exc:
+                log.warning("operation store: cannot listen yet, retrying in %.1fs: %s", delay, self.describe(exc))
+                delay = min(cap, delay * 2)
+                continue
+            log.warning("operation store: listening for ended jobs again")
+            for waiters in self.waiters.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+            return
 
     async def close(self) -> None:
         self.ready = False
+        self.closing = True
+        if self.relisten is not None:
+            self.relisten.cancel()
         for closing in (self.listener, self.pool):
             if closing is not None:
                 with contextlib.suppress(*DB_ERRORS):
