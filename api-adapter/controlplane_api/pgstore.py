@@ -35,7 +35,9 @@ from .settings import ApiSettings
 from .slots import Reservations
 
 log = logging.getLogger("controlplane_api.pgstore")
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# InternalClientError: the pool resetting a connection that PostgreSQL closed mid-query (seen in the
+# PostgreSQL restart drill) raises it in place of the query's own error.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)
 RECHECK = 1.0  # seconds between re-reads of a waited-for row, should a NOTIFY be lost
 
 
@@ -80,7 +82,8 @@ class PostgresStore:
     async def open(self) -> None:
         """Connect, create the schema if the projector has not yet, listen for ended jobs."""
         self.closing = False
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
+        # min_size=0: while PostgreSQL is away the pool does not log a traceback a second restoring a floor
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=10)
         async with self.pool.acquire() as conn:
             await migrate(conn)
         await self._listen()

@@ -20,10 +20,11 @@ def drill_node() -> Iterator[RabbitMQServer]:
 async def cluster(drill_node, tmp_path):
     made: list[Cluster] = []
 
-    async def start(apis: int = 2, workers: int = 3, **worker_settings) -> Cluster:  # noqa: ANN003
+    async def start(apis: int = 2, workers: int = 3, api_settings: dict | None = None, **worker_settings) -> Cluster:  # noqa: ANN003
         if drill_node.process is None:  # a failed drill may have left the node stopped
             drill_node.start()
-        c = await Cluster(drill_node, tmp_path).start(apis, workers, **worker_settings)
+        c = Cluster(drill_node, tmp_path, api_settings=api_settings or {})
+        c = await c.start(apis, workers, **worker_settings)
         made.append(c)
         return c
 
@@ -34,6 +35,13 @@ async def cluster(drill_node, tmp_path):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     from tests.drills.test_cluster import CLUSTER_RESULTS, summary
+    from tests.drills.test_postgres import PG_RESULTS, pg_summary
+
+    if PG_RESULTS:
+        terminalreporter.section("PostgreSQL store drill account")
+        for line in PG_RESULTS:
+            terminalreporter.write_line(line.line())
+        terminalreporter.write_line(pg_summary(PG_RESULTS))
 
     if CLUSTER_RESULTS:
         terminalreporter.section("cluster drill account")
