@@ -39,6 +39,9 @@ log = logging.getLogger("controlplane_api.pgstore")
 # PostgreSQL restart drill) raises it in place of the query's own error.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)
 RECHECK = 1.0  # seconds between re-reads of a waited-for row, should a NOTIFY be lost
+COUNT_FOR = 0.5  # seconds a tenant's active count from PostgreSQL is reused (plus this replica's accepts since)
+FRESH_FOR = 1.0  # seconds the record of a job this replica just accepted answers its own first read
+FRESH_MAX = 4096
 
 
 def _record(row: Any) -> JobResult:
@@ -78,6 +81,13 @@ class PostgresStore:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.reserved = Reservations()
         self.accept_errors = 0
+        # tenant -> (loop time of the query, active jobs it found, this replica's accepts when it started)
+        self.active: dict[str | None, tuple[float, int, int]] = {}
+        self.accepts: dict[str | None, int] = {}  # jobs this replica accepted, per tenant, ever
+        self.fresh: dict[str, tuple[float, JobResult]] = {}  # job id -> its Accepted record, just written
+        self.to_write: list[tuple[Job, tuple[str, str] | None, asyncio.Future[bool]]] = []
+        self.writer: asyncio.Future[None] | None = None
+        self.accept_inserts = 0  # INSERT statements of Accepted rows (fewer than the rows: group commit)
 
     async def open(self) -> None:
         """Connect, create the schema if the projector has not yet, listen for ended jobs."""
@@ -148,6 +158,10 @@ class PostgresStore:
             return await conn.fetchrow("SELECT * FROM cpw_jobs WHERE job_id = $1", job_id)
 
     async def get(self, job_id: str, tenant: str | None) -> JobResult | None:
+        fresh = self.fresh.pop(job_id, None)  # the submission's own answer: no round trip for what it wrote
+        if fresh is not None and asyncio.get_running_loop().time() - fresh[0] < FRESH_FOR:
+            record = fresh[1]
+            return record if tenant is None or record.tenant == tenant else None
         row = await self._row(job_id)
         if row is None or (tenant is not None and row["tenant"] != tenant):
             return None
@@ -179,12 +193,21 @@ class PostgresStore:
                     self.waiters.pop(job_id, None)
 
     async def active_count(self, tenant: str | None) -> int:
-        where = "tenant IS NULL" if tenant is None else "tenant = $1"
-        async with self._conn() as conn:
-            found = await conn.fetchval(
-                f"SELECT count(*) FROM cpw_jobs WHERE {where} AND NOT terminal", *([] if tenant is None else [tenant])
-            )
-        return int(found) + self.reserved.of(tenant)
+        """The tenant's queued and running jobs. The query's answer is reused for COUNT_FOR seconds, with
+        this replica's accepts since it started added (jobs that ended meanwhile still count: the cap errs
+        on the safe side); another replica's accepts are seen at the next query."""
+        loop = asyncio.get_running_loop()
+        cached = self.active.get(tenant)
+        if cached is None or loop.time() - cached[0] > COUNT_FOR:
+            started, accepts = loop.time(), self.accepts.get(tenant, 0)
+            where = "tenant IS NULL" if tenant is None else "tenant = $1"
+            async with self._conn() as conn:
+                found = await conn.fetchval(
+                    f"SELECT count(*) FROM cpw_jobs WHERE {where} AND NOT terminal",
+                    *([] if tenant is None else [tenant]),
+                )
+            cached = self.active[tenant] = (started, int(found), accepts)
+        return cached[1] + self.accepts.get(tenant, 0) - cached[2] + self.reserved.of(tenant)
 
     async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         # The slot is taken before the query: concurrent submissions on this loop see each other's.
@@ -202,22 +225,52 @@ class PostgresStore:
         self.reserved.release(job_id)
 
     async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
-        """The job's Accepted row, unless the projector wrote it first. The job is published already:
-        a failure here is logged, and the projector writes the row from the stream."""
-        fold = BatchFold()
-        if idempotency is not None:
-            fold.remember_key(idempotency[0], job.id, idempotency[1], job.submitted_at)
-        request = job.request
-        fold.record_accepted(
-            job.id, job.provider_namespace, job.resource_type, job.operation, request.resource_name,
-            job.tenant, job.priority, job.submitted_at,
+        """The job's Accepted row, unless the projector wrote it first; returns once it is committed. The
+        job is published already: a failure here is logged, and the projector writes the row from the
+        stream. Group commit: the rows of the submissions that arrive while one INSERT runs go in the next."""
+        self.reserved.release(job.id)  # its slot now counts among the accepts (at once: no double count)
+        self.accepts[job.tenant] = self.accepts.get(job.tenant, 0) + 1
+        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.to_write.append((job, idempotency, written))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.ensure_future(self._write_accepted())
+        if await asyncio.shield(written):
+            self._remember(job)
+
+    async def _write_accepted(self) -> None:
+        while self.to_write:
+            batch, self.to_write = self.to_write, []
+            fold = BatchFold()
+            for job, idempotency, _ in batch:
+                if idempotency is not None:
+                    fold.remember_key(idempotency[0], job.id, idempotency[1], job.submitted_at)
+                fold.record_accepted(
+                    job.id, job.provider_namespace, job.resource_type, job.operation, job.request.resource_name,
+                    job.tenant, job.priority, job.submitted_at,
+                )  # fmt: skip
+            try:
+                async with self.pool.acquire(timeout=5.0) as conn:
+                    await conn.execute(INSERT_ACCEPTED, *fold.columns())
+                ok = True
+                self.accept_inserts += 1
+            except DB_ERRORS as exc:
+                ok = False
+                self.accept_errors += len(batch)
+                log.warning("operation store: %d Accepted rows not written: %s", len(batch), self.describe(exc))
+            for _, _, written in batch:
+                if not written.done():
+                    written.set_result(ok)
+
+    def _remember(self, job: Job) -> None:
+        if len(self.fresh) >= FRESH_MAX:
+            self.fresh.pop(next(iter(self.fresh)))
+        record = JobResult.model_construct(
+            job_id=job.id, status=JobStatus.ACCEPTED, provider_namespace=job.provider_namespace,
+            resource_type=job.resource_type, operation=job.operation, resource_name=job.request.resource_name,
+            tenant=job.tenant, priority=job.priority, result=None, error=None, attempts=0, worker_id=None,
+            submitted_at=job.submitted_at, started_at=None, finished_at=None,
         )  # fmt: skip
-        try:
-            async with self.pool.acquire(timeout=5.0) as conn:
-                await conn.execute(INSERT_ACCEPTED, *fold.columns())
-        except DB_ERRORS as exc:
-            self.accept_errors += 1
-            log.warning("operation store: Accepted row of %s not written: %s", job.id, self.describe(exc))
+        self.fresh[job.id] = (asyncio.get_running_loop().time(), record)
 
     async def idempotent(self, key: str) -> tuple[str, str, float] | None:
         async with self._conn() as conn:
@@ -263,6 +316,7 @@ class PostgresStore:
             "listening": self.listener is not None and not self.listener.is_closed(),
             "waiters": len(self.waiters),
             "acceptErrors": self.accept_errors,
+            "acceptInserts": self.accept_inserts,
         }
 
 

@@ -52,6 +52,15 @@ async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
     await store.close()
 
 
+@pytest.fixture
+async def reader(pg_url: str) -> AsyncIterator[PostgresStore]:
+    """Another replica: reads what is in PostgreSQL (the writer answers its own first read from memory)."""
+    store = PostgresStore(load_api_settings(postgres_url=pg_url))
+    await store.open()
+    yield store
+    await store.close()
+
+
 async def make_days(conn: asyncpg.Connection, days: list[int]) -> None:
     """Partitions of past days, made directly (as if the projector had run then)."""
     async with conn.transaction():
@@ -63,7 +72,7 @@ async def where(conn: asyncpg.Connection, job_id: str) -> str | None:
     return await conn.fetchval("SELECT tableoid::regclass::text FROM cpw_jobs WHERE job_id = $1", job_id)
 
 
-async def test_partitions_are_made_ahead_and_dropped_past_the_retention(conn, store):
+async def test_partitions_are_made_ahead_and_dropped_past_the_retention(conn, store, reader):
     assert await partition_days(conn) == [TODAY, TODAY + 1, TODAY + 2]  # the store's migration made them
     await make_days(conn, [TODAY - 40, TODAY - 31, TODAY - 30, TODAY - 29, TODAY - 1])
     ages = {age: job("a", NOW - age * DAY) for age in (0, 1, 29, 30, 31, 35, 40)}  # 35: a day with no partition
@@ -77,26 +86,26 @@ async def test_partitions_are_made_ahead_and_dropped_past_the_retention(conn, st
     assert made == [] and dropped == [TODAY - 40, TODAY - 31]  # a day goes once wholly older than 30 days
     assert await partition_days(conn) == [TODAY - 30, TODAY - 29, TODAY - 1, TODAY, TODAY + 1, TODAY + 2]
     for age, made_job in ages.items():
-        found = await store.get(made_job.id, "a")
+        found = await reader.get(made_job.id, "a")
         assert (found is not None) == (age <= 30), age
         assert found is None or found.status is JobStatus.ACCEPTED
-    assert await store.get(own_old.id, "a") is None and await store.get(own_new.id, "a") is not None
+    assert await reader.get(own_old.id, "a") is None and await reader.get(own_new.id, "a") is not None
     assert store.miss_code(ages[40].id) == "OperationNotFound"  # retention is the contract
     assert await upkeep(conn, NOW, retention_days=30) == ([], [])  # nothing more to do
 
     made, dropped = await upkeep(conn, NOW + DAY, retention_days=30)  # a day later
     assert made == [TODAY + 3] and dropped == [TODAY - 30]
-    assert await store.get(ages[30].id, "a") is None and await store.get(ages[29].id, "a") is not None
+    assert await reader.get(ages[30].id, "a") is None and await reader.get(ages[29].id, "a") is not None
 
 
-async def test_making_a_partition_moves_its_rows_out_of_the_default_one(conn, store):
+async def test_making_a_partition_moves_its_rows_out_of_the_default_one(conn, store, reader):
     early = job("a", NOW + 5 * DAY)  # a clock ahead: no partition yet
     await store.accepted(early, None)
     assert await where(conn, early.id) == "cpw_jobs_default"
     made, _ = await upkeep(conn, NOW + 5 * DAY, retention_days=30)
     assert made == [TODAY + 5, TODAY + 6, TODAY + 7]  # that day and the two after it
     assert await where(conn, early.id) == f"cpw_jobs_p{time.strftime('%Y%m%d', time.gmtime(NOW + 5 * DAY))}"
-    assert (await store.get(early.id, "a")) is not None
+    assert (await reader.get(early.id, "a")) is not None
 
 
 async def test_pages_run_newest_first_across_days(conn, store):
