@@ -63,7 +63,8 @@ class PgAccount:
         return (
             f"pg-drill {self.name}: accepted={a.accepted} terminal={a.terminal} lost={a.lost} "
             f"duplicates={self.duplicates} max_recovery_s={a.max_recovery_s:.1f} api_503={self.api_503} "
-            f"rows_off={self.rows_off} api_5xx={self.api_5xx + self.bare_503} took_over_s={self.took_over_s:.1f} "
+            f"rows_off={self.rows_off} api_5xx={self.api_5xx + self.bare_503} orphans={a.orphans} "
+            f"took_over_s={self.took_over_s:.1f} "
             f"load={a.rate:.0f}/s for {a.duration_s:.0f}s"
         )
 
@@ -232,6 +233,8 @@ async def pg_drill(
     PG_RESULTS.append(pg)
     print(pg.line())
     assert pg.rows_off == 0 and pg.api_5xx == 0 and pg.bare_503 == 0 and pg.duplicates == 0, (pg.line(), load.odd)
+    # A job no client holds: a submission published but answered 503, then retried into a second job.
+    assert account.orphans == 0, pg.line()
     return pg
 
 
