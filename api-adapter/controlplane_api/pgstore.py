@@ -29,8 +29,9 @@ from controlplane_workers.models import Job, JobError, JobResult, JobStatus, Ope
 from controlplane_workers.redact import redact_text, redact_url
 
 from .errors import unavailable
-from .pgschema import CHANNEL, migrate
-from .projection import INSERT_ACCEPTED, BatchFold
+from .pgaccept import Accepts
+from .pglisten import EndedJobs
+from .pgschema import migrate
 from .settings import ApiSettings
 from .slots import Reservations
 
@@ -40,8 +41,6 @@ log = logging.getLogger("controlplane_api.pgstore")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)
 RECHECK = 1.0  # seconds between re-reads of a waited-for row, should a NOTIFY be lost
 COUNT_FOR = 0.5  # seconds a tenant's active count from PostgreSQL is reused (plus this replica's accepts since)
-FRESH_FOR = 1.0  # seconds the record of a job this replica just accepted answers its own first read
-FRESH_MAX = 4096
 
 
 def _record(row: Any) -> JobResult:
@@ -75,65 +74,26 @@ class PostgresStore:
         self.retry_after = str(settings.api_retry_after)
         self.ready = False
         self.pool: Any = None
-        self.listener: Any = None
-        self.relisten: asyncio.Task[None] | None = None
-        self.closing = False
-        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.ended = EndedJobs(self.dsn, DB_ERRORS, self.describe)
         self.reserved = Reservations()
-        self.accept_errors = 0
+        self.accepts = Accepts(lambda: self.pool, DB_ERRORS, self.describe)
         # tenant -> (loop time of the query, active jobs it found, this replica's accepts when it started)
         self.active: dict[str | None, tuple[float, int, int]] = {}
-        self.accepts: dict[str | None, int] = {}  # jobs this replica accepted, per tenant, ever
-        self.fresh: dict[str, tuple[float, JobResult]] = {}  # job id -> its Accepted record, just written
-        self.to_write: list[tuple[Job, tuple[str, str] | None, asyncio.Future[bool]]] = []
-        self.writer: asyncio.Future[None] | None = None
-        self.accept_inserts = 0  # INSERT statements of Accepted rows (fewer than the rows: group commit)
 
     async def open(self) -> None:
         """Connect, create the schema if the projector has not yet, listen for ended jobs."""
-        self.closing = False
         # min_size=0: while PostgreSQL is away the pool does not log a traceback a second restoring a floor
         self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=10)
         async with self.pool.acquire() as conn:
             await migrate(conn)
-        await self._listen()
-
-    async def _listen(self) -> None:
-        self.listener = await asyncpg.connect(self.dsn)
-        self.listener.add_termination_listener(self._lost)
-        await self.listener.add_listener(CHANNEL, self._ended)
-
-    def _lost(self, _conn: Any) -> None:
-        if not self.closing and (self.relisten is None or self.relisten.done()):
-            self.relisten = asyncio.ensure_future(self._listen_again())
-
-    async def _listen_again(self, cap: float = 10.0) -> None:
-        """The listening connection is gone: open another; the waiters re-read what they missed."""
-        delay = 0.5
-        while not self.closing:
-            await asyncio.sleep(delay)
-            try:
-                await self._listen()
-            except DB_ERRORS as exc:
-                log.warning("operation store: cannot listen yet, retrying in %.1fs: %s", delay, self.describe(exc))
-                delay = min(cap, delay * 2)
-                continue
-            log.warning("operation store: listening for ended jobs again")
-            for waiters in self.waiters.values():
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-            return
+        await self.ended.open()
 
     async def close(self) -> None:
         self.ready = False
-        self.closing = True
-        if self.relisten is not None:
-            self.relisten.cancel()
-        for closing in (self.listener, self.pool):
-            if closing is not None:
-                with contextlib.suppress(*DB_ERRORS):
-                    await closing.close()
+        await self.ended.close()
+        if self.pool is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                await self.pool.close()
 
     def describe(self, exc: BaseException) -> str:
         return f"{type(exc).__name__}: {redact_text(str(exc))} ({redact_url(self.dsn)})"
@@ -147,20 +107,13 @@ class PostgresStore:
             log.warning("operation store: %s", self.describe(exc))
             raise unavailable("The operation store is unavailable; retry later.", self.retry_after) from None
 
-    def _ended(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        for job_id in payload.split(","):
-            for waiter in self.waiters.get(job_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
-
     async def _row(self, job_id: str) -> Any:
         async with self._conn() as conn:
             return await conn.fetchrow("SELECT * FROM cpw_jobs WHERE job_id = $1", job_id)
 
     async def get(self, job_id: str, tenant: str | None) -> JobResult | None:
-        fresh = self.fresh.pop(job_id, None)  # the submission's own answer: no round trip for what it wrote
-        if fresh is not None and asyncio.get_running_loop().time() - fresh[0] < FRESH_FOR:
-            record = fresh[1]
+        record = self.accepts.first_read(job_id)  # the submission's own answer: no round trip
+        if record is not None:
             return record if tenant is None or record.tenant == tenant else None
         row = await self._row(job_id)
         if row is None or (tenant is not None and row["tenant"] != tenant):
@@ -174,8 +127,7 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            ended: asyncio.Future[None] = loop.create_future()
-            self.waiters.setdefault(job_id, []).append(ended)
+            ended = self.ended.waiter(job_id)
             try:
                 row = await self._row(job_id)  # after registering: a NOTIFY meanwhile is not missed
                 if row is not None and row["terminal"]:
@@ -186,11 +138,7 @@ class PostgresStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended, min(left, RECHECK))
             finally:
-                waiters = self.waiters.get(job_id, [])
-                if ended in waiters:
-                    waiters.remove(ended)
-                if not waiters:
-                    self.waiters.pop(job_id, None)
+                self.ended.forget(job_id, ended)
 
     async def active_count(self, tenant: str | None) -> int:
         """The tenant's queued and running jobs. The query's answer is reused for COUNT_FOR seconds, with
@@ -199,7 +147,7 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         cached = self.active.get(tenant)
         if cached is None or loop.time() - cached[0] > COUNT_FOR:
-            started, accepts = loop.time(), self.accepts.get(tenant, 0)
+            started, accepts = loop.time(), self.accepts.by_tenant.get(tenant, 0)
             where = "tenant IS NULL" if tenant is None else "tenant = $1"
             async with self._conn() as conn:
                 found = await conn.fetchval(
@@ -207,7 +155,7 @@ class PostgresStore:
                     *([] if tenant is None else [tenant]),
                 )
             cached = self.active[tenant] = (started, int(found), accepts)
-        return cached[1] + self.accepts.get(tenant, 0) - cached[2] + self.reserved.of(tenant)
+        return cached[1] + self.accepts.by_tenant.get(tenant, 0) - cached[2] + self.reserved.of(tenant)
 
     async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         # The slot is taken before the query: concurrent submissions on this loop see each other's.
@@ -225,55 +173,9 @@ class PostgresStore:
         self.reserved.release(job_id)
 
     async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
-        """The job's Accepted row, unless the projector wrote it first; returns once it is committed. The
-        job is published already: a failure here is logged, and the projector writes the row from the
-        stream. Group commit: the rows of the submissions that arrive while one INSERT runs go in the next."""
+        """The job's Accepted row (pgaccept.py), unless the projector wrote it first. Never raises."""
         self.reserved.release(job.id)  # its slot now counts among the accepts (at once: no double count)
-        self.accepts[job.tenant] = self.accepts.get(job.tenant, 0) + 1
-        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.to_write.append((job, idempotency, written))
-        if self.writer is None or self.writer.done():
-            self.writer = asyncio.ensure_future(self._write_accepted())
-        await asyncio.shield(written)
-        # Even unwritten (PostgreSQL away): the job is published, and its submitter must get its 2xx and id
-        # rather than a 503 it would retry, maybe on another replica that cannot see the key yet: a
-        # second job. Found by the PostgreSQL restart drill (32 such jobs in 2,700).
-        self._remember(job)
-
-    async def _write_accepted(self) -> None:
-        while self.to_write:
-            batch, self.to_write = self.to_write, []
-            fold = BatchFold()
-            for job, idempotency, _ in batch:
-                if idempotency is not None:
-                    fold.remember_key(idempotency[0], job.id, idempotency[1], job.submitted_at)
-                fold.record_accepted(
-                    job.id, job.provider_namespace, job.resource_type, job.operation, job.request.resource_name,
-                    job.tenant, job.priority, job.submitted_at,
-                )  # fmt: skip
-            try:
-                async with self.pool.acquire(timeout=5.0) as conn:
-                    await conn.execute(INSERT_ACCEPTED, *fold.columns())
-                ok = True
-                self.accept_inserts += 1
-            except DB_ERRORS as exc:
-                ok = False
-                self.accept_errors += len(batch)
-                log.warning("operation store: %d Accepted rows not written: %s", len(batch), self.describe(exc))
-            for _, _, written in batch:
-                if not written.done():
-                    written.set_result(ok)
-
-    def _remember(self, job: Job) -> None:
-        if len(self.fresh) >= FRESH_MAX:
-            self.fresh.pop(next(iter(self.fresh)))
-        record = JobResult.model_construct(
-            job_id=job.id, status=JobStatus.ACCEPTED, provider_namespace=job.provider_namespace,
-            resource_type=job.resource_type, operation=job.operation, resource_name=job.request.resource_name,
-            tenant=job.tenant, priority=job.priority, result=None, error=None, attempts=0, worker_id=None,
-            submitted_at=job.submitted_at, started_at=None, finished_at=None,
-        )  # fmt: skip
-        self.fresh[job.id] = (asyncio.get_running_loop().time(), record)
+        await self.accepts.add(job, idempotency)
 
     async def idempotent(self, key: str) -> tuple[str, str, float] | None:
         async with self._conn() as conn:
@@ -316,10 +218,10 @@ class PostgresStore:
             "store": "postgresql",
             "url": redact_url(self.dsn),
             "poolSize": 0 if pool is None else pool.get_size(),
-            "listening": self.listener is not None and not self.listener.is_closed(),
-            "waiters": len(self.waiters),
-            "acceptErrors": self.accept_errors,
-            "acceptInserts": self.accept_inserts,
+            "listening": self.ended.listening,
+            "waiters": len(self.ended.waiters),
+            "acceptErrors": self.accepts.failed,
+            "acceptInserts": self.accepts.inserts,
         }
 
 

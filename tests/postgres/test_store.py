@@ -105,7 +105,7 @@ async def test_postgres_accepts_concurrent_submissions_in_few_inserts_and_holds_
         assert await one.active_count("a") == 0
         admitted = await asyncio.gather(*(submit(made) for made in jobs))
         assert sum(admitted) == 40  # at the cap, not over it, with 60 in flight at once
-        assert one.accept_inserts < 40  # group commit: the rows of concurrent submissions share INSERTs
+        assert one.accepts.inserts < 40  # group commit: the rows of concurrent submissions share INSERTs
         assert (await other.counts("a"))["Accepted"] == 40  # every accepted row committed, seen elsewhere
         assert not await other.reserve("a", new_job_id(), cap=40)  # the other replica counts them too
 
