@@ -35,19 +35,13 @@ async def cluster(drill_node, tmp_path):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     from tests.drills.test_cluster import CLUSTER_RESULTS, summary
-    from tests.drills.test_postgres import PG_RESULTS, pg_summary
-
-    if PG_RESULTS:
-        terminalreporter.section("PostgreSQL store drill account")
-        for line in PG_RESULTS:
-            terminalreporter.write_line(line.line())
-        terminalreporter.write_line(pg_summary(PG_RESULTS))
 
     if CLUSTER_RESULTS:
         terminalreporter.section("cluster drill account")
         for account in CLUSTER_RESULTS:
             terminalreporter.write_line(account.line())
         terminalreporter.write_line(summary(CLUSTER_RESULTS))
+    _pg_summary(terminalreporter)
     if not RESULTS:
         return
     terminalreporter.section("drill account")
@@ -59,3 +53,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         f"drill: accepted={total('accepted')} terminal={total('terminal')} lost={total('lost')} "
         f"duplicates={total('duplicates')} redelivered={total('redelivered')} max_recovery_s={worst:.1f}"
     )
+
+
+def _pg_summary(terminalreporter) -> None:  # noqa: ANN001
+    from tests.drills.test_postgres import PG_RESULTS, pg_summary
+
+    if PG_RESULTS:
+        terminalreporter.section("PostgreSQL store drill account")
+        for account in PG_RESULTS:
+            terminalreporter.write_line(account.line())
+        terminalreporter.write_line(pg_summary(PG_RESULTS))
