@@ -5,7 +5,8 @@ message (`cpw_projector`), so after a crash the projector resumes after the offs
 delivered again (a stream consumer restarts at a chunk's start) is skipped by its offset. One projector
 is active at a time: it holds a session advisory lock on the one connection it writes with, so the
 lock and the writes go together; a standby polls for the lock and takes over once the holder's
-connection is gone (PostgreSQL frees the lock with it).
+connection is gone (PostgreSQL frees the lock with it). The active one also keeps the daily
+partitions (pgpartitions.py): made ahead, dropped past CPW_OPERATION_RETENTION, every UPKEEP_EVERY.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,18 +26,22 @@ from controlplane_workers.records import MALFORMED, read_message
 from controlplane_workers.redact import redact_text
 from controlplane_workers.topology import Topology
 
+from .pgpartitions import partition_name, upkeep
 from .pgschema import CHANNEL, LOCK_KEY, migrate
 from .projection import UPSERT, BatchFold
 from .settings import ApiSettings
 
 log = logging.getLogger("controlplane_api.projector")
 NOTIFY_IDS = 200  # job ids per NOTIFY payload (PostgreSQL caps one at 8,000 bytes)
+UPKEEP_EVERY = 600.0  # seconds between partition upkeeps (a day's partition is made 2 days ahead)
 
 
 class Projector:
     """One projector process: standby until it holds the lock, then follows and writes."""
 
-    def __init__(self, settings: ApiSettings, *, standby_poll: float = 0.5) -> None:
+    def __init__(
+        self, settings: ApiSettings, *, standby_poll: float = 0.5, clock: Callable[[], float] = time.time
+    ) -> None:
         if not settings.postgres_url:
             raise ValueError("CPW_POSTGRES_URL (or CPW_POSTGRES_URL_FILE) is not set")
         self.settings = settings
@@ -48,6 +53,8 @@ class Projector:
         self.arrived = asyncio.Event()
         self.applied = -1  # the last stream offset written
         self.events = self.malformed = self.transactions = 0
+        self.clock = clock  # the wall clock of the partition upkeep (tests pass another day's)
+        self.next_upkeep = 0.0  # time.monotonic() of the next one
 
     def _received(self, messages: Sequence[StreamMessage]) -> None:
         self.pending.extend(messages)
@@ -100,10 +107,13 @@ class Projector:
             while not stop.is_set():
                 if conn.is_closed():  # the lock went with it: a standby may be active already
                     raise ConnectionError("lost the PostgreSQL connection, and the projector lock with it")
+                if time.monotonic() >= self.next_upkeep:
+                    await self.upkeep(conn)
                 if not self.pending:
                     self.arrived.clear()
                     arrived = asyncio.ensure_future(self.arrived.wait())
-                    await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    until_upkeep = max(0.0, self.next_upkeep - time.monotonic())
+                    await asyncio.wait({arrived, stopping}, timeout=until_upkeep, return_when=asyncio.FIRST_COMPLETED)
                     arrived.cancel()
                     continue
                 batch, self.pending = self.pending[: self.max_messages], self.pending[self.max_messages :]
@@ -111,6 +121,18 @@ class Projector:
         finally:
             stopping.cancel()
             await subscription.cancel()
+
+    async def upkeep(self, conn: Any) -> None:
+        """Partitions ahead, expired days dropped; a lock held too long by readers is tried next time."""
+        self.next_upkeep = time.monotonic() + UPKEEP_EVERY
+        try:
+            made, dropped = await upkeep(conn, self.clock(), self.settings.operation_retention)
+        except asyncpg.LockNotAvailableError as exc:
+            log.warning("indexer: partition upkeep postponed: %s", exc)
+            return
+        if made or dropped:
+            names = [partition_name(day) for day in made], [partition_name(day) for day in dropped]
+            log.warning("indexer: partitions made %s, dropped %s (past the retention)", *names)
 
     async def apply(self, conn: Any, messages: Sequence[StreamMessage]) -> None:
         """One transaction: the rows of `messages` not applied yet, and the offset of the last one."""

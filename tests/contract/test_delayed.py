@@ -12,9 +12,11 @@ import time
 import pytest
 
 from controlplane_workers import JobStatus
+from controlplane_workers.broker.base import DELIVERY_COUNT
+from controlplane_workers.dlq import list_dead_letters
 from controlplane_workers.models import Job
 from tests.support import providers
-from tests.support.harness import client, eventually, request, running_worker
+from tests.support.harness import client, eventually, lose_a_delivery, request, running_worker
 
 NS, TYPE = "Test.Scripted", "things"
 # How late a job may start after its not_before: the cascade adds ms per level it waits in; this
@@ -135,3 +137,57 @@ async def test_waiting_jobs_are_counted_in_the_queue_stats(broker_url):
             await queue.submit_job(NS, TYPE, "create", request(f"w{i}"), delay=60)
         stats = await queue.get_queue_stats()
     assert (stats.delayed, stats.ready) == (3, 0)
+
+
+def early_job(name: str, ahead: float) -> Job:
+    """A job whose not_before is `ahead` seconds away, to publish straight to the job queue (as if a
+    worker's clock ran behind the broker's): the worker that takes it sends it back into the cascade."""
+    return Job.model_validate(
+        {
+            "provider_namespace": NS,
+            "resource_type": TYPE,
+            "operation": "create",
+            "request": request(name),
+            "not_before": time.time() + ahead,
+        }
+    )
+
+
+async def parked(queue) -> bool:  # noqa: ANN001
+    return (await queue.get_queue_stats()).delayed == 1
+
+
+async def test_an_early_job_sent_back_by_a_worker_runs_when_it_comes_back_to_that_worker(broker_url):
+    # Classic queue: a lost delivery makes the job a hand-back copy with a delivery count; that copy is
+    # early, so it goes into the cascade; back from it, it carries the count (so it is checked against
+    # the attempts this worker settled) and must run, here: the cascade's ack settled nothing.
+    async with client(broker_url) as queue:
+        job = early_job("early-again", 5.0)
+        await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
+        await lose_a_delivery(broker_url)
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as worker:
+            await eventually(lambda: parked(queue))
+            result = await queue.get_job_result(job.id, timeout=15)
+        assert worker.stats.redelivered == 1
+    assert result is not None and result.status is JobStatus.SUCCEEDED
+    assert job.not_before <= started("early-again") < job.not_before + LATE
+
+
+async def test_an_early_job_sent_back_keeps_its_delivery_count_through_the_cascade(broker_url):
+    # CPW_QUEUE_DELIVERY_LIMIT=1: a lost delivery, a trip through the cascade (a deliberate hand-back:
+    # not counted, not reset), then a second lost delivery: over the limit, dead-lettered, never run.
+    async with client(broker_url) as queue:
+        job = early_job("lost-twice", 4.0)
+        await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
+        await lose_a_delivery(broker_url)
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1):
+            await eventually(lambda: parked(queue))
+        back = await lose_a_delivery(broker_url)  # out of the cascade at its not_before
+        assert not back.redelivered and back.headers[DELIVERY_COUNT] == 1
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as worker:
+            result = await queue.get_job_result(job.id, timeout=10)
+            letters = await list_dead_letters(worker.broker)
+    assert result is not None and result.status is JobStatus.FAILED
+    assert result.error is not None and result.error.code == "DeliveryLimitExceeded"
+    assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(job.id, "delivery-limit")]
+    assert providers.CALLS == []

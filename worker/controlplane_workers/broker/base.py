@@ -29,6 +29,10 @@ REASON = "x-cpw-dead-letter-reason"
 DETAIL = "x-cpw-dead-letter-detail"
 FIRST_DEATH_QUEUE = "x-cpw-original-queue"
 REDRIVE = "x-cpw-redrive"  # a dead-lettered job sent round again: readers start it afresh
+# On a classic job queue: deliveries of this attempt that ended without a settle (the worker died or lost its
+# channel), counted by the workers as a quorum queue counts them in `x-delivery-count` (see worker.py).
+DELIVERY_COUNT = "x-cpw-delivery-count"
+
 # What RabbitMQ adds to a dead-lettered message: the delay cascade and the retry queues dead-letter.
 _DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange")
 
@@ -159,6 +163,11 @@ class Broker(abc.ABC):
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, delay: float
     ) -> None:
         """Publish a job that reaches the job queue after `delay` seconds (at most MAX_CASCADE_DELAY)."""
+
+    @abc.abstractmethod
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        """Put a copy of a delivered job at the tail of the job queue (straight, not through the exchange),
+        confirmed; raise BrokerUnavailable if not. A worker's way to hand a job back (see worker.py)."""
 
     @abc.abstractmethod
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None: ...

@@ -305,6 +305,10 @@ class MemoryBroker(Broker):
         message = _Message(body, {KIND: "job", **headers}, message_id, priority, self.topology.jobs_queue)
         self.node.park(message, delay_ms(delay) / 1000, self.node.delayed)
 
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        self._check()
+        self.node.enqueue(_Message(body, dict(headers), message_id, priority, self.topology.jobs_queue))
+
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
         self._check()
         t = self.topology
