@@ -38,6 +38,8 @@ ALERT_FOR = "3s"
 ELSEWHERE = {
     "kube_horizontalpodautoscaler_": "kube-state-metrics (no cluster here): tests/alerts/scaling.test.yaml",
     "keda_": "the KEDA operator (no cluster here): tests/alerts/scaling.test.yaml",
+    # the API here runs on the stream store; the projector's /metrics: tests/postgres/test_projector.py
+    "cpw_projector_": "`cpw indexer` (PostgreSQL store only): tests/alerts/projector.test.yaml",
 }
 
 # The workload: (script, how many, attempts each). fail:1 succeeds on its second attempt;
