@@ -2,7 +2,7 @@
 
 Service names resolve (via each pod's /etc/hosts) to an address of their own on the pod's loopback, where the
 pod's relay forwards to the pod the Service selects, on the port its `targetPort` names; the broker's name
-likewise reaches the test's RabbitMQ through a relay on the host. Each Service gets its own 127.0.1.x address,
+likewise reaches the test's RabbitMQ through a relay on the host, and PostgreSQL's name the test's PostgreSQL. Each Service gets its own 127.0.1.x address,
 not 127.0.0.1, because two Services share port 8001 and a pod listens on its own ports at 127.0.0.1.
 """
 
@@ -24,6 +24,8 @@ from tests.pods.runner import RELAY, PodRun
 
 BROKER_HOST = f"rabbitmq.{NAMESPACE}.svc"
 BROKER_ADDRESS = "127.0.2.1"
+POSTGRES_HOST = f"postgresql.{NAMESPACE}.svc"
+POSTGRES_ADDRESS = "127.0.2.2"
 # The image a container names -> the Dockerfile that builds it.
 IMAGES = {"api-adapter": "api", "worker": "worker"}
 
@@ -60,6 +62,7 @@ class Cluster:
     venv: Path
     workdir: Path
     broker_ports: dict[int, int]  # port in the broker URL -> port of the test's RabbitMQ on 127.0.0.1
+    postgres_port: int | None = None  # the test's PostgreSQL on 127.0.0.1, reached as POSTGRES_HOST:5432
     runs: dict[str, PodRun] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     _relay: subprocess.Popen | None = None
@@ -90,8 +93,17 @@ class Cluster:
         """Fields of any pod spec the runner does not model."""
         return [f"{pod.name}: {path}" for _, pod in self._pods for path in kube.not_understood(pod.spec)]
 
+    def externals(self) -> list[tuple[str, str, int, int]]:
+        """(host name, its address, port the pods dial, port on the host's loopback) of what runs outside the pods."""
+        found = [(BROKER_HOST, BROKER_ADDRESS, port, host) for port, host in self.broker_ports.items()]
+        if self.postgres_port is not None:
+            found.append((POSTGRES_HOST, POSTGRES_ADDRESS, 5432, self.postgres_port))
+        return found
+
     def hosts(self) -> str:
         lines = ["127.0.0.1 localhost", f"{BROKER_ADDRESS} {BROKER_HOST}"]
+        if self.postgres_port is not None:
+            lines.append(f"{POSTGRES_ADDRESS} {POSTGRES_HOST}")
         lines += [f"{address} {_aliases(name)}" for name, address in self.addresses.items()]
         return "\n".join(lines) + "\n"
 
@@ -115,7 +127,9 @@ class Cluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         netdir = self.workdir / "net"
         netdir.mkdir(exist_ok=True)
-        broker_sockets = {port: netdir / f"broker-{port}.sock" for port in self.broker_ports}
+        sockets = {
+            (address, port): netdir / f"{name.split('.')[0]}-{port}.sock" for name, address, port, _ in self.externals()
+        }
         for kind, pod in self._pods:
             container = pod.spec["containers"][0]
             component = image_of(container)
@@ -126,7 +140,7 @@ class Cluster:
             self.runs[pod.name], self.kinds[pod.name] = run, kind
         for run in self.runs.values():
             own = set(run.ports())
-            routes = [(BROKER_ADDRESS, port, str(path)) for port, path in broker_sockets.items()]
+            routes = [(address, port, str(path)) for (address, port), path in sockets.items()]
             for service in self.services:
                 selected = self.selected(service)
                 if selected is None:
@@ -137,10 +151,9 @@ class Cluster:
                     target = selected.socket(kube.named_port(selected.container, spec_port.get("targetPort")))
                     routes.append((self.addresses[service["metadata"]["name"]], int(spec_port["port"]), str(target)))
             run.outbound = routes
-        config = self.workdir / "broker-relay.json"
-        config.write_text(
-            json.dumps({"inbound": [[str(broker_sockets[p]), self.broker_ports[p]] for p in broker_sockets]})
-        )
+        config = self.workdir / "outside-relay.json"
+        inbound = [[str(sockets[(address, port)]), host] for _, address, port, host in self.externals()]
+        config.write_text(json.dumps({"inbound": inbound}))
         self._relay = subprocess.Popen(
             [sys.executable, str(RELAY), str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )

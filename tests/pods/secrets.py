@@ -14,10 +14,15 @@ SECRETS = {
     "default": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
     "production": (("rabbitmq-credentials", ("url", "management-url")), ("api-tokens", "tokens.yaml")),
     "monitoring-on": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
+    "postgresql": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
 }
+# value set -> the PostgreSQL DSN Secret and its key (global.postgresql.existingSecret / existingSecretKey)
+POSTGRES_SECRETS = {"postgresql": ("cpw-postgresql", "dsn")}
 
 
-def prerequisites(value_set: str, rabbitmq: BrokerEndpoint, vhost: str) -> tuple[dict, str]:
+def prerequisites(
+    value_set: str, rabbitmq: BrokerEndpoint, vhost: str, postgres_dsn: str | None = None
+) -> tuple[dict, str]:
     """The Secrets that must exist before `helm install`, with real values, and the API token of the test."""
     (broker_secret, broker_keys), (tokens_secret, tokens_key) = SECRETS[value_set]
     urls = {"url": broker_url(rabbitmq.amqp_url, vhost), "management-url": f"http://guest:guest@{BROKER_HOST}:15672"}
@@ -27,4 +32,8 @@ def prerequisites(value_set: str, rabbitmq: BrokerEndpoint, vhost: str) -> tuple
         ("Secret", broker_secret): kube.secret({k: urls[k] for k in broker_keys}),
         ("Secret", tokens_secret): kube.secret({tokens_key: tokens, "helm-test-token": helm_token}),
     }
+    if value_set in POSTGRES_SECRETS:
+        assert postgres_dsn, f"{value_set} keeps operations in PostgreSQL: it needs a DSN"
+        name, key = POSTGRES_SECRETS[value_set]
+        objects[("Secret", name)] = kube.secret({key: postgres_dsn})
     return objects, token
