@@ -7,10 +7,10 @@ is active at a time: it holds a session advisory lock on the one connection it w
 lock and the writes go together; a standby polls for the lock and takes over once the holder's
 connection is gone (PostgreSQL frees the lock with it).
 
-Its ops port (CPW_HEALTH_PORT, 8001) serves /health/live, /health/ready and /metrics (cpw_projector_*). Ready
-means "a sound member of the pair": the active one once it follows the stream, a standby while its PostgreSQL
-connection is open and it waits for the lock. A standby is Ready so that rollouts and PodDisruptionBudgets count
-it; which one leads is `cpw_projector_leader`, and the alert CPWProjectorNoLeader watches that no pod does.
+Ready (`Projector.ready`, the ops port's /health/ready: indexer.py) means "a sound member of the pair": the
+active one once it follows the stream, a standby while its PostgreSQL connection is open and it waits for the
+lock. A standby is Ready so that rollouts and PodDisruptionBudgets count it; which one leads is
+`cpw_projector_leader`, and the alert CPWProjectorNoLeader watches that one does.
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ import asyncpg
 
 from controlplane_workers.broker import open_broker
 from controlplane_workers.broker.base import Broker, StreamMessage
-from controlplane_workers.lifecycle import connect_with_backoff, run_process
-from controlplane_workers.ops import listen, ops_app, ops_limits, server
+from controlplane_workers.lifecycle import connect_with_backoff
 from controlplane_workers.records import MALFORMED, read_message
-from controlplane_workers.redact import redact_text
 from controlplane_workers.topology import Topology
 
 from . import projector_metrics as metrics
@@ -214,41 +212,3 @@ class Projector:
         metrics.BATCH_DURATION.observe(committed - began)
         if fold.oldest is not None:
             metrics.COMMIT_DELAY.observe(max(0.0, time.time() - fold.oldest))
-
-
-def run_indexer(settings: ApiSettings) -> int:
-    """`cpw indexer`: 0 once stopped by a signal, 2 for a taken ops port, 1 when PostgreSQL or the broker failed it."""
-    try:
-        return run_process("cpw indexer", lambda stop: serve_indexer(settings, stop))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        log.error("indexer: %s: %s", type(exc).__name__, redact_text(str(exc)))
-        return 1
-
-
-async def serve_indexer(settings: ApiSettings, stop: asyncio.Event) -> Projector:
-    """The ops port first (a taken port stops the process before it takes the lock), then the projector."""
-    sock = listen(settings.health_host, settings.health_port, "the ops port (CPW_HEALTH_PORT)")
-    projector = Projector(settings)
-    ops = server(
-        ops_app(
-            is_ready=lambda: projector.ready,
-            status=projector.status,
-            identity=lambda: {"worker_id": settings.worker_id, "role": projector.role},
-            registries=[metrics.REGISTRY],
-        ),
-        settings.health_host,
-        settings.health_port,
-        limits=ops_limits(settings),
-    )
-    ops_task = asyncio.create_task(ops.serve(sockets=[sock]))
-    started = time.monotonic()
-    try:
-        await projector.run(stop)
-    finally:
-        ops.should_exit = True
-        await ops_task
-        elapsed = time.monotonic() - started
-        log.warning(
-            "indexer: stopped: %d events in %d transactions, %.1fs", projector.events, projector.transactions, elapsed
-        )
-    return projector
