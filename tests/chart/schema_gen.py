@@ -309,7 +309,9 @@ POSTGRESQL_STORE_NEEDS_A_DSN = {
                 "anyOf": [
                     {"properties": {"existingSecret": {"minLength": 1}}, "required": ["existingSecret"]},
                     {
-                        "properties": {"cluster": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}},
+                        "properties": {
+                            "cluster": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}
+                        },
                         "required": ["cluster"],
                     },
                 ],
