@@ -4,8 +4,9 @@ Service names resolve (via each pod's /etc/hosts) to an address of their own on 
 pod's relay forwards to the pod the Service selects, on the port its `targetPort` names. What runs outside the
 pods is reached the same way under the names the value set gives it (`Outside`): the broker under the host of
 every broker URL in the Secrets (the test's, the chart's, the operator's), PostgreSQL under the host of the
-DSN in the Secrets, the OTLP collector under the endpoint the pods export to. Each Service gets its own 127.0.1.x address,
-not 127.0.0.1, because two Services share port 8001 and a pod listens on its own ports at 127.0.0.1.
+DSN in the Secrets, the OTLP collector under the endpoint the pods export to. Each Service gets its own
+127.0.1.x address, not 127.0.0.1, because two Services share port 8001 and a pod listens on its own ports at
+127.0.0.1.
 """
 
 from __future__ import annotations
