@@ -5,7 +5,8 @@ message (`cpw_projector`), so after a crash the projector resumes after the offs
 delivered again (a stream consumer restarts at a chunk's start) is skipped by its offset. One projector
 is active at a time: it holds a session advisory lock on the one connection it writes with, so the
 lock and the writes go together; a standby polls for the lock and takes over once the holder's
-connection is gone (PostgreSQL frees the lock with it).
+connection is gone (PostgreSQL frees the lock with it). The active one also keeps the daily
+partitions (pgpartitions.py `Upkeep`): made ahead, dropped past CPW_OPERATION_RETENTION.
 
 Ready (`Projector.ready`, the ops port's /health/ready: indexer.py) means "a sound member of the pair": the
 active one once it follows the stream, a standby while its PostgreSQL connection is open and it waits for the
@@ -19,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -31,18 +32,22 @@ from controlplane_workers.records import MALFORMED, read_message
 from controlplane_workers.topology import Topology
 
 from . import projector_metrics as metrics
+from .pgpartitions import Upkeep
 from .pgschema import CHANNEL, LOCK_KEY, migrate
 from .projection import UPSERT, BatchFold
 from .settings import ApiSettings
 
 log = logging.getLogger("controlplane_api.projector")
 NOTIFY_IDS = 200  # job ids per NOTIFY payload (PostgreSQL caps one at 8,000 bytes)
+LOST = "lost the PostgreSQL connection, and the projector lock with it"
 
 
 class Projector:
     """One projector process: standby until it holds the lock, then follows and writes."""
 
-    def __init__(self, settings: ApiSettings, *, standby_poll: float = 0.5) -> None:
+    def __init__(
+        self, settings: ApiSettings, *, standby_poll: float = 0.5, clock: Callable[[], float] = time.time
+    ) -> None:
         if not settings.postgres_url:
             raise ValueError("CPW_POSTGRES_URL (or CPW_POSTGRES_URL_FILE) is not set")
         self.settings = settings
@@ -55,6 +60,7 @@ class Projector:
         self.arrived = asyncio.Event()
         self.applied = -1  # the last stream offset written
         self.events = self.malformed = self.transactions = 0
+        self.partitions = Upkeep(settings.operation_retention, clock)  # the leader's, while it follows
         self.role = "starting"  # then "standby" and/or "leader"
         self.following = False
         self.conn: Any = None
@@ -86,6 +92,7 @@ class Projector:
             "events": self.events,
             "transactions": self.transactions,
             "malformed": self.malformed,
+            "upkeep_failures": self.partitions.failures,
         }
 
     def _received(self, messages: Sequence[StreamMessage]) -> None:
@@ -145,6 +152,10 @@ class Projector:
                 await self._follow(broker, conn, stop)
             finally:
                 await broker.close()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if conn.is_closed():  # cut mid-query: say what it means, wherever it happened
+                raise ConnectionError(LOST) from exc
+            raise
         finally:
             self.role, self.following = "starting", False
             await conn.close()
@@ -157,11 +168,14 @@ class Projector:
         try:
             while not stop.is_set():
                 if conn.is_closed():  # the lock went with it: a standby may be active already
-                    raise ConnectionError("lost the PostgreSQL connection, and the projector lock with it")
+                    raise ConnectionError(LOST)
+                if self.partitions.due() and not await self.partitions.run(conn):
+                    metrics.UPKEEP_FAILURES.inc()  # logged by it; the jobs are written all the same
                 if not self.pending:
                     self.arrived.clear()
                     arrived = asyncio.ensure_future(self.arrived.wait())
-                    await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    timeout = self.partitions.wait()
+                    await asyncio.wait({arrived, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                     arrived.cancel()
                     continue
                 batch, self.pending = self.pending[: self.max_messages], self.pending[self.max_messages :]

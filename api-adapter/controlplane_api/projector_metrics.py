@@ -62,3 +62,9 @@ FAILOVERS = Counter(
 POSTGRES_CONNECTED = Gauge(
     "cpw_projector_postgres_connected", "1 while the projector's PostgreSQL connection is open.", registry=REGISTRY
 )
+UPKEEP_FAILURES = Counter(
+    "cpw_projector_upkeep_failures",
+    "Partition upkeeps PostgreSQL refused (a drop that waited past its lock timeout, a partition something depends "
+    "on); each is tried again 10 minutes later.",
+    registry=REGISTRY,
+)

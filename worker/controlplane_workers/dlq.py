@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 
 from .broker import Broker
-from .broker.base import ATTEMPT, DETAIL, JOB_ID, KIND, REASON, REDRIVE, Delivery
+from .broker.base import ATTEMPT, DELIVERY_COUNT, DETAIL, JOB_ID, KIND, REASON, REDRIVE, Delivery
 from .events import BATCH, accepted_record
 
 _DEAD_LETTER_HEADERS = (REASON, DETAIL, "x-cpw-original-queue", "x-cpw-dead-lettered-at", "x-cpw-dead-lettered-by")
+_RESET_ON_REDRIVE = (*_DEAD_LETTER_HEADERS, ATTEMPT, DELIVERY_COUNT)
 
 
 def describe(delivery: Delivery) -> dict[str, Any]:
@@ -62,7 +63,7 @@ async def list_dead_letters(broker: Broker, limit: int | None = 100) -> list[dic
 
 
 async def _send_again(broker: Broker, delivery: Delivery, info: dict[str, Any]) -> None:
-    """Publish a dead letter's job again with attempts reset, confirmed; readers start it afresh.
+    """Publish a dead letter's job again with attempts and delivery count reset, confirmed; readers start it afresh.
 
     The Accepted record that resets readers goes first: published after the job, it could land on
     the stream after the re-run's own events and reset a job that had already started or ended (seen:
@@ -71,7 +72,7 @@ async def _send_again(broker: Broker, delivery: Delivery, info: dict[str, Any]) 
     if info["provider_namespace"]:  # a well-formed job
         record = accepted_record(str(info["job_id"]), time.time(), delivery.body, redrive=True)
         await broker.publish_events([(b"[" + record + b"]", {KIND: BATCH})])
-    headers = {k: v for k, v in delivery.headers.items() if k not in _DEAD_LETTER_HEADERS and k != ATTEMPT}
+    headers = {k: v for k, v in delivery.headers.items() if k not in _RESET_ON_REDRIVE}
     headers[REDRIVE] = True
     routing_key = ".".join(str(info[k] or "unknown") for k in ("provider_namespace", "resource_type", "operation"))
     await broker.publish_job(

@@ -28,6 +28,9 @@ REASON = "x-cpw-dead-letter-reason"
 DETAIL = "x-cpw-dead-letter-detail"
 FIRST_DEATH_QUEUE = "x-cpw-original-queue"
 REDRIVE = "x-cpw-redrive"  # a dead-lettered job sent round again: readers start it afresh
+# On a classic job queue: deliveries of this attempt that ended without a settle (the worker died or lost its
+# channel), counted by the workers as a quorum queue counts them in `x-delivery-count` (see worker.py).
+DELIVERY_COUNT = "x-cpw-delivery-count"
 
 
 @dataclass
@@ -135,6 +138,11 @@ class Broker(abc.ABC):
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
     ) -> None:
         """Park a job in the delay queue of `attempt`; it returns to the job queue after `delay`."""
+
+    @abc.abstractmethod
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        """Put a copy of a delivered job at the tail of the job queue (straight, not through the exchange),
+        confirmed; raise BrokerUnavailable if not. A worker's way to hand a job back (see worker.py)."""
 
     @abc.abstractmethod
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None: ...

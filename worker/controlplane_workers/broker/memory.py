@@ -290,6 +290,10 @@ class MemoryBroker(Broker):
         handle = loop.call_later(max(delay, 0.0), release)
         self.node.retrying.add(handle)
 
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        self._check()
+        self.node.enqueue(_Message(body, dict(headers), message_id, priority, self.topology.jobs_queue))
+
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
         self._check()
         t = self.topology

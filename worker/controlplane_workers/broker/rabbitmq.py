@@ -458,6 +458,12 @@ class RabbitMQBroker(Broker):
         )
         await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.retry_queue(attempt))
 
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        properties = Properties(
+            headers=headers, message_id=message_id, priority=priority, delivery_mode=PERSISTENT, content_type=JSON
+        )
+        await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.jobs_queue)
+
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
         properties = Properties(headers=headers, message_id=message_id, delivery_mode=PERSISTENT, content_type=JSON)
         await self._publish(self.dlx.name if self.dlx else None, body, properties, self.topology.dead_letter_queue)
