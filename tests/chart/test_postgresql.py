@@ -158,6 +158,18 @@ def test_a_managed_database_without_a_cidr_is_reached_only_with_an_opt_in() -> N
             ["/projector/replicaCount"],
             id="no projector",
         ),
+        pytest.param(
+            {**POSTGRESQL, "api": {"projector": {"retentionDays": 3651}}},
+            helm_python.HelmValuesError,
+            ["/projector/retentionDays", "want 3,650"],
+            id="a retention over ten years",
+        ),
+        pytest.param(
+            {**POSTGRESQL, "api": {"projector": {"retentionDays": 0}}},
+            helm_python.HelmValuesError,
+            ["/projector/retentionDays"],
+            id="no retention",
+        ),
     ],
 )
 def test_bad_store_values_fail_with_the_value_to_fix(values: dict, error: type, words: list[str]) -> None:
@@ -176,6 +188,8 @@ def test_bad_store_values_fail_with_the_value_to_fix(values: dict, error: type, 
             id="the cluster",
         ),
         pytest.param({**POSTGRESQL, "api": {"projector": {"replicaCount": 1}}}, id="one projector"),
+        pytest.param({**POSTGRESQL, "api": {"projector": {"retentionDays": 1}}}, id="a retention of one day"),
+        pytest.param({**POSTGRESQL, "api": {"projector": {"retentionDays": 3650}}}, id="a retention of ten years"),
         pytest.param(
             {**POSTGRESQL, "api": {"projector": {"podDisruptionBudget": {"minAvailable": 1}}}},
             id="a PDB just below the replicas",
@@ -192,3 +206,7 @@ def test_good_store_values_render(values: dict) -> None:
     assert bool(find(docs, "Deployment", f"{RELEASE}-projector")) == postgresql
     cluster = values["global"]["postgresql"].get("cluster", {}).get("enabled", False)
     assert bool(find(docs, "Cluster")) == (postgresql and cluster)
+    retention = values.get("api", {}).get("projector", {}).get("retentionDays", 30)
+    if postgresql:
+        projector, _ = _containers(docs)["projector"]
+        assert env_of(projector)["CPW_OPERATION_RETENTION"] == str(retention), "the active projector drops past it"
