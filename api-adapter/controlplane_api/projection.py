@@ -109,6 +109,11 @@ class BatchFold:
     def __init__(self) -> None:
         self.changes: dict[str, Change] = {}
         self.ended: list[str] = []  # jobs that reached a terminal state in this batch
+        self.oldest: float | None = None  # the time of the batch's oldest event (its commit delay)
+
+    def _seen(self, at: float) -> None:
+        if self.oldest is None or at < self.oldest:
+            self.oldest = at
 
     def _change(self, job_id: str) -> Change:
         change = self.changes.get(job_id)
@@ -131,6 +136,8 @@ class BatchFold:
         not_before: float | None = None,
     ) -> None:
         change = self._change(job_id)
+        if submitted_at is not None and not redrive:  # a redriven job keeps its first submission time
+            self._seen(submitted_at)
         if redrive:  # starts afresh: what came before it in this batch is replaced too
             key, fp, redrives = change.idem_key, change.fingerprint, change.redrives
             change = self.changes[job_id] = Change(job_id)
@@ -157,6 +164,7 @@ class BatchFold:
     ) -> None:
         change = self._change(job_id)
         change.tenant = change.tenant or tenant
+        self._seen(at)
         if change.terminal:  # the first terminal event of the batch won
             change.duplicates += status.terminal
             return

@@ -57,6 +57,9 @@ async def test_the_arm_flow_with_operations_in_postgresql(vhost_url, pg_url, tmp
             assert len(mine["value"]) == 2
             state = (await http.get(f"{api.ops_url}/status")).json()["index"]
             assert state["store"] == "postgresql" and PASSWORD not in state["url"] and "***" in state["url"]
+            # what CPWProjectorNotRunning reads to know a projector must run for this release
+            scraped = (await http.get(f"{api.ops_url}/metrics")).text
+            assert 'cpw_api_operation_store{store="postgresql"} 1.0' in scraped
         print(f"\napi ready on PostgreSQL in {ready_s:.2f}s (process start included)")
     finally:
         api.stop()

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from controlplane_api.pgpartitions import DAY_MS, add_days, day_of, partition_days, upkeep
+from controlplane_api import projector_metrics
+from controlplane_api.pgpartitions import DAY_MS, Upkeep, add_days, day_of, partition_days, partition_name, upkeep
 from controlplane_api.pgschema import BASE, JOBS, MIGRATE_LOCK, SCHEMA_VERSION, SchemaTooNew, migrate
 from controlplane_api.pgstore import PostgresStore
-from controlplane_api.projector import Projector
+from controlplane_api.projector import LOST, Projector
 from controlplane_api.settings import load_api_settings
 from controlplane_workers.ids import new_job_id
 from controlplane_workers.models import Job, JobStatus
@@ -241,6 +243,75 @@ async def test_the_active_projector_keeps_the_partitions(vhost_url, pg_url, conn
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
+
+
+async def pin(conn: asyncpg.Connection, day: int) -> None:
+    """A view on a day's partition: its drop fails (DependentObjectsStillExistError) until the view goes."""
+    await conn.execute(f"CREATE VIEW cpw_test_pin AS SELECT * FROM {partition_name(day)}")
+
+
+async def test_a_failed_upkeep_is_logged_once_counted_and_tried_again(conn, caplog):
+    await migrate(conn)
+    await make_days(conn, [TODAY - 40])
+    await pin(conn, TODAY - 40)
+    partitions = Upkeep(retention_days=30, clock=lambda: NOW + DAY)
+    with caplog.at_level(logging.WARNING, "controlplane_api.projector"):
+        assert await partitions.run(conn) is False
+        assert not partitions.due() and partitions.wait() > 500, "tried again UPKEEP_EVERY later, not at once"
+        assert await partitions.run(conn) is False
+        failed = [r for r in caplog.records if "partition upkeep failed" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].levelno == logging.ERROR, "logged once, not per try"
+        assert "DependentObjectsStillExistError" in failed[0].getMessage()
+        assert partitions.failures == 2 and partitions.failing
+        assert await partition_days(conn) == [TODAY - 40, TODAY, TODAY + 1, TODAY + 2, TODAY + 3], "made ahead anyway"
+        await conn.execute("DROP VIEW cpw_test_pin")
+        assert await partitions.run(conn) is True
+    assert await partition_days(conn) == [TODAY, TODAY + 1, TODAY + 2, TODAY + 3]
+    assert not partitions.failing and "works again (2 failures" in caplog.text
+
+
+@pytest.mark.rabbitmq
+async def test_the_projector_outlives_a_failed_upkeep(vhost_url, pg_url, conn):
+    await migrate(conn)
+    await make_days(conn, [TODAY - 40])
+    await pin(conn, TODAY - 40)
+    counted = projector_metrics.REGISTRY.get_sample_value("cpw_projector_upkeep_failures_total") or 0.0
+    projector = Projector(load_api_settings(rabbitmq_url=vhost_url, postgres_url=pg_url))
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while not (projector.following and projector.partitions.failures):
+            assert time.monotonic() < deadline and not running.done(), "no upkeep"
+            await asyncio.sleep(0.05)
+        assert projector.ready and projector.role == "leader" and projector.status()["upkeep_failures"] == 1
+        assert projector_metrics.REGISTRY.get_sample_value("cpw_projector_upkeep_failures_total") == counted + 1
+        assert TODAY - 40 in await partition_days(conn)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)  # stops cleanly: the failure did not end it
+
+
+@pytest.mark.rabbitmq
+async def test_a_connection_cut_during_the_upkeep_ends_the_projector_and_is_no_upkeep_failure(vhost_url, pg_url, conn):
+    await migrate(conn)
+    projector = Projector(load_api_settings(rabbitmq_url=vhost_url, postgres_url=pg_url, worker_id="cut-upkeep"))
+    running = asyncio.create_task(projector.run(asyncio.Event()))
+    deadline = time.monotonic() + 30
+    while not projector.following or projector.partitions.due():
+        assert time.monotonic() < deadline and not running.done(), "not following"
+        await asyncio.sleep(0.05)
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)  # the next upkeep waits for it (up to 5 s)
+    projector.partitions.next_upkeep = 0.0
+    projector.arrived.set()
+    waiting = "SELECT pid FROM pg_stat_activity WHERE application_name = 'cpw-indexer cut-upkeep' AND wait_event_type = 'Lock'"
+    while not (pid := await conn.fetchval(waiting)):
+        assert time.monotonic() < deadline and not running.done(), "no upkeep waiting"
+        await asyncio.sleep(0.01)
+    await conn.execute("SELECT pg_terminate_backend($1)", pid)
+    with pytest.raises(ConnectionError, match=LOST):
+        await asyncio.wait_for(running, 10)
+    assert projector.partitions.failures == 0 and not projector.partitions.failing
 
 
 def test_bounds_of_a_day():
