@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,19 @@ async def wait_ready(proc: Proc, url: str, timeout: float = 30.0) -> None:
             if loop.time() > deadline:
                 raise AssertionError(f"not ready in {timeout}s:\n{proc.output()[-3000:]}")
             await asyncio.sleep(0.05)
+
+
+def wait_ready_sync(proc: Proc, timeout: float = 30.0) -> None:
+    """`wait_ready` for a test without an event loop: poll the process's readiness probe."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.proc.poll() is None and time.monotonic() < deadline, proc.output()[-3000:]
+        try:
+            if httpx.get(f"{proc.url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
 
 
 async def start_api(broker_url: str, tmp: Path, *, ready: bool = True, **settings: Any) -> Proc:

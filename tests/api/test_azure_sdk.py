@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from tests.api.support import Proc, _env, spawn, start_api, start_worker
+from tests.api.support import Proc, _env, spawn, start_api, start_worker, wait_ready_sync
 from tests.support.rabbitmq import free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(180)]
@@ -32,15 +30,7 @@ def cpw_dev(tmp_path) -> Iterator[Proc]:
     env.pop("CPW_API_HOST")
     log = tmp_path / "dev.log"
     proc = Proc(spawn(["dev", "--port", str(port)], env, log), log, port, port, env)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.proc.poll() is None and time.monotonic() < deadline, proc.output()[-3000:]
-        try:
-            if httpx.get(f"{proc.url}/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    wait_ready_sync(proc)
     yield proc
     assert proc.stop() == 0, proc.output()[-3000:]
 

@@ -32,7 +32,7 @@ from controlplane_workers.topology import Topology
 from tests.api.support import Proc
 from tests.drills.harness import Account, Cluster, Load, drill
 from tests.postgres.test_projector import active_projector, start_indexer
-from tests.support.postgres import PostgresServer, installed
+from tests.support.postgres import PostgresServer, session_server
 
 SIZES = [pytest.param("small", id="small"), pytest.param("full", id="full", marks=pytest.mark.drill)]
 
@@ -145,13 +145,7 @@ class Indexers:
 
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[PostgresServer]:
-    if not installed():
-        pytest.skip("PostgreSQL 15 is not installed: run `make system-deps`")
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from session_server()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from tests.api.support import RG, A, V, poll, start_api, start_worker
 from tests.postgres.test_projector import start_indexer
-from tests.support.postgres import PostgresServer, installed
+from tests.support.postgres import PostgresServer, session_server
 
 pytestmark = pytest.mark.rabbitmq
 BODY = {"location": "westeurope", "properties": {"size": "S"}, "script": "sleep:0.05"}
@@ -20,13 +20,7 @@ BODY = {"location": "westeurope", "properties": {"size": "S"}, "script": "sleep:
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own: it is stopped and started, which the session's must not be."""
-    if not installed():
-        pytest.skip("PostgreSQL 15 is not installed: run `make system-deps`")
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from session_server()
 
 
 def unavailable(answer: httpx.Response) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.support import ROOT, Proc, _env
+from tests.api.support import ROOT, Proc, _env, wait_ready_sync
 from tests.support.postgres import installed
 from tests.support.rabbitmq import free_port
 
@@ -34,15 +34,7 @@ def test_the_demo_runs_with_its_operations_in_a_private_postgresql(tmp_path: Pat
         subprocess.Popen(command, env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT), log, port
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.proc.poll() is None and time.monotonic() < deadline, proc.output()[-3000:]
-            try:
-                if httpx.get(f"{proc.url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_ready_sync(proc, 60)
         with httpx.Client(base_url=proc.url, timeout=10) as http:
             made = http.put(VM, params=V, json={"location": "westeurope", "properties": {"vmSize": "S"}})
             assert made.status_code == 201, made.text

@@ -72,7 +72,7 @@ class PostgresServer:
 
 
 def session_server() -> Iterator[PostgresServer]:
-    """For a session fixture to `yield from`: skipped, with the reason, when PostgreSQL is not installed."""
+    """A private PostgreSQL for a fixture (of any scope) to `yield from`: skipped, with the reason, when PostgreSQL is not installed."""
     if not installed():
         pytest.skip(f"PostgreSQL 15 is not installed ({BIN}): run `make system-deps`")
     server = PostgresServer().start()
