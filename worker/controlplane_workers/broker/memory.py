@@ -12,7 +12,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -45,6 +45,12 @@ class _Message:
     priority: int
     routing_key: str
     redelivered: bool = False
+
+    def delivery(self, settle: Callable[[bool, bool], Awaitable[None]]) -> Delivery:
+        """This message handed to a consumer, settled through `settle`."""
+        return Delivery(
+            self.body, dict(self.headers), self.message_id, self.priority, self.redelivered, self.routing_key, settle
+        )
 
 
 @dataclass
@@ -100,15 +106,7 @@ class _DeadLetterWalk(DeadLetterWalk):
             if ack or not requeue:
                 self.held = [m for m in self.held if m is not message]
 
-        return Delivery(
-            message.body,
-            dict(message.headers),
-            message.message_id,
-            message.priority,
-            message.redelivered,
-            message.routing_key,
-            settle,
-        )
+        return message.delivery(settle)
 
     async def end(self) -> None:
         self.node.dead_letters.extendleft(reversed(self.held))  # back in their places, as RabbitMQ does
@@ -150,15 +148,7 @@ class _Node:
             tag = next(self.delivery_tags)
             consumer.unacked.add(tag)
             self.in_flight[tag] = (message, consumer)
-            delivery = Delivery(
-                message.body,
-                dict(message.headers),
-                message.message_id,
-                message.priority,
-                message.redelivered,
-                message.routing_key,
-                self._settler(tag),
-            )
+            delivery = message.delivery(self._settler(tag))
             asyncio.get_running_loop().create_task(consumer.handler(delivery))
 
     def _consumer_with_room(self) -> _Consumer | None:
