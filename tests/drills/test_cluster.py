@@ -13,13 +13,14 @@ haproxy's one URL:
 - `classic`: the `kill` with a classic jobs queue, to measure what a cluster does not give it;
 - `lost-retrying`: `lost` while jobs wait for their retry in the delay queues, which stay classic.
 
-Every accepted job must reach exactly one terminal state (for `rolling`, `classic` and `lost-retrying` the
+Every accepted job must reach exactly one terminal state (for `classic` and `lost-retrying` the
 losses are measured and reported, not asserted: they document known limits), and the worker's log must stay a few lines per
 restart: one per state change, not one per retry (issue 22: 356 tracebacks in 2 s).
 
 `[small]` (`kill` alone, ~45 s with the cluster's start) runs in `make test`; `[full]` (marker `drill`,
-every scenario) in `make drill`. The rolling restart stays out of `make test`: it loses confirmed stream
-writes on RabbitMQ 3.10.8 in about half the runs (a broker limit, measured and documented).
+every scenario) in `make drill`. The rolling restart stays out of `make test` for its length (~2 min);
+RabbitMQ 3.10.8 loses confirmed stream writes in it in about half the runs, which the processes' read-back
+of their own records (CPW_RESULTS_READBACK) makes up for.
 """
 
 from __future__ import annotations
@@ -188,14 +189,21 @@ async def run_drill(
     script: Callable[[int], str] = lambda n: "ok",
     asserted: bool = True,
     worker_settings: dict[str, str] | None = None,
+    readback: bool = True,
 ) -> tuple[ClusterAccount, Outcomes, Fault]:
-    """Steady load from before the fault until `tail_s` after it, then every accepted job waited for."""
+    """Steady load from before the fault until `tail_s` after it, then every accepted job waited for.
+
+    `readback=False` turns off CPW_RESULTS_READBACK (on by default with replicated streams), to show
+    what it guards against."""
     url = cluster.add_vhost(f"cpw-{scenario}-{size}")
     worker_log = tmp_path / f"worker-{scenario}.log"
     outcomes, done = Outcomes(), Fault()
     sdk_log = _Records()  # what the submitter (the SDK, in this process) logged about the broker
     # What the chart sets with its operator cluster: the streams created on all three nodes.
-    replicas = {"stream_replicas": len(cluster.nodes)}
+    replicas: dict[str, object] = {"stream_replicas": len(cluster.nodes)}
+    if not readback:
+        replicas["results_readback"] = 0
+        worker_settings = {**(worker_settings or {}), "CPW_RESULTS_READBACK": "0"}
     env = worker_env(
         url,
         CPW_WORKER_ID="w1",
@@ -274,10 +282,14 @@ async def run_drill(
                     done.notes["unseen_accepted_s_after_fault"] = f"{when[0]:.1f}..{when[-1]:.1f}"
                     done.notes["faults_s"] = ",".join(f"{m - t0:.1f}" for m in done.moments)
             ignored = queue.index.duplicates
+            # Read-your-write (CPW_RESULTS_READBACK, on with replicated streams): records published again
+            # because they were confirmed and not read back.
+            done.notes["accepted_republished"] = str(queue.events.republished)
         with contextlib.suppress(Exception):  # what the worker ran: tells a job never run from an outcome lost
             status = worker.status()
             done.notes["worker_processed"] = str(status.get("jobs_processed"))
             done.notes["worker_ack_lost"] = str(status.get("ack_lost"))
+            done.notes["outcomes_republished"] = str(status.get("outcomes_republished"))
     finally:
         logging.getLogger("controlplane_workers.broker").removeHandler(sdk_log)
         worker.stop()
@@ -343,15 +355,16 @@ async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(
 @pytest.mark.parametrize("size", [FULL])
 @pytest.mark.timeout(360)
 async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
-    """Measured, not asserted: on RabbitMQ 3.10.8 a graceful stop of the node leading the streams lost
-    about a second of confirmed stream writes in half the runs (docs/reliability.md). What is asserted:
-    the worker ran every accepted job, and a job the submitter never saw end is missing from the stream
-    altogether (its Accepted record too), so the loss is the broker's, not a reader's or the worker's."""
+    """On RabbitMQ 3.10.8 a graceful stop of the node leading the streams lost about a second of confirmed
+    stream writes in about half the runs (docs/reliability.md). The worker and the submitter read their
+    records back (CPW_RESULTS_READBACK, on with replicated streams) and publish again what they do not
+    find, so nothing is lost: asserted. CPW_DRILL_NO_READBACK=1 turns readback off to show the loss
+    (measured then, not asserted); CPW_DRILL_NO_STREAM_SYNC=1 restarts the next node without waiting for
+    the streams to catch up, which lost writes more often."""
     vhost = f"cpw-rolling-{size}"
     replicated = [(vhost, "provider.jobs"), (vhost, "provider.results"), (vhost, "provider.control")]
-    # Restarting the next node while the last one's stream replicas still caught up lost a range of
-    # confirmed stream writes (RabbitMQ 3.10.8, docs/reliability.md); CPW_DRILL_NO_STREAM_SYNC=1 shows it.
     streams = [] if os.environ.get("CPW_DRILL_NO_STREAM_SYNC") else replicated[1:]
+    readback = not os.environ.get("CPW_DRILL_NO_READBACK")
 
     async def fault(done: Fault) -> None:
         started = time.time()
@@ -363,17 +376,16 @@ async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
 
     account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="rolling", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=False,
+        fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=readback, readback=readback,
     )  # fmt: skip
-    unseen = account.lost
     on_stream = int(done.notes.get("unseen_by_submitter_but_on_stream", "0"))
-    account.limit = (
-        f"lost_confirmed_stream_writes={unseen - on_stream} worker_processed={done.notes.get('worker_processed')}"
+    account.limit = f"lost_confirmed_stream_writes={account.lost - on_stream} readback=off"
+    print(
+        f"  [rolling] readback={'on' if readback else 'off'} outcomes_republished="
+        f"{done.notes.get('outcomes_republished')} accepted_republished={done.notes.get('accepted_republished')}"
     )
-    print(f"  [rolling] {account.limit}")
     assert account.duplicates == 0 and on_stream == 0, account.line()
     assert int(done.notes.get("worker_processed", "0")) >= account.accepted, "the worker must have run every job"
-    assert account.lines_per_restart < 30 and account.lost <= account.accepted // 20, account.line()
 
 
 @pytest.mark.parametrize("size", [FULL])

@@ -80,13 +80,14 @@ class ProviderWorker(WorkerRole):
         )
         self.worker_id = settings.worker_id
         self.stats = WorkerStats()
-        self.events = EventBatcher(self.broker)
+        self.events = EventBatcher(self.broker, readback=settings.readback_seconds)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_requests: OrderedDict[str, str] = OrderedDict()
         self.draining = False
         self.consuming = False
         self._consumer: Subscription | None = None
         self._control: Subscription | None = None
+        self._results: Subscription | None = None  # with readback: this worker's outcomes read back
         self._heartbeat: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -149,6 +150,8 @@ class ProviderWorker(WorkerRole):
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
         async with self.broker.connecting():
+            if self.events.readback:  # from now on: the outcomes this worker is about to publish
+                self._results = await self.broker.follow(self.topology.results_stream, self.events.read, "next")
             since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
             self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
             await self._read_cancel_backlog()
@@ -179,8 +182,9 @@ class ProviderWorker(WorkerRole):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         await self._send_heartbeat(stopping=True)
-        if self._control is not None:
-            await self._control.cancel()
+        for subscription in (self._control, self._results):
+            if subscription is not None:
+                await subscription.cancel()
         await self.broker.close()
         self.sync_pool.shutdown()
         log.info("worker stopped", extra={"processed": self.stats.processed})
@@ -616,6 +620,7 @@ class ProviderWorker(WorkerRole):
             "redelivered": self.stats.redelivered,
             "ack_lost": self.stats.ack_lost,
             "redeliveries_settled": self.stats.redeliveries_settled,
+            "outcomes_republished": self.events.republished,
             "in_flight": len(self.running),
             "capacity": self.settings.max_concurrent_jobs,
             "started_at": self.stats.started_at,
