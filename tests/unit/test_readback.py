@@ -18,7 +18,7 @@ from controlplane_workers.broker import memory
 from controlplane_workers.broker.base import Headers
 from controlplane_workers.settings import load_settings
 from tests.support import providers
-from tests.support.harness import client, request, running_worker
+from tests.support.harness import client, eventually, request, running_worker
 
 NS, TYPE = "Test.Scripted", "things"
 
@@ -72,18 +72,45 @@ async def test_a_confirmed_outcome_the_stream_lost_is_published_again_before_the
         assert result is None and worker.stats.succeeded == 1
 
 
-async def test_an_outcome_never_read_back_is_not_acked_and_the_job_runs_again(url):
-    dropped = lose_stream_writes(url, lambda body: b'"succeeded"' in body, times=3)  # every publish of the batch
+async def test_an_outcome_lost_again_and_again_is_published_until_it_is_read(url):
+    dropped = lose_stream_writes(url, lambda body: b'"succeeded"' in body, times=3)
     async with (
         running_worker(url, providers.registry, results_readback=0.2) as worker,
         client(url) as queue,
     ):
         job_id = await queue.submit_job(NS, TYPE, "create", request("b"))
         result = await queue.get_job_result(job_id, timeout=5)
-    assert len(dropped) == 3 and worker.events.unread == 1
+    assert len(dropped) == 3 and worker.events.republished == 3
     assert result is not None and result.status is JobStatus.SUCCEEDED
-    assert worker.stats.ack_lost == 1  # handed back once, then run again and read back
-    assert worker.stats.succeeded == 1
+    assert worker.stats.succeeded == 1 and worker.stats.ack_lost == 0  # acked once read back, run once
+
+
+async def test_a_later_batch_read_first_proves_the_earlier_one_lost_without_waiting(url):
+    # The stream keeps one channel's order: reading the next outcome proves the first is not there, so
+    # it is published again at once, long before the (here 30 s) timeout.
+    dropped = lose_stream_writes(url, lambda body: b'"succeeded"' in body and b'"first"' in body)
+    async with (
+        running_worker(url, providers.registry, results_readback=30) as worker,
+        client(url) as queue,
+    ):
+        first = await queue.submit_job(NS, TYPE, "create", request("first"))
+        await eventually(lambda: dropped)
+        second = await queue.submit_job(NS, TYPE, "create", request("second"))
+        results = [await queue.get_job_result(j, timeout=5) for j in (first, second)]
+    assert all(r is not None and r.status is JobStatus.SUCCEEDED for r in results)
+    assert worker.events.republished == 1 and worker.events.readback.probes == 0
+
+
+async def test_a_reader_that_reads_nothing_proves_nothing_and_the_job_goes_back(url):
+    async with (
+        running_worker(url, providers.registry, results_readback=0.1) as worker,
+        client(url) as queue,
+    ):
+        await worker._results.cancel()  # noqa: SLF001  # the worker's reader stalls
+        await queue.submit_job(NS, TYPE, "create", request("e"))
+        await eventually(lambda: worker.stats.ack_lost >= 1, timeout=5)
+        assert worker.events.republished == 0  # nothing published in vain
+        assert worker.events.unread >= 1 and worker.stats.succeeded == 0
 
 
 @pytest.mark.parametrize("readback", [0.3, 0.0], ids=["readback", "no-readback"])

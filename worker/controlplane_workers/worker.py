@@ -150,7 +150,7 @@ class ProviderWorker(WorkerRole):
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
         async with self.broker.connecting():
-            if self.events.readback:  # from now on: the outcomes this worker is about to publish
+            if self.events.readback is not None:  # from now on: the outcomes this worker is about to publish
                 self._results = await self.broker.follow(self.topology.results_stream, self.events.read, "next")
             since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
             self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
