@@ -108,6 +108,30 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_queues(args: argparse.Namespace) -> int:
+    """`cpw queues migrate`: the DLQ and the delay queues made the job queue's type (migrate.py)."""
+    settings = _settings(args)
+    from .broker import open_broker
+    from .broker.rabbitmq import RabbitMQBroker
+    from .migrate import migrate_side_queues
+    from .topology import Topology
+
+    async def main() -> int:
+        broker = open_broker(settings.rabbitmq_url, Topology.from_settings(settings), name="cpw queues")
+        if not isinstance(broker, RabbitMQBroker):
+            print("cpw queues migrate: only RabbitMQ has queues to migrate", file=sys.stderr)
+            return 2
+        await broker.connect()
+        try:
+            done = await migrate_side_queues(broker)
+            print(f"migrated: {len(done)} (CPW_QUEUE_TYPE={settings.queue_type}); restart the workers and the API")
+            return 0
+        finally:
+            await broker.close()
+
+    return asyncio.run(main())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpw", description=(__doc__ or "").split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,6 +164,14 @@ def parser() -> argparse.ArgumentParser:
     for command in (dlq_list, dlq_redrive):
         command.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
     dlq.set_defaults(func=cmd_dlq)
+
+    queues = sub.add_parser("queues", help="the queues beside the job queue")
+    queues_sub = queues.add_subparsers(dest="queues_command", required=True)
+    migrate = queues_sub.add_parser(
+        "migrate", help="make the DLQ and the delay queues the job queue's type (CPW_QUEUE_TYPE), keeping messages"
+    )
+    migrate.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    queues.set_defaults(func=cmd_queues)
     return p
 
 
