@@ -2,7 +2,7 @@
 
 Four scenarios, each in a vhost of its own (fresh declarations, leaders placed anew), while a
 submitter (the SDK's JobQueue) offers jobs at a steady rate to a real `cpw worker`, both on
-haproxy's one URL:
+haproxy's one URL; in `kill` and `rolling` a real `cpw api` on the same URL takes HTTP submissions too:
 
 - `kill`: SIGKILL of the node that leads `provider.jobs` (quorum) and the streams, started again a
   few seconds later (a pod restart);
@@ -33,11 +33,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controlplane_workers import JobQueue, JobStatus
 from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
+from tests.api.support import start_api
+from tests.drills.harness import TERMINAL, Load
 from tests.drills.test_drills import sized
 from tests.support.cluster import RabbitMQCluster, own_cluster
 from tests.support.harness import client, request
@@ -78,7 +81,7 @@ class ClusterAccount:
 
 
 CLUSTER_RESULTS: list[ClusterAccount] = []
-_STARTED: list[CpwProcess] = []
+_STARTED: list[Any] = []  # CpwProcess and tests.api.support.Proc: both stop()
 
 
 def summary(accounts: list[ClusterAccount]) -> str:
@@ -97,6 +100,13 @@ def summary(accounts: list[ClusterAccount]) -> str:
             line += f" | {a.scenario} (measured limit): accepted={a.accepted} terminal={a.terminal} lost={a.lost}"
             line += f" recovery_s={a.recovery_s:.1f} {a.limit}"
     return line
+
+
+@dataclass
+class _Apis:
+    """What the HTTP load generator needs of a drill's processes: the API URLs to submit to."""
+
+    api_urls: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +200,13 @@ async def run_drill(
     asserted: bool = True,
     worker_settings: dict[str, str] | None = None,
     readback: bool = True,
+    api_rate: int = 0,
 ) -> tuple[ClusterAccount, Outcomes, Fault]:
     """Steady load from before the fault until `tail_s` after it, then every accepted job waited for.
+
+    `api_rate`: jobs/s submitted through a real `cpw api` on haproxy's URL as well (the drills' HTTP load
+    generator, Idempotency-Key retries included), each watched to its end over HTTP and then read by a
+    second stream reader; its jobs count in accepted, terminal, lost and duplicates with the SDK's.
 
     `readback=False` turns off CPW_RESULTS_READBACK (on by default with replicated streams), to show
     what it guards against."""
@@ -215,9 +230,17 @@ async def run_drill(
     worker = CpwProcess("worker", env, worker_log)
     _STARTED.append(worker)  # stopped by the fixture too: a timeout interrupts the loop, not this coroutine
     logging.getLogger("controlplane_workers.broker").addHandler(sdk_log)
+    api: Any = None
+    http = Load(_Apis([]), rate=max(api_rate, 1), count=10**6, duration=10**6, script=script)
+    api_disagree = 0
     try:
         worker.start()
         await asyncio.to_thread(worker.wait_ready, 60)
+        if api_rate:
+            api_env = {k: v for k, v in env.items() if k not in ("CPW_WORKER_ID", "CPW_PROVIDERS")}
+            api = await start_api(url, tmp_path, **api_env)
+            _STARTED.append(api)
+            http.cluster = _Apis([api.url])
         async with _client(url, queue_type=queue_type, publish_timeout=5.0, **replicas) as queue:
             waiters: set[asyncio.Task[None]] = set()
             stop_load = asyncio.Event()
@@ -248,16 +271,21 @@ async def run_drill(
                 await asyncio.gather(*submissions)
 
             loading = asyncio.create_task(load())
+            http_loading = asyncio.create_task(http.run()) if api_rate else None
             await asyncio.sleep(fault_at)  # the scenario: the fault comes while the load runs
             log_offset = _log_size(worker_log)
             await fault(done)
             await asyncio.sleep(tail_s)  # the scenario: load goes on after the cluster is whole again
             stop_load.set()
+            http.stop()
             await loading
+            if http_loading is not None:
+                await http_loading
             if waiters:
                 await asyncio.wait(waiters, timeout=settle_s)
             for waiter in waiters:
                 waiter.cancel()
+            await http.wait(settle_s)
             restart_lines = _lines_since(worker_log, log_offset)
             # A second reader from the start of the stream must agree on every outcome (another replica).
             async with _client(url, queue_type=queue_type, **replicas) as replica:
@@ -265,6 +293,12 @@ async def run_drill(
                 for job_id, status in outcomes.statuses.items():
                     other = await replica.get_job_result(job_id, timeout=30)
                     disagree += other is None or other.status is not status
+                for record in http.records:  # the API's jobs: the stream must say what the API said
+                    seen = {view for _, view in record.views}
+                    if record.job_id and seen:
+                        other = await replica.get_job_result(record.job_id, timeout=30)
+                        statuses = {view[0] for view in seen}
+                        api_disagree += len(seen) > 1 or other is None or other.status.value not in statuses
                 # Forensics of a job the submitter never saw end: did its end reach the stream at all?
                 unseen = [j for j in outcomes.accepted if j not in outcomes.finished]
                 answers = await asyncio.gather(*(replica.get_job_result(j, timeout=5) for j in unseen))
@@ -285,21 +319,36 @@ async def run_drill(
             # Read-your-write (CPW_RESULTS_READBACK, on with replicated streams): records published again
             # because they were confirmed and not read back.
             done.notes["accepted_republished"] = str(queue.events.republished)
+            done.notes["accepted_read_twice"] = str(queue.events.read_twice)
         with contextlib.suppress(Exception):  # what the worker ran: tells a job never run from an outcome lost
             status = worker.status()
             done.notes["worker_processed"] = str(status.get("jobs_processed"))
             done.notes["worker_ack_lost"] = str(status.get("ack_lost"))
             done.notes["outcomes_republished"] = str(status.get("outcomes_republished"))
+            done.notes["outcomes_read_twice"] = str(status.get("outcomes_read_twice"))
     finally:
         logging.getLogger("controlplane_workers.broker").removeHandler(sdk_log)
+        await http.close()
         worker.stop()
-    accepted, terminal = len(outcomes.accepted), len(outcomes.finished)
+        if api is not None:
+            api.stop()
+    api_accepted = [r for r in http.records if r.job_id]
+    api_terminal = sum(any(view[0] in TERMINAL for _, view in r.views) for r in api_accepted)
+    if api_rate:
+        errors = ",".join(f"{k}:{v}" for k, v in sorted(http.submit_errors.items())) or "none"
+        done.notes["api"] = (
+            f"accepted={len(api_accepted)}/terminal={api_terminal}/disagree={api_disagree}/"
+            f"gave_up={sum(r.gave_up is not None for r in http.records)}/submit_errors={errors}"
+        )
+    accepted = len(outcomes.accepted) + len(api_accepted)
+    terminal = len(outcomes.finished) + api_terminal
+    disagree += api_disagree
     tracebacks = sum("Traceback" in line for line in restart_lines)
     recovery = max((outcomes.recovery(m) for m in done.moments), default=0.0)
     notes = " ".join(f"{k}={v}" for k, v in done.notes.items())
     detail = (
         f"not_accepted={len(outcomes.not_accepted)} ignored_dup_events={ignored} tracebacks={tracebacks} "
-        f"submitter_log_lines={len(sdk_log.records)} load={rate}/s {notes}"
+        f"submitter_log_lines={len(sdk_log.records)} load={rate}/s+api:{api_rate}/s {notes}"
     )
     account = ClusterAccount(
         scenario, size, accepted, terminal, accepted - terminal, disagree, recovery, len(restart_lines),
@@ -349,6 +398,7 @@ async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(
         whole_cluster, tmp_path, scenario="kill", size=size, queue_type="quorum", rate=sized(size, 50, 100),
         fault_at=sized(size, 1.5, 10.0), tail_s=sized(size, 2.0, 30.0), settle_s=sized(size, 60, 180),
         fault=_kill_and_restart(whole_cluster, "provider.jobs", f"cpw-kill-{size}", down_s),
+        api_rate=sized(size, 0, 30),  # [small] stays lean for make test: the SDK alone
     )  # fmt: skip
 
 
@@ -376,16 +426,19 @@ async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
 
     account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="rolling", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=readback, readback=readback,
+        fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=readback, readback=readback, api_rate=30,
     )  # fmt: skip
     on_stream = int(done.notes.get("unseen_by_submitter_but_on_stream", "0"))
     account.limit = f"lost_confirmed_stream_writes={account.lost - on_stream} readback=off"
     print(
         f"  [rolling] readback={'on' if readback else 'off'} outcomes_republished="
-        f"{done.notes.get('outcomes_republished')} accepted_republished={done.notes.get('accepted_republished')}"
+        f"{done.notes.get('outcomes_republished')} accepted_republished={done.notes.get('accepted_republished')} "
+        f"read_twice={done.notes.get('outcomes_read_twice')}/{done.notes.get('accepted_read_twice')}"
     )
     assert account.duplicates == 0 and on_stream == 0, account.line()
-    assert int(done.notes.get("worker_processed", "0")) >= account.accepted, "the worker must have run every job"
+    # A job whose ack was lost (its channel gone) is settled on its redelivery and not counted as processed.
+    ran = int(done.notes.get("worker_processed", "0")) + int(done.notes.get("worker_ack_lost", "0"))
+    assert ran >= account.accepted, "the worker must have run every job"
 
 
 @pytest.mark.parametrize("size", [FULL])

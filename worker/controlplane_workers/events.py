@@ -69,6 +69,11 @@ class EventBatcher:
         return self.readback.republished if self.readback is not None else 0
 
     @property
+    def read_twice(self) -> int:
+        """Batches published again whose first copy was read after all (sent again in vain)."""
+        return self.readback.read_twice if self.readback is not None else 0
+
+    @property
     def unread(self) -> int:
         """Batches whose callers were told they failed: never read back."""
         return self.readback.unread if self.readback is not None else 0

@@ -23,6 +23,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ BATCH = "batch"  # KIND of a stream message whose body is a JSON array of events
 BATCH_ID = "x-cpw-batch-id"  # the id a batch is read back by
 PROBE = b"[]"  # an empty batch: readers find no event in it
 GIVE_UP_AFTER = 4  # timeouts after which an unread batch fails its callers
+SENT_AGAIN_MEMORY = 10_000
 WARN_EVERY = 10.0  # seconds between two warnings about lost batches: one line per episode, not per batch
 
 Waiters = list[asyncio.Future[None]]
@@ -69,6 +71,10 @@ class ReadBack:
         self.republished = 0  # batches published again: proven missing from the stream
         self.probes = 0
         self.unread = 0  # batches given up on
+        # Batches published again and then read twice: the first copy was on the stream after all, so it
+        # was sent again in vain (a reader that saw the stream out of order). Ids kept: the last few thousand.
+        self.read_twice = 0
+        self._sent_again: OrderedDict[str, bool] = OrderedDict()
 
     def stamp(self, headers: Headers, *, probe: bool = False) -> _Batch:
         """Before a batch's first publish: its id into `headers`, and the batch registered (the reader
@@ -94,13 +100,18 @@ class ReadBack:
 
     def read(self, messages: Sequence[StreamMessage]) -> None:
         """What this process's follower of the results stream read."""
-        if not self._unread:
+        if not self._unread and not self._sent_again:
             return
         for message in messages:
             batch_id = message.headers.get(BATCH_ID)
-            batch = self._unread.pop(str(batch_id), None) if batch_id is not None else None
-            if batch is None:
+            if batch_id is None:
                 continue
+            batch = self._unread.pop(str(batch_id), None)
+            if batch is None:
+                self._read_again(str(batch_id))
+                continue
+            if batch.id in self._sent_again:
+                self._sent_again[batch.id] = True
             self._done(batch, None)
             for earlier in list(self._unread.values()):  # published before it, not read: not on the stream
                 if earlier.seq > batch.seq:
@@ -109,6 +120,10 @@ class ReadBack:
                     self._drop(earlier)
                 elif earlier.confirmed and not earlier.sending_again:
                     self._send_again(earlier)
+
+    def _read_again(self, batch_id: str) -> None:
+        if self._sent_again.get(batch_id):  # one copy was read already
+            self.read_twice += 1
 
     def _done(self, batch: _Batch, failure: Exception | None) -> None:
         batch.read = failure is None
@@ -129,6 +144,9 @@ class ReadBack:
         del self._unread[batch.id]
         self._unread[batch.id] = batch  # to the end: the order stays the publish order
         self.republished += 1
+        self._sent_again[batch.id] = False  # True once a copy of it was read
+        if len(self._sent_again) > SENT_AGAIN_MEMORY:
+            self._sent_again.popitem(last=False)
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY:
             self._warned_at = now

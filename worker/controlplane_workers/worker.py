@@ -621,6 +621,7 @@ class ProviderWorker(WorkerRole):
             "ack_lost": self.stats.ack_lost,
             "redeliveries_settled": self.stats.redeliveries_settled,
             "outcomes_republished": self.events.republished,
+            "outcomes_read_twice": self.events.read_twice,
             "in_flight": len(self.running),
             "capacity": self.settings.max_concurrent_jobs,
             "started_at": self.stats.started_at,
