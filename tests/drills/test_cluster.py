@@ -109,6 +109,15 @@ class _Apis:
     api_urls: list[str]
 
 
+# CPW_DRILL_REPEAT=N runs `rolling` and `lost` N times on the one cluster (each in a vhost of its own):
+# their losses came in some runs only.
+RUNS = range(int(os.environ.get("CPW_DRILL_REPEAT", "1")))
+
+
+def vhost_of(scenario: str, size: str, run: int = 0) -> str:
+    return f"cpw-{scenario}-{size}" + (f"-{run}" if run else "")
+
+
 @pytest.fixture(scope="module")
 def broker_cluster() -> Iterator[RabbitMQCluster]:
     yield from own_cluster()
@@ -201,6 +210,7 @@ async def run_drill(
     worker_settings: dict[str, str] | None = None,
     readback: bool = True,
     api_rate: int = 0,
+    run: int = 0,
 ) -> tuple[ClusterAccount, Outcomes, Fault]:
     """Steady load from before the fault until `tail_s` after it, then every accepted job waited for.
 
@@ -210,7 +220,7 @@ async def run_drill(
 
     `readback=False` turns off CPW_RESULTS_READBACK (on by default with replicated streams), to show
     what it guards against."""
-    url = cluster.add_vhost(f"cpw-{scenario}-{size}")
+    url = cluster.add_vhost(vhost_of(scenario, size, run))
     worker_log = tmp_path / f"worker-{scenario}.log"
     outcomes, done = Outcomes(), Fault()
     sdk_log = _Records()  # what the submitter (the SDK, in this process) logged about the broker
@@ -397,21 +407,22 @@ async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(
     await run_drill(
         whole_cluster, tmp_path, scenario="kill", size=size, queue_type="quorum", rate=sized(size, 50, 100),
         fault_at=sized(size, 1.5, 10.0), tail_s=sized(size, 2.0, 30.0), settle_s=sized(size, 60, 180),
-        fault=_kill_and_restart(whole_cluster, "provider.jobs", f"cpw-kill-{size}", down_s),
+        fault=_kill_and_restart(whole_cluster, "provider.jobs", vhost_of("kill", size), down_s),
         api_rate=sized(size, 0, 30),  # [small] stays lean for make test: the SDK alone
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("size", [FULL])
 @pytest.mark.timeout(360)
-async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
+async def test_a_rolling_restart_of_every_node(size, run, whole_cluster, tmp_path):
     """On RabbitMQ 3.10.8 a graceful stop of the node leading the streams lost about a second of confirmed
     stream writes in about half the runs (docs/reliability.md). The worker and the submitter read their
     records back (CPW_RESULTS_READBACK, on with replicated streams) and publish again what they do not
     find, so nothing is lost: asserted. CPW_DRILL_NO_READBACK=1 turns readback off to show the loss
     (measured then, not asserted); CPW_DRILL_NO_STREAM_SYNC=1 restarts the next node without waiting for
     the streams to catch up, which lost writes more often."""
-    vhost = f"cpw-rolling-{size}"
+    vhost = vhost_of("rolling", size, run)
     replicated = [(vhost, "provider.jobs"), (vhost, "provider.results"), (vhost, "provider.control")]
     streams = [] if os.environ.get("CPW_DRILL_NO_STREAM_SYNC") else replicated[1:]
     readback = not os.environ.get("CPW_DRILL_NO_READBACK")
@@ -427,6 +438,7 @@ async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
     account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="rolling", size=size, queue_type="quorum", rate=100,
         fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=readback, readback=readback, api_rate=30,
+        run=run,
     )  # fmt: skip
     on_stream = int(done.notes.get("unseen_by_submitter_but_on_stream", "0"))
     account.limit = f"lost_confirmed_stream_writes={account.lost - on_stream} readback=off"
@@ -445,7 +457,7 @@ async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
 @pytest.mark.timeout(360)
 async def test_a_classic_jobs_queue_whose_node_is_killed(size, whole_cluster, tmp_path):
     """Measured, not asserted: a classic queue lives on one node; what does the load see while it is away?"""
-    vhost = f"cpw-classic-{size}"
+    vhost = vhost_of("classic", size)
     account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="classic", size=size, queue_type="classic", rate=100,
         fault_at=10.0, tail_s=20.0, settle_s=180, fault=_kill_and_restart(whole_cluster, "provider.jobs", vhost, 10.0),
@@ -484,12 +496,13 @@ def _lose_and_replace(cluster: RabbitMQCluster, vhost: str):  # noqa: ANN202
     return fault
 
 
+@pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("size", [FULL])
 @pytest.mark.timeout(360)
-async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, whole_cluster, tmp_path):
+async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, run, whole_cluster, tmp_path):
     await run_drill(
-        whole_cluster, tmp_path, scenario="lost", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, f"cpw-lost-{size}"),
+        whole_cluster, tmp_path, scenario="lost", size=size, queue_type="quorum", rate=100, run=run,
+        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, vhost_of("lost", size, run)),
     )  # fmt: skip
 
 
@@ -498,7 +511,7 @@ async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, whole_clus
 async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(size, whole_cluster, tmp_path):
     """Beside a quorum jobs queue the delay queues (and the DLQ) are quorum queues too, so a job waiting for
     its retry on the lost node waits on the survivors instead (a classic delay queue lost 29 of ~775)."""
-    vhost = f"cpw-lost-retrying-{size}"
+    vhost = vhost_of("lost-retrying", size)
     account, outcomes, _ = await run_drill(
         whole_cluster, tmp_path, scenario="lost-retrying", size=size, queue_type="quorum", rate=100,
         fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, vhost),

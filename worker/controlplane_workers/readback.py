@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from .broker.base import KIND, Headers, StreamMessage
 from .errors import BrokerUnavailable
+from .logs import Bursts
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ BATCH_ID = "x-cpw-batch-id"  # the id a batch is read back by
 PROBE = b"[]"  # an empty batch: readers find no event in it
 GIVE_UP_AFTER = 4  # timeouts after which an unread batch fails its callers
 SENT_AGAIN_MEMORY = 10_000
-WARN_EVERY = 10.0  # seconds between two warnings about lost batches: one line per episode, not per batch
 
 Waiters = list[asyncio.Future[None]]
 Publish = Callable[[bytes, Headers], Awaitable[None]]
@@ -67,7 +66,7 @@ class ReadBack:
         self._seq = itertools.count(1)
         self._probe: _Batch | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._warned_at = float("-inf")
+        self._bursts = Bursts(log)  # one line per episode, not per batch
         self.republished = 0  # batches published again: proven missing from the stream
         self.probes = 0
         self.unread = 0  # batches given up on
@@ -147,14 +146,7 @@ class ReadBack:
         self._sent_again[batch.id] = False  # True once a copy of it was read
         if len(self._sent_again) > SENT_AGAIN_MEMORY:
             self._sent_again.popitem(last=False)
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY:
-            self._warned_at = now
-            log.warning(
-                "a confirmed batch of records is missing from the results stream (a later one was read); "
-                "publishing it again (%d batches so far)",
-                self.republished,
-            )
+        self._bursts.warning("a confirmed batch of records is missing from the results stream; publishing it again")
         self._spawn(self._publish_again(batch))
 
     async def _publish_again(self, batch: _Batch) -> None:

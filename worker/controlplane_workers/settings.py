@@ -97,11 +97,13 @@ class Settings(BaseSettings):
         None,
         ge=0,
         validation_alias=env_alias("RESULTS_READBACK"),
-        description="Seconds a process waits to read its own records back from the results stream before it "
-        "publishes them again: a worker acks a job only once its outcome is read back, a submitter republishes "
-        "an Accepted record it does not read back. Unset: 5 when CPW_STREAM_REPLICAS is above 1 (a cluster), "
-        "else off; 0: off. A guard against a stream that confirmed writes and then lost them as its leader "
-        "stopped (RabbitMQ 3.10.8 in a rolling restart, docs/reliability.md).",
+        description="Read-your-write on the results stream: a worker acks a job only once it read its outcome "
+        "back, a submitter publishes again an Accepted record missing from it. A record is missing once a later "
+        "one of the same process was read; after this many seconds unread an empty probe follows it to tell; "
+        "after 4 times as long the job goes back to the queue. Unset: 5 when CPW_STREAM_REPLICAS is above 1 "
+        "(a cluster), else off; 0: off. Off in an API whose store is PostgreSQL (it reads no stream). A guard "
+        "against a stream that confirmed writes and lost them as its leader stopped (RabbitMQ 3.10.8 in a "
+        "rolling restart, docs/reliability.md).",
     )
     exchange: str = Field(
         "provider.exchange",

@@ -31,7 +31,7 @@ from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError
 from .events import EventBatcher
-from .logs import job_id_var
+from .logs import Bursts, job_id_var
 from .models import EventType, Job, JobError, JobEvent
 from .providers import ProviderLookup, call_provider, is_sync, provider_method, to_jsonable
 from .redact import redact_text
@@ -80,6 +80,7 @@ class ProviderWorker(WorkerRole):
         )
         self.worker_id = settings.worker_id
         self.stats = WorkerStats()
+        self._bursts = Bursts(log)
         self.events = EventBatcher(self.broker, readback=settings.readback_seconds)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_requests: OrderedDict[str, str] = OrderedDict()
@@ -586,7 +587,7 @@ class ProviderWorker(WorkerRole):
     def _lost(self, why: str = "broker connection lost before the job was settled; it will be redelivered") -> None:
         self.stats.ack_lost += 1
         metrics.ACK_LOST.inc()
-        log.warning(why)
+        self._bursts.warning(why)  # one line per outage, not one per job in flight
 
     def _count(self, kind: EventType) -> None:
         self.stats.processed += 1
