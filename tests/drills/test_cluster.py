@@ -30,7 +30,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ from typing import Any
 import pytest
 
 from controlplane_workers import JobQueue, JobStatus
+from controlplane_workers.broker.base import StreamMessage
 from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
+from controlplane_workers.readback import BATCH_ID
 from tests.api.support import start_api
 from tests.drills.harness import TERMINAL, Load
 from tests.drills.test_drills import sized
@@ -171,6 +174,26 @@ def _lines_since(path: Path, offset: int) -> list[str]:
     with path.open("rb") as f:
         f.seek(offset)
         return f.read().decode(errors="replace").splitlines()
+
+
+async def _batches_twice(replica: JobQueue) -> int:
+    """Batch ids that appear more than once on the results stream, read from its start."""
+    copies: Counter[str] = Counter()
+    last = -1
+
+    def count(messages: Sequence[StreamMessage]) -> None:
+        nonlocal last
+        for message in messages:
+            last = message.offset
+            if BATCH_ID in message.headers:
+                copies[str(message.headers[BATCH_ID])] += 1
+
+    reader = await replica.broker.follow(replica.topology.results_stream, count, "first")
+    deadline = time.monotonic() + 60
+    while last < replica.index.last_offset and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # a reader has no event for "caught up"
+    await reader.cancel()
+    return sum(n > 1 for n in copies.values())
 
 
 @contextlib.asynccontextmanager
@@ -309,6 +332,9 @@ async def run_drill(
                         other = await replica.get_job_result(record.job_id, timeout=30)
                         statuses = {view[0] for view in seen}
                         api_disagree += len(seen) > 1 or other is None or other.status.value not in statuses
+                # Forensics of readback: a batch published again whose first copy is on the stream after all
+                # was sent in vain (a reader that skipped it); one copy only: it was missing.
+                done.notes["batches_on_stream_twice"] = str(await _batches_twice(replica))
                 # Forensics of a job the submitter never saw end: did its end reach the stream at all?
                 unseen = [j for j in outcomes.accepted if j not in outcomes.finished]
                 answers = await asyncio.gather(*(replica.get_job_result(j, timeout=5) for j in unseen))
@@ -342,6 +368,8 @@ async def run_drill(
         worker.stop()
         if api is not None:
             api.stop()
+        with contextlib.suppress(Exception):  # the next drill's forget/grow then has fewer queues to change
+            await asyncio.to_thread(cluster.delete_vhost, vhost_of(scenario, size, run))
     api_accepted = [r for r in http.records if r.job_id]
     api_terminal = sum(any(view[0] in TERMINAL for _, view in r.views) for r in api_accepted)
     if api_rate:
@@ -512,13 +540,20 @@ async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(siz
     """Beside a quorum jobs queue the delay queues (and the DLQ) are quorum queues too, so a job waiting for
     its retry on the lost node waits on the survivors instead (a classic delay queue lost 29 of ~775)."""
     vhost = vhost_of("lost-retrying", size)
+    types: dict[str, str] = {}
+    lose = _lose_and_replace(whole_cluster, vhost)
+
+    async def fault(done: Fault) -> None:
+        for name in ("provider.jobs.dlq", "provider.jobs.retry.2"):
+            types[name] = whole_cluster.queue(name, vhost).get("type")
+        await lose(done)
+
     account, outcomes, _ = await run_drill(
         whole_cluster, tmp_path, scenario="lost-retrying", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, vhost),
+        fault_at=10.0, tail_s=20.0, settle_s=180, fault=fault,
         script=lambda n: "fail:1" if n % 10 == 0 else "ok",
         worker_settings={"CPW_RETRY_BASE_DELAY": "3", "CPW_RETRY_MAX_DELAY": "3"},
     )  # fmt: skip
     retrying = sum(v != "ok" for v in outcomes.scripts.values())
-    types = {q: whole_cluster.queue(q, vhost).get("type") for q in ("provider.jobs.dlq", "provider.jobs.retry.2")}
     print(f"  [lost-retrying] retried_jobs={retrying} side_queue_types={types}")
     assert set(types.values()) == {"quorum"}, types
