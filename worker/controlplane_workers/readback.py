@@ -112,13 +112,20 @@ class ReadBack:
             if batch.id in self._sent_again:
                 self._sent_again[batch.id] = True
             self._done(batch, None)
-            for earlier in list(self._unread.values()):  # published before it, not read: not on the stream
-                if earlier.seq > batch.seq:
-                    break
+            # Published before it and not read: not on the stream. Usually none (the oldest is read first).
+            for earlier in self._published_before(batch.seq):
                 if earlier.probe:
                     self._drop(earlier)
                 elif earlier.confirmed and not earlier.sending_again:
                     self._send_again(earlier)
+
+    def _published_before(self, seq: int) -> list[_Batch]:
+        earlier = []
+        for batch in self._unread.values():  # in publish order: stop at the first one after
+            if batch.seq >= seq:
+                break
+            earlier.append(batch)
+        return earlier
 
     def _read_again(self, batch_id: str) -> None:
         if self._sent_again.get(batch_id):  # one copy was read already
