@@ -16,7 +16,7 @@ from controlplane_workers.migrate import migrate_side_queues
 from controlplane_workers.models import Job
 from controlplane_workers.topology import Topology
 from tests.support import providers
-from tests.support.harness import client, request, running_worker
+from tests.support.harness import client, eventually, request, running_worker
 
 NS, TYPE = "Test.Scripted", "things"
 QUORUM = {"queue_type": "quorum", "max_attempts": 3}
@@ -125,5 +125,27 @@ async def test_cpw_queues_migrate(rabbitmq, monkeypatch, capsys):
         assert await _messages(url, "provider.jobs") == 1
         assert await asyncio.to_thread(cpw, ["queues", "migrate", "--url", url]) == 0  # again: nothing to do
         assert "migrated: 0" in capsys.readouterr().out
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+async def test_a_retry_refused_while_its_delay_queue_is_replaced_goes_back_to_the_queue(rabbitmq):
+    # What a worker sees during `cpw queues migrate`: for a moment the delay queue does not exist, its publish
+    # is unroutable, and the job must go back to the job queue, not hang unsettled.
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
+            rabbitmq._request("DELETE", f"/api/queues/{vhost}/provider.jobs.retry.2")  # noqa: SLF001
+            job_id = await queue.submit_job(NS, TYPE, "create", request("m", "fail:1"))
+            await eventually(lambda: worker.stats.ack_lost >= 1, timeout=15)
+            connection = await aio_pika.connect(url)
+            channel = await connection.channel()
+            topology = worker.broker.topology
+            args = topology.retry_queue_arguments()
+            await channel.declare_queue("provider.jobs.retry.2", durable=True, arguments=args)
+            await connection.close()
+            result = await queue.get_job_result(job_id, timeout=20)
+        assert result is not None and result.status is JobStatus.SUCCEEDED
     finally:
         rabbitmq.delete_vhost(vhost)

@@ -29,7 +29,7 @@ from ._version import __version__
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
-from .errors import BrokerUnavailable, PermanentError, ProviderError
+from .errors import BrokerUnavailable, PermanentError, ProviderError, UnroutableJob
 from .events import EventBatcher
 from .logs import Bursts, job_id_var
 from .models import EventType, Job, JobError, JobEvent
@@ -456,7 +456,7 @@ class ProviderWorker(WorkerRole):
                         retry_in=round(delay, 3),
                     )
                 )
-            except BrokerUnavailable:
+            except (BrokerUnavailable, UnroutableJob):  # unroutable: its queue is being replaced (migrate.py)
                 await self._outcome_lost(delivery)
                 return
             self.stats.retried += 1
@@ -530,7 +530,7 @@ class ProviderWorker(WorkerRole):
                         error=error or JobError(code=_reason_code(reason), message=detail),
                     )
                 )
-        except BrokerUnavailable:
+        except (BrokerUnavailable, UnroutableJob):  # unroutable: its queue is being replaced (migrate.py)
             await self._outcome_lost(delivery)
             return
         if await self._settle(delivery, ack=True):
