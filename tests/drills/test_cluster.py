@@ -176,8 +176,8 @@ def _lines_since(path: Path, offset: int) -> list[str]:
         return f.read().decode(errors="replace").splitlines()
 
 
-async def _batches_twice(replica: JobQueue) -> int:
-    """Batch ids that appear more than once on the results stream, read from its start."""
+async def _batches_twice(replica: JobQueue) -> str:
+    """Batch ids that appear more than once on the results stream, read from its start, of all it holds."""
     copies: Counter[str] = Counter()
     last = -1
 
@@ -193,7 +193,7 @@ async def _batches_twice(replica: JobQueue) -> int:
     while last < replica.index.last_offset and time.monotonic() < deadline:
         await asyncio.sleep(0.2)  # a reader has no event for "caught up"
     await reader.cancel()
-    return sum(n > 1 for n in copies.values())
+    return f"{sum(n > 1 for n in copies.values())}/{len(copies)}"
 
 
 @contextlib.asynccontextmanager
@@ -334,7 +334,7 @@ async def run_drill(
                         api_disagree += len(seen) > 1 or other is None or other.status.value not in statuses
                 # Forensics of readback: a batch published again whose first copy is on the stream after all
                 # was sent in vain (a reader that skipped it); one copy only: it was missing.
-                done.notes["batches_on_stream_twice"] = str(await _batches_twice(replica))
+                done.notes["batches_on_stream_twice"] = await _batches_twice(replica)
                 # Forensics of a job the submitter never saw end: did its end reach the stream at all?
                 unseen = [j for j in outcomes.accepted if j not in outcomes.finished]
                 answers = await asyncio.gather(*(replica.get_job_result(j, timeout=5) for j in unseen))
