@@ -104,8 +104,6 @@ FALLBACK = {
     "results_stream": "Stream of job copies (Accepted) and worker events that every API replica reads.",
     "control_stream": "Stream of cancel requests that workers read.",
     "heartbeat_exchange": "Fanout exchange of worker heartbeats (the fleet view, `GET /workers`).",
-    "queue_delivery_limit": "Quorum queues only: deliveries after which RabbitMQ dead-letters a message "
-    "that keeps crashing workers.",
     "worker_id": "Name of this worker in heartbeats, logs and events (the chart sets the pod name).",
     "max_concurrent_jobs": "Jobs one worker runs at once; also the AMQP prefetch.",
     "max_attempts": "Attempts per job before it is dead-lettered (retryable errors, timeouts).",

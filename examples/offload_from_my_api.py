@@ -68,6 +68,18 @@ def create_app(url: str | None = None) -> Starlette:
             return JSONResponse({"error": {"code": "NotFound"}}, status_code=404)
         return JSONResponse(result.model_dump(mode="json", exclude_none=True))
 
+    async def list_jobs(request: Request) -> JSONResponse:
+        # A page of jobs, newest first, as the ready-made API's GET /jobs pages them.
+        query = request.query_params
+        try:
+            top = int(query.get("top", "100"))
+            page = queue.list_jobs(status=query.get("status"), limit=top, after=query.get("skipToken"))
+        except ValueError as exc:  # top over 1000, a status that does not exist
+            return JSONResponse({"error": {"code": "InvalidParameter", "message": str(exc)}}, status_code=400)
+        jobs = [r.model_dump(mode="json", exclude_none=True) for r in page.jobs]
+        next_link = f"/jobs?top={top}&skipToken={page.after}" if page.after else None
+        return JSONResponse({"value": jobs, "nextLink": next_link})
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await queue.connect()  # declares the topology, follows the results stream
@@ -79,6 +91,7 @@ def create_app(url: str | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/accounts/{name}", put_account, methods=["PUT"]),
+            Route("/jobs", list_jobs, methods=["GET"]),
             Route("/jobs/{id}", get_job, methods=["GET"]),
         ],
         lifespan=lifespan,
@@ -122,6 +135,8 @@ async def demo(url: str) -> int:
                 "attempts:",
                 state.get("result") or state.get("error"),
             )
+            listed = (await http.get("/jobs", params={"status": "Succeeded", "top": "10"})).json()
+            print("listed", [j["job_id"] for j in listed["value"]] == [state["job_id"]])
             return 0 if state["status"] == "Succeeded" else 1
     finally:
         await worker.stop()

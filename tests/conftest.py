@@ -33,6 +33,10 @@ class BrokerEndpoint:
         base = f"{parts.scheme}://{parts.hostname}:{parts.port}"
         return management_request(base, parts.username or "", parts.password or "", method, path, body)
 
+    def request(self, method: str, path: str, body: object | None = None) -> object:
+        """One management API call as the broker's administrator (fixtures that set up users and vhosts)."""
+        return self._request(method, path, body)
+
     def new_vhost(self) -> str:
         """A fresh virtual host: each test gets its own topology and nothing left over."""
         name = f"t-{uuid.uuid4().hex[:10]}"

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import metrics, rpc
 from .context import ANONYMOUS, ApiContext, ApiRoute, Caller
-from .errors import JSON, ApiError, arm_error_body, internal_error
+from .errors import JSON, NO_ROUTE, ApiError, arm_error_body, internal_error
 from .routes import ROUTES
 from .views import json_response
 
@@ -66,7 +66,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """No route matched, or the method is not allowed: an ARM error, counted."""
     assert isinstance(exc, HTTPException)
     code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "BadRequest")
-    message = {404: "No route matches this path.", 405: "This method is not allowed on this path."}.get(
+    message = {404: NO_ROUTE, 405: "This method is not allowed on this path."}.get(
         exc.status_code, "The request was not understood."
     )
     if exc.status_code == 404:

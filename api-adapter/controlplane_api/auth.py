@@ -2,7 +2,9 @@
 
 Each entry is `token: tenant` (the tenant may name any subscription) or
 `token: {tenant: NAME, subscriptions: [ID, ...]}` (only those subscriptions; ids compared without
-case, as ARM compares GUIDs). The presented token is hashed and looked up by its SHA-256, then
+case, as ARM compares GUIDs). `role: operator` in the mapping form makes the token an operator's:
+it may also use the dead-letter routes (which see every tenant's failed jobs); with a role,
+`subscriptions` may be left out (any subscription). The presented token is hashed and looked up by its SHA-256, then
 compared with `hmac.compare_digest`, so the time taken does not depend on how much of a token
 matched. The file is read again when it changes (a rotated Kubernetes Secret), at most every
 `recheck` seconds; a change that cannot be read keeps the previous tokens, and is logged and counted.
@@ -37,6 +39,7 @@ class Caller:
 
     tenant: str | None
     subscriptions: frozenset[str] | None = None  # lower case; None: any subscription
+    operator: bool = False  # may read, redrive and discard every tenant's dead letters
 
     def holds(self, subscription_id: str) -> bool:
         """Whether this caller may name `subscription_id` (empty: the request names none)."""
@@ -44,26 +47,31 @@ class Caller:
 
 
 ANONYMOUS = Caller(None)
+ROLES = ("tenant", "operator")
 
 
 def _caller(value: object, where: str) -> Caller:
-    """One entry's value: a tenant name, or {tenant, subscriptions}. `where` names the entry."""
+    """One entry's value: a tenant name, or {tenant, subscriptions, role}. `where` names the entry."""
     if isinstance(value, str):
         if not value:
             raise TokenFileError(f"{where}: the tenant is empty")
         return Caller(value)
     if not isinstance(value, dict):
-        raise TokenFileError(f"{where}: must be a tenant name or a mapping {{tenant, subscriptions}}")
-    tenant, subscriptions = value.get("tenant"), value.get("subscriptions")
+        raise TokenFileError(f"{where}: must be a tenant name or a mapping {{tenant, subscriptions, role}}")
+    tenant, subscriptions, role = value.get("tenant"), value.get("subscriptions"), value.get("role")
     if not isinstance(tenant, str) or not tenant:
         raise TokenFileError(f"{where}: 'tenant' must be a non-empty string")
     where = f"{where} (tenant {tenant!r})"
-    unknown = sorted(str(k) for k in value if k not in ("tenant", "subscriptions"))
+    unknown = sorted(str(k) for k in value if k not in ("tenant", "subscriptions", "role"))
     if unknown:
-        raise TokenFileError(f"{where}: unknown keys {unknown}; only 'tenant' and 'subscriptions' are read")
+        raise TokenFileError(f"{where}: unknown keys {unknown}; only 'tenant', 'subscriptions' and 'role' are read")
+    if role is not None and role not in ROLES:
+        raise TokenFileError(f"{where}: 'role' must be one of {list(ROLES)}")
+    if subscriptions is None and role is not None:
+        return Caller(tenant, None, role == "operator")
     if not isinstance(subscriptions, list) or not all(isinstance(s, str) and s for s in subscriptions):
         raise TokenFileError(f"{where}: 'subscriptions' must be a list of subscription id strings")
-    return Caller(tenant, frozenset(s.lower() for s in subscriptions))
+    return Caller(tenant, frozenset(s.lower() for s in subscriptions), role == "operator")
 
 
 def load_tokens(path: Path) -> dict[str, Caller]:

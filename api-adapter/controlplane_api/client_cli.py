@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 import httpx
+
+from controlplane_workers.apiclient import api_client, api_url, refused
 
 OPERATIONS = ("create", "get", "delete", "list", "action", "update")
 
@@ -61,33 +62,13 @@ def _print(data: Any) -> None:
 
 
 def _refused(response: httpx.Response) -> int:
-    try:
-        error = response.json().get("error", {})
-        print(f"cpw jobs: {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
-    except ValueError:
-        print(f"cpw jobs: {response.status_code}: {response.text[:500]}", file=sys.stderr)
-    return 1
-
-
-def _token() -> str | None:
-    """The bearer token: CPW_API_TOKEN, or the file CPW_API_TOKEN_FILE names (as a Secret is mounted)."""
-    path = os.environ.get("CPW_API_TOKEN_FILE")
-    if path:
-        try:
-            return open(path).read().strip() or None
-        except OSError as exc:
-            raise SystemExit(f"cpw jobs: CPW_API_TOKEN_FILE: cannot read {path}: {exc.strerror}") from None
-    return os.environ.get("CPW_API_TOKEN")
+    return refused(response, "cpw jobs")
 
 
 def run(args: argparse.Namespace) -> int:
-    base = (args.api or os.environ.get("CPW_API_URL") or "http://127.0.0.1:8000").rstrip("/")
-    headers = {}
-    token = _token()
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    base = api_url(args.api)
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=max(30.0, getattr(args, "wait", 0) + 10)) as http:
+        with api_client(base, "cpw jobs", timeout=max(30.0, getattr(args, "wait", 0) + 10)) as http:
             return _dispatch(args, http)
     except httpx.TransportError as exc:
         print(f"cpw jobs: cannot reach the API at {base}: {type(exc).__name__}", file=sys.stderr)

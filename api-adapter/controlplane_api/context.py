@@ -24,8 +24,9 @@ from controlplane_workers.queue import JobQueue
 
 from . import params
 from .auth import ANONYMOUS, Caller, TokenAuth
-from .errors import ApiError, not_found, unavailable
+from .errors import ApiError, no_route, not_found, unavailable
 from .idempotency import IdempotencyCache
+from .ratelimit import TenantRate
 from .settings import ApiSettings
 from .store import OperationStore
 
@@ -49,6 +50,7 @@ class ApiContext:
         self.auth = auth
         self.openapi = openapi or {}
         self.idempotency = IdempotencyCache(settings.api_idempotency_window)
+        self.tenant_rate = TenantRate(settings.api_tenant_rate, settings.api_tenant_burst)
         self.retry_after = str(settings.api_retry_after)
         self.public_url = settings.api_public_url.rstrip("/") if settings.api_public_url else None
 
@@ -67,6 +69,13 @@ class ApiContext:
                 headers={"WWW-Authenticate": 'Bearer realm="cpw"'},
             )
         return caller
+
+    def require_operator(self, caller: Caller) -> None:
+        """The dead-letter routes: an operator's token, or an API without tokens (dev mode: it is open to
+        whoever reaches it, these routes too). A tenant's token is answered as a path that does not
+        exist, so it learns nothing of the operator surface or of other tenants' failed jobs."""
+        if self.auth is not None and not caller.operator:
+            raise no_route()
 
     def base_url(self, request: Request) -> str:
         if self.public_url:

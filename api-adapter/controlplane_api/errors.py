@@ -56,6 +56,14 @@ def not_found(message: str, code: str = "NotFound") -> ApiError:
     return ApiError(404, code, message, reason="not_found")
 
 
+NO_ROUTE = "No route matches this path."
+
+
+def no_route() -> ApiError:
+    """The answer to a path that does not exist; also what a tenant gets on an operator's route."""
+    return not_found(NO_ROUTE)
+
+
 def internal_error() -> Response:
     return Response(
         orjson.dumps(arm_error_body("InternalServerError", "The server failed to answer the request.")),

@@ -17,6 +17,7 @@ REJECTION_REASONS = (
     "not_found",
     "conflict",
     "sync_timeout",
+    "tenant_rate",
 )
 
 REQUESTS = Counter(
@@ -50,6 +51,12 @@ TOKEN_RELOAD_FAILURES = Counter(
     "cpw_api_token_reload_failures",
     "Times the tokens file had changed but could not be used; the previous tokens stayed in force.",
 )
+TENANT_RATE_LIMITED = Counter(
+    "cpw_api_tenant_rate_limited",
+    "Submissions refused by the per-tenant rate limit (CPW_API_TENANT_RATE), by tenant. Tenants come from the "
+    "tokens file, so the label's values are as many as its tenants.",
+    ("tenant",),
+)
 READY = Gauge("cpw_api_ready", "1 while this API process is connected and its index is rebuilt.")
 
 for _reason in REJECTION_REASONS:  # every reason exists from the start, so rate() sees the first one
@@ -79,6 +86,10 @@ def count_submission(operation: str, priority: int) -> None:
     if counter is None:
         counter = _submissions[key] = SUBMISSIONS.labels(operation, str(priority))
     counter.inc()
+
+
+def count_rate_limited(tenant: str | None) -> None:
+    TENANT_RATE_LIMITED.labels(tenant or "").inc()
 
 
 def count_rejection(reason: str) -> None:

@@ -30,6 +30,7 @@ _OUTPUT = (
     schemas.JobPage,
     schemas.Stats,
     schemas.Fleet,
+    schemas.DeadLetterPage,
 )
 
 
@@ -107,6 +108,18 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "the first success again (Idempotent-Replayed: true); another request: 422.",
     }
     job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
+    letter_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": schemas.JOB_ID}}
+    operator_errors = {
+        "404": _error(
+            "No such dead letter (code DeadLetterNotFound); or the token is a tenant's, not an operator's: then"
+            " the answer is that of a path that does not exist."
+        ),
+        "400": _error("A bad parameter (named in details)."),
+        "503": _error(
+            "The broker is unreachable, or another operator's request is walking the dead letters: nothing was done.",
+            {"Retry-After": retry_after},
+        ),
+    }
 
     def path_params(*names: str) -> list[dict[str, Any]]:
         return [{"name": n, "in": "path", "required": True, "schema": segment} for n in names]
@@ -129,7 +142,11 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         ),
         "413": _error(f"The body is larger than {settings.api_max_body_bytes} bytes."),
         "422": _error("The Idempotency-Key was used with another request."),
-        "429": _error("The tenant has too many jobs queued or running.", {"Retry-After": retry_after}),
+        "429": _error(
+            f"The tenant has too many jobs queued or running, or submits faster than {settings.api_tenant_rate:g} jobs"
+            " a second (per API replica; Retry-After: whole seconds until it may submit again).",
+            {"Retry-After": retry_after},
+        ),
         **common,
     }
     lookup_errors = {"404": _error("Not found, or expired (code OperationExpired), or another tenant's."), **common}
@@ -337,6 +354,53 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
                 "200": {"description": "The fleet.", "content": {"application/json": {"schema": _ref("Fleet")}}},
                 **common,
             },
+        },
+        "DeadLetters_List": {
+            "summary": "Operators: dead-lettered jobs of every tenant, oldest first, paged.",
+            "description": "A page is a position in the dead-letter queue: letters removed meanwhile shift later"
+            " pages forward.",
+            "parameters": [
+                {
+                    "name": "top",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+                {
+                    "name": "skipToken",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                    "description": "From a nextLink.",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "A page.",
+                    "content": {"application/json": {"schema": _ref("DeadLetterPage")}},
+                },
+                **common,
+                **operator_errors,
+            },
+        },
+        "DeadLetters_Redrive": {
+            "summary": "Operators: send a dead-lettered job round again, attempts reset; its operation is"
+            " Accepted again.",
+            "parameters": [letter_id],
+            "responses": {
+                "200": {
+                    "description": "Published again (confirmed); the dead letter is gone.",
+                    "content": {"application/json": {"schema": _ref("DeadLetter")}},
+                },
+                "409": _error("The broker routes this job to no queue; the dead letter was kept."),
+                **common,
+                **operator_errors,
+            },
+        },
+        "DeadLetters_Discard": {
+            "summary": "Operators: remove a dead letter for good; the job stays Failed.",
+            "parameters": [letter_id],
+            "responses": {"204": {"description": "Removed."}, **common, **operator_errors},
         },
         "Stats_Get": {
             "summary": "Queue depth, DLQ, consumers, jobs by state.",

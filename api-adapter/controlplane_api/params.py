@@ -13,19 +13,21 @@ from starlette.requests import Request
 
 from controlplane_workers.models import JobStatus, Operation
 from controlplane_workers.offloading import DEFAULT_PRIORITY
+from controlplane_workers.status import MAX_PAGE
 
 from .errors import ApiError, invalid
-from .schemas import API_VERSION, IDEMPOTENCY_KEY, SEGMENT
+from .schemas import API_VERSION, IDEMPOTENCY_KEY, JOB_ID, SEGMENT
 
 _SEGMENT = re.compile(SEGMENT.strip("^$"))
 _API_VERSION = re.compile(API_VERSION.strip("^$"))
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY.strip("^$"))
+_JOB_ID = re.compile(JOB_ID.strip("^$"))
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([^,;\s]+)", re.IGNORECASE)
 _PREFER_ASYNC = re.compile(r"(?:^|[,;\s])respond-async(?:$|[,;\s])", re.IGNORECASE)
 _SKIP_TOKEN = re.compile(r"[0-9]{1,9}")
 # ASCII digits only, at most 4: str.isdigit() accepts "²" and "٣", and int() of 5,000 digits raises.
 _SMALL_INT = re.compile(r"[0-9]{1,4}")
-PAGE_MAX = 1000
+PAGE_MAX = MAX_PAGE  # the SDK's JobQueue.list_jobs has the same bound
 # The deepest JSON body accepted: orjson decodes 1,024 levels but encodes only 255, and the job wraps the
 # body in a few levels of its own, so a deeper body could be accepted and never delivered.
 MAX_JSON_DEPTH = 64
@@ -112,6 +114,21 @@ def collection_page(request: Request) -> tuple[int, int]:
     if top is None or not 1 <= top <= PAGE_MAX:
         raise invalid(f"'$top' must be an integer from 1 to {PAGE_MAX}.", "$top")
     return int(token), top
+
+
+def skip_offset(request: Request) -> int:
+    """`skipToken`: a position from a nextLink (digits)."""
+    token = request.query_params.get("skipToken", "0")
+    if not _SKIP_TOKEN.fullmatch(token):
+        raise invalid("'skipToken' must be a skip token from a nextLink.", "skipToken")
+    return int(token)
+
+
+def job_id(request: Request) -> str:
+    value = request.path_params["id"]
+    if not _JOB_ID.fullmatch(value):
+        raise invalid("'id' must be a job id: 1 to 200 letters, digits or ._:- starting with a letter or digit.", "id")
+    return value
 
 
 def idempotency_key(request: Request) -> str | None:

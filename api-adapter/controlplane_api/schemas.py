@@ -16,6 +16,7 @@ from controlplane_workers.models import JobStatus, Operation
 SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._()-]{0,89}$"
 API_VERSION = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"
 IDEMPOTENCY_KEY = r"^[!-~]{1,255}$"
+JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 
 
 # -- input
@@ -159,6 +160,31 @@ class JobView(BaseModel):
 
 class JobPage(BaseModel):
     value: list[JobView]
+    nextLink: str | None = None
+
+
+class DeadLetterJob(BaseModel):
+    """What the dead-lettered job was (its body is never shown: it may hold a tenant's secrets)."""
+
+    namespace: str | None
+    type: str | None
+    operation: str | None
+    tenant: str | None
+
+
+class DeadLetter(BaseModel):
+    """One dead letter, as GET /deadLetters shows it."""
+
+    id: str | None = Field(description="The job id; null for a message that carried none (not addressable).")
+    reason: str
+    detail: str
+    attempts: int
+    deadLetteredAt: str | None
+    job: DeadLetterJob
+
+
+class DeadLetterPage(BaseModel):
+    value: list[DeadLetter]
     nextLink: str | None = None
 
 

@@ -46,6 +46,20 @@ class ApiSettings(Settings):
         validation_alias=env_alias("API_TENANT_MAX_QUEUED"),
         description="Jobs one tenant may have queued or running; more get 429.",
     )
+    api_tenant_rate: float = Field(
+        100.0,
+        ge=0,
+        validation_alias=env_alias("API_TENANT_RATE"),
+        description="Jobs a second one tenant may submit to one API replica, on average (a token bucket); more get "
+        "429 with Retry-After. Per replica: N replicas admit N times as many. 0 turns the limit off.",
+    )
+    api_tenant_burst: int = Field(
+        200,
+        ge=1,
+        validation_alias=env_alias("API_TENANT_BURST"),
+        description="Jobs one tenant may submit at once to one API replica before CPW_API_TENANT_RATE paces it "
+        "(the bucket's size).",
+    )
     api_index_max_jobs: int = Field(
         1_000_000,
         ge=100,

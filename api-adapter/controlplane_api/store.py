@@ -113,18 +113,7 @@ class IndexStore:
     async def page(
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]:
-        out: list[JobResult] = []
-        # Only the tenant's own job starts a page: another tenant's id must not tell that it exists.
-        skipping = after is not None and self.index.get_for(after, tenant) is not None
-        for record in self.index.iter_jobs(tenant, status):
-            if skipping:
-                if record.job_id == after:
-                    skipping = False
-                continue
-            if len(out) == limit:
-                return out, out[-1].job_id
-            out.append(record)
-        return out, None
+        return self.index.list_jobs(status=status, tenant=tenant, limit=limit, after=after)
 
     async def counts(self, tenant: str | None) -> dict[str, int]:
         return self.index.counts(tenant)

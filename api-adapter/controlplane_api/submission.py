@@ -25,6 +25,7 @@ from . import metrics, params
 from .context import ApiContext, Caller, check_subscription
 from .errors import ApiError
 from .idempotency import Remembered, fingerprint, key_reused, shared_key
+from .ratelimit import retry_after
 
 # The route's answer once the job is accepted: (job id, seconds the client asked to wait) -> response.
 Answer = Callable[[str, float], Awaitable[Response]]
@@ -92,6 +93,7 @@ async def _publish(
     wait = ctx.wait_for(request)
     now = time.time()
     job_id = new_job_id(now)
+    _pace(ctx, tenant)
     cap = ctx.settings.api_tenant_max_queued
     if not await ctx.store.reserve(tenant, job_id, cap):
         raise ApiError(
@@ -109,6 +111,23 @@ async def _publish(
     if entry is not None:  # published: from now on the key means this job, whatever the answer says
         entry.keep(job_id)
     return await answer(job_id, wait)
+
+
+def _pace(ctx: ApiContext, tenant: str | None) -> None:
+    """429 + Retry-After when `tenant` submits faster than its rate (ratelimit.py): checked before the
+    queued-jobs cap, so a flood is refused before it takes a slot or reaches the broker."""
+    delay = ctx.tenant_rate.take(tenant)
+    if delay:
+        metrics.count_rate_limited(tenant)
+        s = ctx.settings
+        raise ApiError(
+            429,
+            "TooManyRequests",
+            f"This tenant submits more than {s.api_tenant_rate:g} jobs a second (bursts of {s.api_tenant_burst});"
+            " retry after Retry-After.",
+            reason="tenant_rate",
+            headers={"Retry-After": retry_after(delay)},
+        )
 
 
 async def replay(ctx: ApiContext, request: Request, job_id: str, answer: Answer) -> Response:

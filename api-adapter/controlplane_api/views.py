@@ -40,6 +40,28 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1_000_000):06d}Z"
 
 
+def dead_letter_view(info: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter (dlq.describe) in the API's camelCase; headers from other producers made safe."""
+    attempts, at = info["attempts"], info["dead_lettered_at"]
+    return {
+        "id": None if info["job_id"] is None else str(info["job_id"]),
+        "reason": str(info["reason"]),
+        "detail": str(info["detail"]),
+        "attempts": attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 1,
+        "deadLetteredAt": iso(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
+        "job": {
+            "namespace": _text(info["provider_namespace"]),
+            "type": _text(info["resource_type"]),
+            "operation": _text(info["operation"]),
+            "tenant": _text(info["tenant"]),
+        },
+    }
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=JSON)
 

@@ -242,7 +242,9 @@ async def test_http_benchmark(rabbitmq, vhost_url, tmp_path):
         bare.wait(10)
 
     jobs_queue = Settings().jobs_queue
-    api = await start_api(vhost_url, tmp_path, CPW_API_TENANT_MAX_QUEUED=10_000_000, CPW_LOG_LEVEL="ERROR")
+    api = await start_api(
+        vhost_url, tmp_path, CPW_API_TENANT_MAX_QUEUED=10_000_000, CPW_API_TENANT_RATE=0, CPW_LOG_LEVEL="ERROR"
+    )
     try:
         api_rate, api_us = charged_wrk(
             f"{api.url}{RG}/vm?api-version=2024-01-01", str(script), {"api": api.proc.pid, **broker}
@@ -284,7 +286,9 @@ async def test_http_benchmark(rabbitmq, vhost_url, tmp_path):
     )
 
     # end to end: HTTP submit -> Succeeded, one API and one worker process
-    api = await start_api(vhost_url, tmp_path, CPW_API_TENANT_MAX_QUEUED=10_000_000, CPW_LOG_LEVEL="ERROR")
+    api = await start_api(
+        vhost_url, tmp_path, CPW_API_TENANT_MAX_QUEUED=10_000_000, CPW_API_TENANT_RATE=0, CPW_LOG_LEVEL="ERROR"
+    )
     worker = await start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=200, CPW_LOG_LEVEL="ERROR")
     try:
         # aiohttp, not httpx: httpcore's pool work per request grows with the requests queued on it

@@ -111,7 +111,7 @@ async def start_api(broker_url: str, tmp: Path, *, ready: bool = True, **setting
     extra = {"CPW_API_PORT": port, "CPW_HEALTH_PORT": ops_port, **settings}
     if "CPW_API_TOKENS_FILE" not in extra:
         extra["CPW_API_TOKENS_FILE"] = write_tokens(tmp)
-    env = _env(broker_url, extra)
+    env = _env(broker_url, {k: v for k, v in extra.items() if v is not None})  # None: leave the setting unset
     log = tmp / f"api-{port}.log"
     proc = Proc(spawn(["api"], env, log), log, port, ops_port, env)
     if ready:

@@ -10,7 +10,8 @@ import base64
 import httpx
 import pytest
 
-from tests.api.support import RG, A, V, start_api
+from tests.api.support import RG, A, V, start_api, write_tokens
+from tests.api.support import TOKENS as SUPPORT_TOKENS
 from tests.support.proc import rss_bytes
 
 from .test_errors import arm
@@ -23,8 +24,13 @@ LIMIT = 65_536  # CPW_API_MAX_BODY_BYTES for this API: small, so the bodies at a
 async def api(rabbitmq, tmp_path_factory):
     vhost = rabbitmq.new_vhost()
     tmp = tmp_path_factory.mktemp("hostile-suite")
+    tokens = write_tokens(tmp, {**SUPPORT_TOKENS, "token-ops": {"tenant": "ops", "role": "operator"}})
     proc = await start_api(
-        rabbitmq.url_for(vhost), tmp, CPW_API_MAX_BODY_BYTES=LIMIT, CPW_API_TENANT_MAX_QUEUED=100_000
+        rabbitmq.url_for(vhost),
+        tmp,
+        CPW_API_MAX_BODY_BYTES=LIMIT,
+        CPW_API_TENANT_MAX_QUEUED=100_000,
+        CPW_API_TOKENS_FILE=tokens,
     )
     yield proc
     proc.stop()
@@ -121,11 +127,25 @@ async def test_malformed_bodies_are_400(api, http, body):
     ("method", "path"),
     [("PUT", "/jobs"), ("TRACE", "/jobs"), ("GET", "/%00"), ("GET", "/jobs/" + "x" * 5000), ("GET", "/jobs/%ff"),
      ("GET", RG + "/" + "n" * 300), ("GET", "/subscriptions/../../etc"), ("OPTIONS", RG + "/x"),
-     ("GET", "/operations/" + "0" * 32), ("DELETE", "/jobs/%2e%2e")],
+     ("GET", "/operations/" + "0" * 32), ("DELETE", "/jobs/%2e%2e"), ("GET", "/deadLetters?top=-1"),
+     ("POST", "/deadLetters/%00/redrive"), ("DELETE", "/deadLetters/" + "x" * 5000), ("PUT", "/deadLetters"),
+     ("POST", "/deadLetters/../jobs/redrive")],
 )  # fmt: skip
 async def test_odd_methods_and_paths_are_4xx(api, http, method, path):
     response = await http.request(method, f"{api.url}{path}", params=V, headers=A)
     assert 400 <= response.status_code < 500, (method, path, response.status_code)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/deadLetters?top=0"), ("GET", "/deadLetters?skipToken=%00"), ("GET", "/deadLetters?top=1e3"),
+     ("POST", "/deadLetters/%00/redrive"), ("POST", "/deadLetters/" + "x" * 5000 + "/redrive"),
+     ("DELETE", "/deadLetters/%ff"), ("DELETE", "/deadLetters/no-such-job"), ("POST", "/deadLetters/x%2fy/redrive"),
+     ("PUT", "/deadLetters/x"), ("GET", "/deadLetters/x/redrive")],
+)  # fmt: skip
+async def test_an_operators_odd_dead_letter_requests_are_4xx(api, http, method, path):
+    response = await http.request(method, f"{api.url}{path}", headers={"Authorization": "Bearer token-ops"})
+    assert 400 <= response.status_code < 500, (method, path, response.status_code, response.text[:200])
 
 
 async def test_memory_stays_bounded_and_nothing_answered_5xx(api):

@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.api.support import A, start_api, start_worker
+from tests.api.support import A, start_api, start_worker, write_tokens
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -35,7 +35,14 @@ def processes(vhost_url, tmp_path):
     loop = asyncio.new_event_loop()
     try:
         api = loop.run_until_complete(
-            start_api(vhost_url, tmp_path, CPW_API_MAX_WAIT=0.05, CPW_API_TENANT_MAX_QUEUED=100_000)
+            start_api(
+                vhost_url,
+                tmp_path,
+                CPW_API_MAX_WAIT=0.05,
+                CPW_API_TENANT_MAX_QUEUED=100_000,
+                # token-a an operator's: the dead-letter routes answer instead of the tenant's 404
+                CPW_API_TOKENS_FILE=write_tokens(tmp_path, {"token-a": {"tenant": "tenant-a", "role": "operator"}}),
+            )
         )
         worker = loop.run_until_complete(start_worker(vhost_url, tmp_path))
     finally:
@@ -51,13 +58,20 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(processes):
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     raw = schema.raw_schema
     assert raw["openapi"] == "3.1.0"
-    assert {"/jobs", "/jobs/{id}", "/operations/{id}", "/operationResults/{id}", "/workers", "/stats"} <= set(
-        raw["paths"]
-    )
+    assert {
+        "/jobs",
+        "/jobs/{id}",
+        "/operations/{id}",
+        "/operationResults/{id}",
+        "/workers",
+        "/stats",
+        "/deadLetters",
+        "/deadLetters/{id}/redrive",
+    } <= set(raw["paths"])
     cases = 0
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 14
+    assert len(operations) == 17
     for operation in operations:
 
         @hypothesis.settings(

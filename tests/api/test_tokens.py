@@ -27,6 +27,22 @@ def test_both_forms_load_from_yaml_and_json(tmp_path):
     assert Caller("t").holds("any") and Caller("t", frozenset({"aaaa"})).holds("AAAA")
 
 
+def test_the_operator_role(tmp_path):
+    path = write_tokens(
+        tmp_path,
+        {
+            "ops": {"tenant": "ops", "role": "operator"},
+            "ops-scoped": {"tenant": "ops", "role": "operator", "subscriptions": ["S-1"]},
+            "plain": {"tenant": "t", "role": "tenant"},
+        },
+    )
+    assert load_tokens(path) == {
+        "ops": Caller("ops", None, operator=True),
+        "ops-scoped": Caller("ops", frozenset({"s-1"}), operator=True),
+        "plain": Caller("t"),
+    }
+
+
 @pytest.mark.parametrize(
     "entry, says",
     [
@@ -40,6 +56,9 @@ def test_both_forms_load_from_yaml_and_json(tmp_path):
         ({"tenant": "t", "subscriptions": [1]}, "'subscriptions' must be a list"),
         ({"tenant": "t", "subscriptions": [""]}, "'subscriptions' must be a list"),
         ({"tenant": "t", "subscriptions": ["s"], "subscription": ["x"]}, "unknown keys ['subscription']"),
+        ({"tenant": "t", "role": "admin"}, "'role' must be one of ['tenant', 'operator']"),
+        ({"tenant": "t", "role": ["operator"]}, "'role' must be one of"),
+        ({"tenant": "t", "role": "operator", "subscriptions": "s"}, "'subscriptions' must be a list"),
     ],
 )
 def test_a_malformed_entry_is_named_by_position_never_by_token(tmp_path, entry, says):

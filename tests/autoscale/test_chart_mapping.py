@@ -88,7 +88,7 @@ def test_cluster_mode_sets_host_and_vhost_name_in_the_trigger():
     assert t.queue_url(meta["host"]).endswith("/api/queues/%2F/provider.jobs")
 
 
-@pytest.mark.parametrize("name", ["keda-on", "production", "kitchen-sink", "seed-high-throughput"])
+@pytest.mark.parametrize("name", ["keda-on", "production", "kitchen-sink", "high-throughput-keda"])
 def test_every_shipped_keda_value_set_is_understood_by_the_model(name):
     for doc in find(render_set(name), "ScaledObject"):
         auto = Autoscaler(ScaledObjectSpec.from_manifest(doc))

@@ -327,6 +327,7 @@ class ProjectHTTP(_CpwWorkers):
             "CPW_API_HOST": "127.0.0.1",
             "CPW_API_TOKENS_FILE": str(tokens),
             "CPW_API_TENANT_MAX_QUEUED": "10000000",
+            "CPW_API_TENANT_RATE": "0",  # one tenant at full speed: the benchmark measures the API, not the limit
             "CPW_LOG_LEVEL": "WARNING",
         }
         self.api = CpwProcess("api", env, self.tmp / f"http-api-{self.port}.log").start()

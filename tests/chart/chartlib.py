@@ -27,14 +27,16 @@ def _file(name: str) -> dict[str, Any]:
 
 
 def value_sets() -> dict[str, dict[str, Any]]:
-    """The matrix of the issue: defaults, the seed's quick start, production and high-throughput examples,
+    """The matrix of the issue: defaults, the seed's quick start, development, production and high-throughput examples,
     KEDA on/off, monitoring on/off, existingSecret, RabbitmqCluster on, NetworkPolicies off, and more."""
     return {
         "default": {},
         # the seed's quick start: --set workers.enabled=true --set workers.replicaCount=3
         "seed-quickstart": helm_python.parse_set_string("workers.enabled=true,workers.replicaCount=3"),
+        "seed-development": _file("seed-development"),
         "seed-production": _file("seed-production"),
         "seed-high-throughput": _file("seed-high-throughput"),
+        "high-throughput-keda": _file("high-throughput-keda"),
         "production": _file("production"),
         "keda-on": _file("keda"),
         "keda-off": {"workers": {"autoscaling": {"enabled": False}}},
@@ -83,6 +85,12 @@ def _render_set(name: str) -> tuple[dict, ...]:
 def render_set(name: str) -> list[dict]:
     """Rendered objects of a named value set (cached; callers get deep copies)."""
     return copy.deepcopy(list(_render_set(name)))
+
+
+def lint_problems(values: dict[str, Any]) -> list[Any]:
+    """What `helm lint --strict` reports as an error or warning (a warning is an error under --strict)."""
+    report = helm_python.lint(CHART, copy.deepcopy(values), strict=True, namespace=NAMESPACE)
+    return [*report["errors"], *(m for m in report["messages"] if m["severity"] >= 2)]  # 2 = warning, 3 = error
 
 
 def notes(values: dict[str, Any]) -> str:

@@ -221,6 +221,8 @@ def api_schema() -> dict:
             "retryAfter": i(minimum=1),
             "syncTimeout": num(exclusiveMinimum=0, maximum=300),
             "tenantMaxQueued": i(minimum=1),
+            "tenantRate": num(minimum=0),
+            "tenantBurst": i(minimum=1),
             "maxWait": num(minimum=0),
             "preStopSleepSeconds": i(maximum=120),
             "terminationGraceMarginSeconds": i(),

@@ -38,6 +38,8 @@ CASES = {
         helm_python.HelmValuesError,
         ["/maxResultBytes", "1,024"],
     ),
+    "negative tenant rate": ({"api": {"tenantRate": -1}}, helm_python.HelmValuesError, ["/tenantRate"]),
+    "tenant burst of 0": ({"api": {"tenantBurst": 0}}, helm_python.HelmValuesError, ["/tenantBurst"]),
     "bad log level": ({"api": {"logLevel": "TRACE"}}, helm_python.HelmValuesError, ["/logLevel"]),
     "root user": (
         {"workers": {"podSecurityContext": {"runAsUser": 0, "runAsGroup": 10001, "fsGroup": 10001}}},

@@ -112,8 +112,9 @@ def test_broker_settings_reach_both_processes_as_contracted() -> None:
     api = env_of(one(docs, "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]["containers"][0])
     assert api["CPW_API_PORT"] == "8000"
     assert api["CPW_API_TOKENS_FILE"].startswith("/var/run/secrets/")
-    for key in ("CPW_API_MAX_BODY_BYTES", "CPW_API_RETRY_AFTER", "CPW_API_TENANT_MAX_QUEUED"):
+    for key in ("CPW_API_MAX_BODY_BYTES", "CPW_API_RETRY_AFTER", "CPW_API_TENANT_MAX_QUEUED", "CPW_API_TENANT_BURST"):
         assert api[key].isdigit()
+    assert float(api["CPW_API_TENANT_RATE"]) == 100  # on by default: one tenant's flood cannot starve the others
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in api, "no tracing unless configured"
 
 

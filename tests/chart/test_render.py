@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import helm_python
 import pytest
+import yaml
 
 from tests.chart.chartlib import (
     CHART,
+    CI_VALUES,
     CLUSTER_SCOPED,
     NAMESPACE,
     RELEASE,
     VALUE_SETS,
     env_of,
     find,
+    lint_problems,
     notes,
     one,
     pod_specs,
@@ -39,10 +42,7 @@ def test_value_set_renders(value_set: str) -> None:
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_lint_strict_has_no_errors(value_set: str) -> None:
-    report = helm_python.lint(CHART, VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
-    assert not report["errors"], report["errors"]
-    bad = [m for m in report["messages"] if m["severity"] >= 2]  # 2 = warning (an error under --strict), 3 = error
-    assert not bad, bad
+    assert lint_problems(VALUE_SETS[value_set]) == []
 
 
 def _worker(docs: list[dict]) -> dict:
@@ -70,6 +70,14 @@ def test_max_result_bytes_reaches_the_worker_env() -> None:
     assert env_of(_worker(raised)["spec"]["template"]["spec"]["containers"][0])["CPW_MAX_RESULT_BYTES"] == "1048576"
 
 
+def test_the_tenant_rate_limit_reaches_the_api_env() -> None:
+    """Issue 20: on by default; a fractional rate and 0 (off) pass through as the API reads them."""
+    for rate, burst, expected in ((2.5, 7, "2.5"), (0, 1, "0")):
+        docs = render_values({"api": {"tenantRate": rate, "tenantBurst": burst}})
+        env = env_of(one(docs, "Deployment", f"{RELEASE}-api")["spec"]["template"]["spec"]["containers"][0])
+        assert (env["CPW_API_TENANT_RATE"], env["CPW_API_TENANT_BURST"]) == (expected, str(burst))
+
+
 def test_sync_threads_default_to_the_workers_own_default() -> None:
     """Unset, the worker sizes its sync threads by CPW_MAX_CONCURRENT_JOBS; set, the chart passes it on."""
     container = _worker(render_set("default"))["spec"]["template"]["spec"]["containers"][0]
@@ -78,20 +86,26 @@ def test_sync_threads_default_to_the_workers_own_default() -> None:
     assert env_of(container)["CPW_SYNC_THREADS"] == "8"
 
 
+def test_every_ci_values_file_is_in_the_value_set_matrix() -> None:
+    """A values file in ci/ that no value set loads would be neither rendered, linted nor validated."""
+    sets = list(VALUE_SETS.values())
+    files = sorted(CI_VALUES.glob("*-values.yaml"))
+    assert [p.name for p in files if (yaml.safe_load(p.read_text()) or {}) not in sets] == []
+
+
+def test_seed_development_example() -> None:
+    dep = _worker(render_set("seed-development"))
+    assert dep["spec"]["replicas"] == 1
+    assert env_of(dep["spec"]["template"]["spec"]["containers"][0])["CPW_LOG_LEVEL"] == "DEBUG"
+
+
 def test_seed_production_example() -> None:
     docs = render_set("seed-production")
     dep = _worker(docs)
     spec = dep["spec"]["template"]["spec"]
-    c = spec["containers"][0]
-    env = env_of(c)
+    env = env_of(spec["containers"][0])
     assert dep["spec"]["replicas"] == 5
     assert env["CPW_LOG_LEVEL"] == "INFO"
-    assert env["CPW_JOB_TIMEOUT"] == "600"
-    assert env["CPW_MAX_CONCURRENT_JOBS"] == "10"
-    assert c["resources"] == {
-        "requests": {"cpu": "500m", "memory": "512Mi"},
-        "limits": {"cpu": "1000m", "memory": "1Gi"},
-    }
     assert one(docs, "PodDisruptionBudget", f"{RELEASE}-worker")["spec"]["minAvailable"] == 3
     # the seed's required anti-affinity term has no labelSelector; the chart scopes it to the workers
     terms = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -101,7 +115,15 @@ def test_seed_production_example() -> None:
 
 
 def test_seed_high_throughput_example() -> None:
+    """20 workers of 10 jobs each, as the seed writes it: no autoscaling, so the replica count is rendered."""
     docs = render_set("seed-high-throughput")
+    dep = _worker(docs)
+    assert dep["spec"]["replicas"] == 20 and not find(docs, "ScaledObject")
+    assert env_of(dep["spec"]["template"]["spec"]["containers"][0])["CPW_MAX_CONCURRENT_JOBS"] == "10"
+
+
+def test_high_throughput_scaled_by_keda() -> None:
+    docs = render_set("high-throughput-keda")
     dep = _worker(docs)
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert "replicas" not in dep["spec"], "KEDA owns the replica count"
@@ -109,7 +131,7 @@ def test_seed_high_throughput_example() -> None:
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (10, 50)
     cpu = [t for t in so["spec"]["triggers"] if t["type"] == "cpu"]
     assert cpu and cpu[0]["metadata"]["value"] == "70" and cpu[0]["metricType"] == "Utilization"
-    assert env_of(c)["CPW_LOG_LEVEL"] == "WARNING"
+    assert env_of(c)["CPW_LOG_LEVEL"] == "WARNING" and env_of(c)["CPW_MAX_CONCURRENT_JOBS"] == "10"
     assert c["resources"]["limits"] == {"cpu": "2000m", "memory": "2Gi"}
     assert c["resources"]["requests"], "requests keep their defaults when only limits are given"
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from controlplane_workers import JobStatus, WorkerRegistry
-from controlplane_workers.dlq import list_dead_letters, redrive
+from controlplane_workers.broker import Delivery, open_broker
+from controlplane_workers.broker.base import DELIVERY_COUNT
+from controlplane_workers.dlq import list_dead_letters, page_dead_letters, redrive, settle_one
+from controlplane_workers.errors import DeadLettersBusy
+from controlplane_workers.topology import Topology
 from tests.support import providers
-from tests.support.harness import client, eventually, request, running_worker
+from tests.support.harness import client, eventually, fast_settings, request, running_worker
 
 NS, TYPE = "Test.Scripted", "things"
 
@@ -185,6 +191,32 @@ async def test_redrive_sends_dead_letters_round_again(broker_url):
             assert [l["job_id"] for l in await list_dead_letters(worker.broker)] == [other, job_id]
 
 
+async def test_dead_letter_walks_keep_order_and_exclude_each_other(broker_url):
+    """A peek puts every letter back in its place; a second walk (another connection) waits for the
+    first, so it never sees the first's letters missing; a discard removes exactly one letter."""
+    async with client(broker_url) as queue, client(broker_url) as other:
+        async with running_worker(broker_url, providers.registry) as worker:
+            for i in range(4):
+                await queue.submit_job(NS, TYPE, "create", request(f"w{i}", "poison"))
+            await eventually(lambda: worker.stats.dead_lettered == 4)
+        order = [l["job_id"] for l in await list_dead_letters(queue.broker)]
+        assert len(order) == 4
+        letters, more = await page_dead_letters(queue.broker, 1, 2)
+        assert [l["job_id"] for l in letters] == order[1:3] and more
+        last, more = await page_dead_letters(queue.broker, 3, 2)
+        assert [l["job_id"] for l in last] == order[3:] and not more
+        assert await page_dead_letters(queue.broker, 9, 2) == ([], False)
+        async with queue.broker.dead_letters() as walk:
+            assert (await walk.take()) is not None
+            with pytest.raises(DeadLettersBusy):
+                async with other.broker.dead_letters(wait=0.3):
+                    pass
+        assert [l["job_id"] for l in await list_dead_letters(other.broker)] == order
+        assert (await settle_one(other.broker, order[2], send_again=False))["job_id"] == order[2]
+        assert await settle_one(other.broker, order[2], send_again=False) is None
+        assert [l["job_id"] for l in await list_dead_letters(queue.broker)] == [order[0], order[1], order[3]]
+
+
 async def test_drain_finishes_in_flight_and_requeues_the_rest(broker_url):
     async with client(broker_url) as queue:
         worker_cm = running_worker(broker_url, providers.registry, max_concurrent_jobs=4)
@@ -280,3 +312,44 @@ async def test_a_job_whose_accepted_record_never_reached_the_stream_still_belong
     assert other.index.get_for(job_id, "t1") == result
     assert other.index.get_for(job_id, "t2") is None
     assert index.active_count("t1") == 0 and index.active_count(None) == 0
+
+
+async def _lose_a_delivery(url: str) -> Delivery:
+    """A worker that takes the next job and goes away holding it: its connection closes, nothing settled."""
+    broker = open_broker(url, Topology.from_settings(fast_settings(url)))
+    await broker.connect()
+    taken: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+
+    async def hold(delivery: Delivery) -> None:
+        if not taken.done():
+            taken.set_result(delivery)
+
+    await broker.consume_jobs(hold, 1)
+    try:
+        return await asyncio.wait_for(taken, 10)
+    finally:
+        await broker.close()
+
+
+async def test_lost_deliveries_count_toward_the_delivery_limit_and_hand_backs_do_not(broker_url):
+    """Classic queue, CPW_QUEUE_DELIVERY_LIMIT=1: a job lost with its worker once still runs; a hand-back (drain)
+    is a copy that neither counts nor looks redelivered; the second loss dead-letters the job, Failed."""
+    async with client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("lost", "hang"))
+        first = await _lose_a_delivery(broker_url)
+        assert not first.redelivered and DELIVERY_COUNT not in first.headers
+        worker_cm = running_worker(broker_url, providers.registry, queue_delivery_limit=1)
+        worker = await worker_cm.__aenter__()
+        await eventually(lambda: job_id in worker.running)  # at the limit: it runs
+        assert worker.stats.redelivered == 1
+        await worker.stop(drain_timeout=0.1)  # handed back
+        await worker_cm.__aexit__(None, None, None)
+        handed_back = await _lose_a_delivery(broker_url)
+        assert not handed_back.redelivered and handed_back.headers[DELIVERY_COUNT] == 1
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as second:
+            result = await queue.get_job_result(job_id, timeout=10)
+            letters = await list_dead_letters(second.broker)
+    assert result is not None and result.status is JobStatus.FAILED
+    assert result.error is not None and result.error.code == "DeliveryLimitExceeded"
+    assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(job_id, "delivery-limit")]
+    assert len(calls_for("lost")) == 1  # only the run at the limit

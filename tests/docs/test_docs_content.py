@@ -45,7 +45,14 @@ def _anchors(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "doc",
-    ["README.md", "docs/providers.md", "docs/operations.md", "docs/security.md", "docs/configuration.md"],
+    [
+        "README.md",
+        "docs/providers.md",
+        "docs/operations.md",
+        "docs/security.md",
+        "docs/configuration.md",
+        "docs/migrating.md",
+    ],
 )
 def test_relative_links_resolve(doc: str) -> None:
     path = ROOT / doc

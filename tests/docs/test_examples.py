@@ -34,6 +34,7 @@ def _run_demo(url: str) -> str:
 def test_offload_from_my_api_on_the_embedded_broker() -> None:
     out = _run_demo("memory://docs-example")
     assert "202 {'jobId'" in out and "Succeeded after 2 attempts" in out, out
+    assert "listed True" in out, out  # GET /jobs: JobQueue.list_jobs
 
 
 @pytest.mark.rabbitmq

@@ -34,6 +34,12 @@ async def cluster(drill_node, tmp_path):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     from tests.drills.test_cluster import CLUSTER_RESULTS, summary
+    from tests.drills.test_fairness import RESULTS as FAIRNESS
+
+    if FAIRNESS:
+        terminalreporter.section("fairness drill")
+        for line in FAIRNESS:
+            terminalreporter.write_line(line)
 
     if CLUSTER_RESULTS:
         terminalreporter.section("cluster drill account")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from controlplane_workers import JobStatus
+from controlplane_workers.dlq import list_dead_letters
 from tests.support.harness import client, eventually, request
 from tests.support.processes import CpwProcess, cpw_executable, worker_env
 from tests.support.rabbitmq import RabbitMQServer
@@ -241,3 +243,71 @@ async def test_dlq_cli_lists_reasons_and_redrives(vhost_url, workers):
             timeout=60,
         )
         assert len(json.loads(again.stdout)) == 3
+
+
+@contextlib.asynccontextmanager
+async def supervised(start, url: str, slots: int, **env: str):  # noqa: ANN001
+    """Keep `slots` workers running: a new one starts whenever one exits, as a Deployment restarts them."""
+    stopping = asyncio.Event()
+    started: list[CpwProcess] = []
+
+    async def keep(slot: int) -> None:
+        while not stopping.is_set():
+            process = start(url, f"w{slot}-{len(started)}", **env)
+            started.append(process)
+            await asyncio.to_thread(process.wait, None)
+
+    slots_kept = [asyncio.create_task(keep(slot)) for slot in range(slots)]
+    try:
+        yield started
+    finally:
+        stopping.set()
+        for process in started:
+            process.stop()
+        await asyncio.gather(*slots_kept)
+
+
+@pytest.mark.timeout(300)
+async def test_a_job_that_kills_its_worker_is_dead_lettered_past_the_delivery_limit(vhost_url, workers, tmp_path):
+    """Classic queue, CPW_QUEUE_DELIVERY_LIMIT=2: as on a quorum queue, a job may be lost with its worker twice;
+    the third loss dead-letters it. At the limit (two crashes, then a run that succeeds) the job still ends."""
+    limit = 2
+    async with client(vhost_url) as queue:
+        at_limit = await queue.submit_job(
+            NS, TYPE, "create", request("at-limit", f"crash:{limit}", runs=str(tmp_path / "at-limit.runs"))
+        )
+        poison = await queue.submit_job(
+            NS, TYPE, "create", request("poison", "crash:1000", runs=str(tmp_path / "poison.runs"))
+        )
+        async with supervised(
+            workers, vhost_url, 2, CPW_QUEUE_DELIVERY_LIMIT=str(limit), CPW_MAX_CONCURRENT_JOBS="1"
+        ) as started:
+            succeeded, failed = await _results(queue, [at_limit, poison], timeout=240)
+            letters = await list_dead_letters(queue.broker)
+        assert succeeded is not None and succeeded.status is JobStatus.SUCCEEDED
+        assert failed is not None and failed.status is JobStatus.FAILED
+        assert failed.error is not None and failed.error.code == "DeliveryLimitExceeded"
+        assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(poison, "delivery-limit")]
+        # each job ran limit + 1 times, no more: every run of the poison killed its worker
+        assert (tmp_path / "at-limit.runs").read_text() == (tmp_path / "poison.runs").read_text() == str(limit + 1)
+        assert len(started) >= 2 * limit + 1 + 2  # five crashes, each followed by a new worker
+
+
+@pytest.mark.timeout(180)
+async def test_jobs_handed_back_at_shutdown_do_not_count_as_lost_deliveries(vhost_url, workers, tmp_path):
+    """SIGTERM with a drain timeout shorter than the job hands it back three times; with a delivery limit of 1
+    the job still runs to the end: a hand-back is a copy, not a redelivery, and is not counted."""
+    runs = tmp_path / "runs"
+    async with client(vhost_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("long", "sleep:4", runs=str(runs)))
+        for i in range(4):
+            worker = workers(vhost_url, f"drained{i}", CPW_QUEUE_DELIVERY_LIMIT="1", CPW_DRAIN_TIMEOUT="0.2")
+            await asyncio.to_thread(worker.wait_ready)
+            await eventually(lambda: worker.status()["in_flight"] == 1, timeout=30)
+            assert worker.status()["redelivered"] == 0  # a reject with requeue would have flagged it
+            if i < 3:
+                worker.signal(signal.SIGTERM)
+                assert await asyncio.to_thread(worker.wait, 30) == 0
+        result = await queue.get_job_result(job_id, timeout=30)
+    assert result is not None and result.status is JobStatus.SUCCEEDED and result.worker_id == "drained3"
+    assert runs.read_text() == "4"

@@ -10,6 +10,7 @@ import pytest
 
 from tests.chart.chartlib import render_set
 from tests.conftest import BrokerEndpoint
+from tests.pods.broker import BrokerSide
 from tests.pods.cluster import Cluster
 from tests.pods.secrets import prerequisites
 
@@ -25,25 +26,24 @@ def pod_stats() -> Counter[str]:
 @pytest.fixture
 def make_cluster(image_venv: Path, rabbitmq: BrokerEndpoint, tmp_path: Path) -> Iterator:
     clusters: list[Cluster] = []
-    vhosts: list[str] = []
+    side = BrokerSide(rabbitmq)
 
     def make(value_set: str, docs: list[dict] | None = None) -> tuple[Cluster, str]:
-        vhost = rabbitmq.new_vhost()
-        vhosts.append(vhost)
-        objects, token = prerequisites(value_set, rabbitmq, vhost)
+        docs = render_set(value_set) if docs is None else docs
+        objects, token = prerequisites(value_set, rabbitmq, side.vhost_for(value_set, docs))
+        objects.update(side.operator(docs))
         assert rabbitmq.server is not None, "tests/pods needs the session's own broker (ports it can relay)"
         ports = {5672: rabbitmq.server.amqp_port, 15672: rabbitmq.server.management_port}
-        docs = render_set(value_set) if docs is None else docs
         cluster = Cluster(docs, objects, image_venv, tmp_path / f"c{len(clusters)}", ports)
         clusters.append(cluster)
+        side.accounts(cluster.objects)
         assert not cluster.problems(), f"fields the pod runner does not model: {cluster.problems()}"
         return cluster.build(), token
 
     yield make
     for cluster in clusters:
         cluster.close()
-    for vhost in vhosts:
-        rabbitmq.delete_vhost(vhost)
+    side.close()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001

@@ -120,6 +120,8 @@ def not_understood(spec: dict[str, Any], allowed: dict[str, Any] = POD, where: s
             elif isinstance(rule, dict):
                 out.extend(not_understood(value, rule, f"{here}.{key}"))
     if where == "spec" and isinstance(spec, dict):
+        if len(spec.get("containers", [])) != 1:
+            out.append(f"spec.containers ({len(spec.get('containers', []))} containers: the runner runs one per pod)")
         if spec.get("enableServiceLinks", True) is not False:
             out.append("spec.enableServiceLinks (not false)")
         for container in spec.get("containers", []):

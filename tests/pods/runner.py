@@ -113,16 +113,28 @@ class PodRun:
                 args += [*(["--size", str(int(kube.quantity(size)))] if size else []), "--perms", "1777"]
                 args += ["--tmpfs", path]
                 continue
-            source = self.workdir / "volumes" / mount["name"]
-            if not source.exists():
-                kube.materialize(self.pod, volume, source)
-            if mount.get("subPath"):
-                source = source / mount["subPath"]
+            source = self._volume_files(mount, volume)
             args += ["--ro-bind" if mount.get("readOnly") else "--bind", str(source), path]
         account = self.workdir / "volumes" / "kube-api-access"
         if kube.service_account_files(self.pod, account):
             args += ["--ro-bind", str(account), os.path.realpath(kube.SERVICE_ACCOUNT_DIR)]
         return args
+
+    def _volume_files(self, mount: dict[str, Any], volume: dict[str, Any]) -> Path:
+        """Where a file volume's mount is written on the host (once per volume, as the kubelet does)."""
+        source = self.workdir / "volumes" / mount["name"]
+        if not source.exists():
+            kube.materialize(self.pod, volume, source)
+        return source / mount["subPath"] if mount.get("subPath") else source
+
+    def file(self, path: str) -> bytes:
+        """A file the container reads from one of its file volumes (what it finds at `path`), before or after start."""
+        volumes = {v["name"]: v for v in self.pod.spec.get("volumes", [])}
+        for mount in self.container.get("volumeMounts", []):
+            root = mount["mountPath"].rstrip("/")
+            if path.startswith(root + "/") and "emptyDir" not in volumes[mount["name"]]:
+                return (self._volume_files(mount, volumes[mount["name"]]) / path[len(root) + 1 :]).read_bytes()
+        raise AssertionError(f"{self.pod.name}: {path} is on none of its file volumes")
 
     def command(self) -> list[str]:
         uid, gid = self._user()

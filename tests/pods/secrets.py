@@ -14,17 +14,20 @@ SECRETS = {
     "default": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
     "production": (("rabbitmq-credentials", ("url", "management-url")), ("api-tokens", "tokens.yaml")),
     "monitoring-on": (("cpw-rabbitmq", ("url",)), ("cpw-api-tokens", "tokens.yaml")),
+    # the chart makes the broker Secret from the values' URLs; tests/pods/broker.py makes their user
+    "keda-on": (None, ("cpw-api-tokens", "tokens.yaml")),
+    # the RabbitMQ cluster operator makes it (played by tests/pods/broker.py)
+    "rabbitmq-cluster": (None, ("cpw-api-tokens", "tokens.yaml")),
 }
 
 
 def prerequisites(value_set: str, rabbitmq: BrokerEndpoint, vhost: str) -> tuple[dict, str]:
     """The Secrets that must exist before `helm install`, with real values, and the API token of the test."""
-    (broker_secret, broker_keys), (tokens_secret, tokens_key) = SECRETS[value_set]
+    broker, (tokens_secret, tokens_key) = SECRETS[value_set]
     urls = {"url": broker_url(rabbitmq.amqp_url, vhost), "management-url": f"http://guest:guest@{BROKER_HOST}:15672"}
     token, helm_token = uuid.uuid4().hex, uuid.uuid4().hex
     tokens = json.dumps({token: "tenant-a", helm_token: "helm-test"})
-    objects = {
-        ("Secret", broker_secret): kube.secret({k: urls[k] for k in broker_keys}),
-        ("Secret", tokens_secret): kube.secret({tokens_key: tokens, "helm-test-token": helm_token}),
-    }
+    objects = {("Secret", tokens_secret): kube.secret({tokens_key: tokens, "helm-test-token": helm_token})}
+    if broker is not None:
+        objects[("Secret", broker[0])] = kube.secret({k: urls[k] for k in broker[1]})
     return objects, token

@@ -43,3 +43,29 @@ def test_a_probe_on_the_wrong_port_is_caught(make_cluster) -> None:  # noqa: ANN
     with pytest.raises(AssertionError, match="readinessProbe not passed"):
         wait_up(worker)
     assert worker.log.started.is_set() and worker.process is not None and worker.process.poll() is None
+
+
+def _keda_breakage(make_cluster, docs: list[dict], match: str) -> None:  # noqa: ANN001
+    """The keda-on set with one edit: the test's KEDA step must refuse it before any job is sent."""
+    from tests.pods import keda
+    from tests.pods.test_pods import scale_as_keda
+
+    cluster, token = make_cluster("keda-on", docs)
+    (worker,) = [r for r in cluster.of_kind("Deployment") if r.pod.name.startswith("cpw-worker-")]
+    with pytest.raises(AssertionError, match=match):
+        scale_as_keda(cluster, token, keda.scaled_objects(cluster)["cpw-worker"], worker)
+    assert worker.process is None, "the worker was started although KEDA would never scale it"
+
+
+def test_keda_watching_another_queue_is_caught(make_cluster) -> None:  # noqa: ANN001
+    """The trigger's queueName spelt otherwise: KEDA would read 0 forever and keep the workers at zero."""
+    docs = render_set("keda-on")
+    find(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]["queueName"] = "provider.job"
+    _keda_breakage(make_cluster, docs, "KEDA watches provider.job, the worker consumes provider.jobs")
+
+
+def test_keda_reading_a_missing_secret_key_is_caught(make_cluster) -> None:  # noqa: ANN001
+    """The TriggerAuthentication names a key the broker Secret does not hold: KEDA cannot build its scaler."""
+    docs = render_set("keda-on")
+    find(docs, "TriggerAuthentication")[0]["spec"]["secretTargetRef"][0]["key"] = "management_url"
+    _keda_breakage(make_cluster, docs, "KEDA reads key management_url of Secret cpw-rabbitmq")

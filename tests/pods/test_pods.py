@@ -15,7 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.pods import kube
+from tests.pods import keda, kube, monitor
 from tests.pods.cluster import Cluster
 from tests.pods.conftest import HELM_TEST
 from tests.pods.runner import PodRun, listening_ports
@@ -35,7 +35,7 @@ def _wait(run: PodRun, what: str, event_name: str, budget: float) -> None:
         assert run.process.poll() is None, f"{run.pod.name} exited {run.process.returncode}:\n{run.output()}"
         assert not run.log.killed.is_set(), f"{run.pod.name}: the kubelet would restart it: {run.log.failures[-3:]}"
         assert time.monotonic() < deadline, (
-            f"{run.pod.name}: {what} not passed in {budget:.0f}s: {run.log.failures[-3:]}"
+            f"{run.pod.name}: {what} not passed in {budget:.0f}s: {run.log.failures[-3:]}\n{run.output()[-1500:]}"
         )
 
 
@@ -88,15 +88,47 @@ def submit_job(cluster: Cluster, token: str) -> str:
             time.sleep(0.1)  # a client polling the operation, as an ARM client does
 
 
+def scale_as_keda(cluster: Cluster, token: str, so: dict, target: PodRun) -> None:
+    """KEDA's part: with the target still at zero pods, jobs are sent until the trigger, resolved and called as
+    KEDA's scaler does, reads a backlog above its activation value; then the target starts with the replicas
+    KEDA would set (one pod stands for them) and the waiting jobs must Succeed."""
+    triggers = keda.rabbit_triggers(cluster, so, target)
+    assert triggers, "a ScaledObject without a rabbitmq trigger: the worker would never scale from the queue"
+    for trigger in triggers:
+        keda.check_consumed_by(trigger, target)
+    backlog = int(max(t.activation for t in triggers)) + 1
+    with api_client(cluster, token) as http:
+        jobs = [put_vm(http, f"keda{i}") for i in range(backlog)]
+        for trigger in triggers:
+            deadline = time.monotonic() + float(so["spec"].get("pollingInterval", 30)) + 10
+            while (seen := trigger.queue_length(cluster)) < backlog and time.monotonic() < deadline:
+                time.sleep(0.5)  # KEDA polls; the management API refreshes its counts every 5 s
+            assert seen == backlog, f"KEDA reads {seen} messages in {trigger.queue}, {backlog} jobs wait"
+            assert seen > trigger.activation, "the jobs do not activate the scaler"
+        assert keda.replicas(so, active=True) >= 1
+        target.start()
+        wait_up(target)
+        for job_id in jobs:
+            assert wait_status(http, job_id, ()) == "Succeeded", f"job {job_id} did not Succeed once KEDA scaled up"
+
+
 @pytest.mark.parametrize("value_set", list(SECRETS))
 def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[str]) -> None:  # noqa: ANN001
     cluster, token = make_cluster(value_set)
     deployments, helm_tests = cluster.of_kind("Deployment"), cluster.of_kind("Pod")
     assert deployments and len(helm_tests) == 1
+    scaled = keda.scaled_objects(cluster)
     for run in deployments:
-        run.start()
+        if cluster.owners[run.pod.name] not in scaled:
+            run.start()
     for run in deployments:
-        wait_up(run)
+        if run.process is not None:
+            wait_up(run)
+    for run in deployments:
+        if run.process is None:
+            scale_as_keda(cluster, token, scaled[cluster.owners[run.pod.name]], run)
+    for _, run, port, path in monitor.targets(cluster):  # PodMonitors and ServiceMonitors, as Prometheus scrapes
+        monitor.scrape(run, port, path)
 
     for service in cluster.services:
         for port in service["spec"]["ports"]:
@@ -130,6 +162,8 @@ def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[s
         if run is not worker:
             code, _ = run.terminate()
             assert code == 0, f"{run.pod.name} exited {code} on SIGTERM:\n{run.output()}"
+    if cluster.otlp is not None:  # global.tracing.otlpEndpoint: the collector it names got the spans
+        assert cluster.otlp.requests["/v1/traces"] >= 1, f"no spans exported: {dict(cluster.otlp.requests)}"
     pod_stats["value_sets"] += 1
     pod_stats["workloads"] += len(deployments) + len(helm_tests)
     pod_stats["started"] += len(deployments) + 1

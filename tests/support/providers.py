@@ -2,8 +2,11 @@
 
 `body["script"]`: "ok" | "sleep:<s>" | "fail:<n>" (RetryableError on attempts 1..n) |
 "permanent" (PermanentError: Failed, not a dead letter) | "poison" (PermanentError(dead_letter=True)) |
+"poison-once:<file>" (a line per call appended to the file, across processes; poison on the first call, ok after) |
 "error" (a plain exception every time) | "hang" | "echo" | "size:<n>" (a result whose encoded JSON
-is n bytes) | "raise:<value|permanent|poison|retryable>" (that exception with `body["message"]`).
+is n bytes) | "raise:<value|permanent|poison|retryable>" (that exception with `body["message"]`) |
+"crash:<n>" (the worker process dies, `os._exit(137)` as after a segfault or an OOM kill, on the first n runs).
+`body["runs"]`, a file path: each run counts itself there, across worker processes (`crash` needs it).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from controlplane_workers import PermanentError, ResourceProviderRegistry, ResourceRequest, RetryableError
@@ -31,6 +35,9 @@ class Scripted:
         STARTED.setdefault(request.resource_name, asyncio.Event()).set()
         script = str(request.body.get("script", "ok"))
         kind, _, arg = script.partition(":")
+        runs = _count_run(str(request.body["runs"])) if "runs" in request.body else 0
+        if kind == "crash" and runs <= int(arg):
+            os._exit(137)
         if kind == "sleep":
             await asyncio.sleep(float(arg))
         elif kind == "fail" and attempt <= int(arg):
@@ -39,6 +46,13 @@ class Scripted:
             raise PermanentError("this request can never succeed", code="InvalidRequest")
         elif kind == "poison":
             raise PermanentError("keep this job for an operator", code="Poison", dead_letter=True)
+        elif kind == "poison-once":
+            with open(arg, "a+") as calls:
+                calls.seek(0)
+                first = not calls.read()
+                calls.write(f"{os.getpid()}\n")
+            if first:
+                raise PermanentError("dead-letter me once", code="Poison", dead_letter=True)
         elif kind == "error":
             raise ValueError("provider bug")
         elif kind == "hang":
@@ -53,6 +67,14 @@ class Scripted:
         return {"name": request.resource_name, "attempt": attempt, "pid": os.getpid(), "body": request.body}
 
     create_or_update_resource = get_resource = delete_resource = list_resources = execute_action = _do
+
+
+def _count_run(path: str) -> int:
+    """This run's number, kept in a file so that it survives the process (and counts every worker's runs)."""
+    counter = Path(path)
+    runs = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(runs))
+    return runs
 
 
 provider = Scripted()

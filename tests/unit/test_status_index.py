@@ -177,7 +177,7 @@ def test_a_frozen_job_reads_back_as_it_was_and_late_records_still_fill_it_in():
     assert record.error is not None and (record.error.code, record.error.message) == ("Conflict", "säme name ✓")
     assert record.result is None and record.operation is not None and record.operation.value == "create"
     assert index.duplicates == 1 and index.counts("tenant-a")["Failed"] == 1
-    assert [r.job_id for r in index.iter_jobs("tenant-a", JobStatus.FAILED)] == [job_id]
+    assert [r.job_id for r in index.list_jobs(tenant="tenant-a", status=JobStatus.FAILED).jobs] == [job_id]
 
 
 RSS_PROBE = """

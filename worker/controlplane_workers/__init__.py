@@ -9,6 +9,7 @@ from .providers import ResourceProvider, ResourceProviderRegistry
 from .queue import JobQueue
 from .role import WorkerRole
 from .settings import Settings, load_settings
+from .status import JobPage
 from .worker import ProviderWorker
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobEvent",
+    "JobPage",
     "JobQueue",
     "JobResult",
     "JobStatus",

@@ -37,5 +37,9 @@ class BrokerUnavailable(Exception):
     """The broker did not confirm a message: nothing was accepted, the caller may retry."""
 
 
+class DeadLettersBusy(BrokerUnavailable):
+    """Another operator's walk of the dead-letter queue did not end in time: nothing was done; retry."""
+
+
 class UnroutableJob(Exception):
     """The broker has no queue bound for the job: it was returned, not accepted."""

@@ -18,7 +18,14 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 JOB_LABELS = ("provider_namespace", "resource_type", "operation")
-DEAD_LETTER_REASONS = ("malformed", "unknown-provider", "unknown-operation", "permanent-error", "attempts-exhausted")
+DEAD_LETTER_REASONS = (
+    "malformed",
+    "unknown-provider",
+    "unknown-operation",
+    "permanent-error",
+    "attempts-exhausted",
+    "delivery-limit",
+)
 
 BUILD_INFO = Info("cpw_build", "Version of controlplane-workers running in this process.", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})

@@ -19,9 +19,9 @@ from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset, StreamMessage
 from .events import EventBatcher, accepted_record
-from .models import Job, JobResult, Operation, ResourceRequest
+from .models import Job, JobResult, JobStatus, Operation, ResourceRequest
 from .settings import Settings, load_settings
-from .status import DEFAULT_MAX_JOBS, StatusIndex
+from .status import DEFAULT_MAX_JOBS, JobPage, StatusIndex
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,19 @@ class JobQueue:
     def get_job_status(self, job_id: str) -> JobResult | None:
         """The job's current state as this process has read it from the results stream."""
         return self.index.get(job_id)
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> JobPage:
+        """A page of the jobs this process has read from the results stream, newest first, as the API's
+        `GET /jobs` pages them: `status` and `tenant` filter (tenant None: every tenant's), `limit` is 1 to
+        1000 (ValueError otherwise), `after` is the previous page's `JobPage.after`."""
+        return self.index.list_jobs(status=status, tenant=tenant, limit=limit, after=after)
 
     async def cancel_job(self, job_id: str, *, reason: str = "canceled by request") -> None:
         """Ask the workers to cancel: a running job is stopped, a queued one is skipped."""

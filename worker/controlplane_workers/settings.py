@@ -63,8 +63,9 @@ class Settings(BaseSettings):
         20,
         ge=1,
         validation_alias=env_alias("QUEUE_DELIVERY_LIMIT"),
-        description="Quorum queues only: deliveries after which a message that keeps crashing workers is "
-        "dead-lettered by the broker. A queue argument, so every process must agree on it.",
+        description="Times a job may be lost with its worker (a crash, a kill, a lost connection); the next loss "
+        "dead-letters it (reason `delivery-limit`). A quorum queue counts them (x-delivery-limit, a queue argument, "
+        "so every process must agree on it); on a classic queue the workers do (header `x-cpw-delivery-count`).",
     )
     dlq_max_length: int = Field(
         10_000,

@@ -21,7 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,6 +32,7 @@ from .records import MARKER as MARKER  # where readers of the index import it fr
 
 _STARTED = (JobStatus.RUNNING,)
 DEFAULT_MAX_JOBS = 1_000_000
+MAX_PAGE = 1000  # the most jobs one page holds: JobQueue.list_jobs(limit=...) and the API's GET /jobs?top=
 # What a job in flight costs besides its variable parts (tracemalloc, CPython 3.11: the slots object, its
 # floats, its slot in the jobs dict and its key, the eviction deque's slot), and what a frozen one costs
 # besides the length of its bytes (its 16-byte key, dict slot, deque slot and the bytes object's header:
@@ -187,6 +188,31 @@ class Entry:
         )
 
 
+class JobPage(NamedTuple):
+    """One page of jobs, newest first. `after`: pass it as `after=` for the next page; None on the last page."""
+
+    jobs: list[JobResult]
+    after: str | None
+
+
+def page_limit(limit: int) -> int:
+    """`limit` if it is a page size this project serves (1 to MAX_PAGE), else ValueError saying so."""
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE}, not {limit!r}")
+    return limit
+
+
+def status_of(value: JobStatus | str | None) -> JobStatus | None:
+    """A status filter: a JobStatus, its name ("Succeeded"), or None for every status."""
+    if value is None or isinstance(value, JobStatus):
+        return value
+    try:
+        return JobStatus(value)
+    except ValueError:
+        names = ", ".join(s.value for s in JobStatus)
+        raise ValueError(f"status must be one of {names}, not {value!r}") from None
+
+
 Key = str | bytes  # a job id as the index keys it: 16 bytes for the 32-hex ids this project makes
 
 
@@ -278,17 +304,40 @@ class StatusIndex:
             return None
         return self._entry(item).view(job_id)
 
-    def iter_jobs(
-        self, tenant: str | None = None, status: JobStatus | None = None, newest_first: bool = True
-    ) -> Iterator[JobResult]:
-        """Jobs `tenant` may see, optionally in one status; newest (by arrival) first."""
-        items = reversed(self.jobs.items()) if newest_first else iter(self.jobs.items())
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> JobPage:
+        """Jobs `tenant` may see (None: every job), optionally in one `status`, newest (by arrival) first,
+        at most `limit`; `after` (the previous page's `JobPage.after`) continues right after that job.
+
+        The page goes on from `after` by its place, whatever its status is now (a job that ended since
+        the last page does not end the listing). Only the tenant's own job starts a page: an id of
+        another tenant's job, or one not held (never seen, evicted), starts from the top, so the answer
+        tells nothing of that job. The ids are compared, never thawed: skipping costs no decoding."""
+        page_limit(limit)
+        wanted = status_of(status)
+        items = reversed(self.jobs.items())
+        start = None if after is None else _key(after)
+        held = None if start is None else self.jobs.get(start)
+        if held is not None and (tenant is None or self._tenant_of(held) == tenant):
+            for key, _ in items:
+                if key == start:
+                    break
+        jobs: list[JobResult] = []
         for key, item in items:
             if tenant is not None and self._tenant_of(item) != tenant:
                 continue
-            if status is not None and self._status_of(item) is not status:
+            if wanted is not None and self._status_of(item) is not wanted:
                 continue
-            yield self._entry(item).view(_job_id(key))
+            if len(jobs) == limit:
+                return JobPage(jobs, jobs[-1].job_id)
+            jobs.append(self._entry(item).view(_job_id(key)))
+        return JobPage(jobs, None)
 
     def counts(self, tenant: str | None = None) -> dict[str, int]:
         """Jobs `tenant` may see, by status."""

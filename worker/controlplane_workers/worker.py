@@ -27,7 +27,7 @@ from pydantic_core import to_json
 from . import metrics, tracing
 from ._version import __version__
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
-from .broker.base import ATTEMPT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
+from .broker.base import ATTEMPT, DELIVERY_COUNT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError, UnroutableJob
 from .events import EventBatcher
@@ -101,6 +101,9 @@ class ProviderWorker(WorkerRole):
         self._attached: dict[tuple[str, int], list[Delivery]] = {}
         self._settled: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._exhausted_since: float | None = None  # when every sync thread became stuck
+        # A quorum queue counts deliveries itself (x-delivery-limit); on a classic queue the workers do.
+        self.counts_deliveries = self.topology.queue_type != "quorum"
+        self._handing_back: set[asyncio.Task[Any]] = set()
         self.sync_pool = SyncPool(
             settings.sync_threads or settings.max_concurrent_jobs, on_change=self._stuck_threads_changed
         )
@@ -178,6 +181,9 @@ class ProviderWorker(WorkerRole):
             task.cancel(msg="drain timeout")
         if self.running:
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+        handing_back = self._handing_back - {asyncio.current_task()}
+        if handing_back:  # copies being put back: closing now would leave a copy and requeue the original too
+            await asyncio.wait(handing_back, timeout=self.settings.publish_timeout)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -224,14 +230,20 @@ class ProviderWorker(WorkerRole):
 
     # -- one delivery
     async def handle(self, delivery: Delivery) -> None:
-        if self.draining:
-            await self._settle(delivery, ack=False, requeue=True)
-            return
         if delivery.redelivered:
             self.stats.redelivered += 1
             metrics.REDELIVERED.inc()
-            if await self._redelivery_of_own_attempt(delivery):
-                return
+        # A worker's copy (it carries a delivery count) is a redelivery too: it may be of an attempt running here.
+        if (delivery.redelivered or DELIVERY_COUNT in delivery.headers) and await self._redelivery_of_own_attempt(
+            delivery
+        ):
+            return
+        if delivery.redelivered and self.counts_deliveries:
+            await self._count_lost_delivery(delivery)
+            return
+        if self.draining:
+            await self._hand_back(delivery)
+            return
         if tracing.enabled:  # one span per delivery, in the trace the job's headers carry
             with tracing.consume_span(
                 self.topology.jobs_queue,
@@ -285,7 +297,7 @@ class ProviderWorker(WorkerRole):
         if is_sync(method) and self.sync_pool.exhausted:
             # No thread can run it: waiting here would only time it out and dead-letter a good job.
             await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # another worker, or a freed thread, takes it then
-            await self._settle(delivery, ack=False, requeue=True)
+            await self._hand_back(delivery)
             metrics.JOBS.labels(*labels, "requeued").inc()
             return
         if attempt == 1:
@@ -327,7 +339,7 @@ class ProviderWorker(WorkerRole):
             else:  # drain timeout or shutdown: hand the job back to the broker
                 task.uncancel()
                 outcome = "requeued"
-                await self._settle(delivery, ack=False, requeue=True)
+                await self._hand_back(delivery)
             metrics.JOBS.labels(*labels, outcome).inc()
             if tracing.enabled:
                 tracing.set_attributes({"cpw.job.outcome": outcome})
@@ -384,12 +396,75 @@ class ProviderWorker(WorkerRole):
             return True
         return False
 
+    async def _count_lost_delivery(self, delivery: Delivery) -> None:
+        """A redelivery on a classic queue: the worker that held the job stopped without settling it (it
+        died, was killed or lost its channel), since every deliberate hand-back is a copy, never a
+        redelivery (`_hand_back`). The job goes back as a copy that counts it; past
+        `CPW_QUEUE_DELIVERY_LIMIT` it is dead-lettered instead, as a quorum queue does: a job that
+        kills its worker would otherwise come back forever and kill every worker it reaches."""
+        lost = _lost_deliveries(delivery)
+        limit = self.topology.delivery_limit
+        if lost <= limit:
+            await self._hand_back(delivery)
+            return
+        try:
+            job: Job | None = Job.model_validate_json(delivery.body)
+        except ValidationError:
+            job = None
+        detail = (
+            f"delivered {lost} times and each time its worker stopped before settling it (a crash, a kill "
+            f"or a lost connection); CPW_QUEUE_DELIVERY_LIMIT is {limit}"
+        )
+        error = JobError(
+            code="DeliveryLimitExceeded",
+            message=f"The job was delivered {lost} times and each time its worker stopped before the job ended "
+            "(a crash, a kill or a lost connection); it was set aside for an operator.",
+        )
+        await self._dead_letter(delivery, job, "delivery-limit", detail, error=error)
+
+    async def _hand_back(self, delivery: Delivery) -> None:
+        """Give a job back to the queue to run again: drain timeout, shutdown, no free thread, outcome
+        not published, or a redelivery just counted.
+
+        On a classic queue the job goes back as a confirmed copy at the tail of the job queue (same
+        body, id, priority and headers, the deliveries lost so far as its delivery count), then the
+        delivery is acked. A reject with requeue would flag the next delivery `redelivered`, and there
+        that flag must mean only "a worker stopped holding it". If the broker refuses the copy, the job
+        is rejected with requeue after all (never lost), and its next delivery counts as a lost one. A
+        quorum queue counts deliveries itself: a plain reject with requeue, as before.
+        """
+        if self.counts_deliveries:
+            task = asyncio.current_task()
+            assert task is not None
+            self._handing_back.add(task)
+            key = _key(delivery)
+            if key is not None:  # the copy may come back here at once: it must run, not wait for this attempt
+                self._untrack(key[0])
+            try:
+                await self.broker.republish_job(
+                    delivery.body,
+                    message_id=delivery.message_id,
+                    priority=delivery.priority,
+                    headers={**delivery.headers, DELIVERY_COUNT: _lost_deliveries(delivery)},
+                )
+                await self._settle(delivery, ack=True, copied=True)
+                return
+            except (BrokerUnavailable, UnroutableJob):
+                log.warning("job not copied back to the queue; rejected with requeue, its next delivery counts")
+                await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # a broker that refuses now would get it back at once
+            finally:
+                self._handing_back.discard(task)
+        await self._settle(delivery, ack=False, requeue=True)
+
     def _untrack(self, job_id: str) -> None:
+        """The job no longer runs in this task (a copy handed back may run here already, in its own task)."""
+        if self.running.get(job_id) is not asyncio.current_task():
+            return
+        del self.running[job_id]
         self._running_attempt.pop(job_id, None)
-        if self.running.pop(job_id, None) is not None:
-            metrics.IN_FLIGHT.dec()
-            if not self.running:
-                self._idle.set()
+        metrics.IN_FLIGHT.dec()
+        if not self.running:
+            self._idle.set()
 
     def _announce_running(self, job: Job, attempt: int) -> None:
         if job.id in self.running:
@@ -424,7 +499,8 @@ class ProviderWorker(WorkerRole):
                 jitter=self.settings.retry_jitter,
             )
             queue_attempt = min(attempt + 1, self.topology.max_attempts)
-            headers = {**delivery.headers, ATTEMPT: attempt + 1}
+            # A new message, so its delivery count starts again, as it does on a quorum queue.
+            headers = {**_without(delivery.headers, DELIVERY_COUNT), ATTEMPT: attempt + 1}
             try:
                 # With tracing on, the retry's headers carry this attempt's trace to the next attempt.
                 with (
@@ -541,15 +617,16 @@ class ProviderWorker(WorkerRole):
     async def _publish(self, event: JobEvent) -> None:
         await self.events.publish(event.model_dump_json(exclude_none=True).encode())
 
-    async def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool = False) -> bool:
+    async def _settle(self, delivery: Delivery, *, ack: bool, requeue: bool = False, copied: bool = False) -> bool:
         """Ack or reject, and the same for redeliveries of this attempt that waited for it.
 
         False when no delivery of the job could be settled (the channel is gone: the broker
         redelivers it). An ack comes only after the outcome (or the retry) was confirmed, so the
-        attempt is remembered as settled: a later redelivery of it is acked without a new run.
+        attempt is remembered as settled: a later redelivery of it is acked without a new run. Not
+        so an ack after a copy of the job was put back (`copied`): the attempt runs again from it.
         """
         key = _key(delivery)
-        if ack and key is not None:
+        if ack and not copied and key is not None:
             self._settled[key] = None
             if len(self._settled) > SETTLED_MEMORY:
                 self._settled.popitem(last=False)
@@ -574,15 +651,15 @@ class ProviderWorker(WorkerRole):
 
     async def _outcome_lost(self, delivery: Delivery) -> None:
         """The outcome (or the retry, or the dead letter) could not be published: the job is handed
-        back to the broker to run again, with the redeliveries of this attempt that waited for it.
+        back to the queue to run again, with the redeliveries of this attempt that waited for it.
 
-        Not acked and not held: a publish can fail while the consuming channel lives on (the
-        publishing channel closed alone, a confirm timed out), and a delivery held unacked on a live
-        channel never ends (found by the everything-at-once drill). If the channel is gone the
-        reject fails and the broker requeues the job anyway."""
+        Not held: a publish can fail while the consuming channel lives on (the publishing channel
+        closed alone, a confirm timed out), and a delivery held unacked on a live channel never ends
+        (found by the everything-at-once drill). If the channel is gone the settle fails and the
+        broker requeues the job anyway."""
         self._lost("outcome not published; the job goes back to the queue to run again")
         await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # a broker that refuses now would get it back at once
-        await self._settle(delivery, ack=False, requeue=True)
+        await self._hand_back(delivery)
 
     def _lost(self, why: str = "broker connection lost before the job was settled; it will be redelivered") -> None:
         self.stats.ack_lost += 1
@@ -648,6 +725,20 @@ def _key(delivery: Delivery) -> tuple[str, int] | None:
     """(job id, attempt) of a job message: what identifies one attempt across redeliveries."""
     job_id = delivery.message_id or delivery.headers.get(JOB_ID)
     return (str(job_id), delivery.attempt) if job_id else None
+
+
+def _lost_deliveries(delivery: Delivery) -> int:
+    """Deliveries of this attempt that ended without a settle: those counted in the message, plus this
+    one's predecessor if it is a redelivery (on a classic queue only a lost delivery leads to one)."""
+    try:
+        counted = max(0, int(delivery.headers.get(DELIVERY_COUNT, 0)))
+    except (TypeError, ValueError):
+        counted = 0
+    return counted + (1 if delivery.redelivered else 0)
+
+
+def _without(headers: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in headers.items() if k != name}
 
 
 def _provider_error(exc: ProviderError) -> JobError:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from ..context import ApiRoute
-from . import fleet, jobs, operations, reads, resources
+from . import deadletters, fleet, jobs, operations, reads, resources
 
-ROUTES: list[ApiRoute] = [*resources.ROUTES, *reads.ROUTES, *operations.ROUTES, *jobs.ROUTES, *fleet.ROUTES]
+ROUTES: list[ApiRoute] = [
+    *resources.ROUTES,
+    *reads.ROUTES,
+    *operations.ROUTES,
+    *jobs.ROUTES,
+    *fleet.ROUTES,
+    *deadletters.ROUTES,
+]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, DeadLettersBusy
 from ..topology import Topology
 
 Headers = dict[str, Any]
@@ -28,6 +28,9 @@ REASON = "x-cpw-dead-letter-reason"
 DETAIL = "x-cpw-dead-letter-detail"
 FIRST_DEATH_QUEUE = "x-cpw-original-queue"
 REDRIVE = "x-cpw-redrive"  # a dead-lettered job sent round again: readers start it afresh
+# On a classic job queue: deliveries of this attempt that ended without a settle (the worker died or lost its
+# channel), counted by the workers as a quorum queue counts them in `x-delivery-count` (see worker.py).
+DELIVERY_COUNT = "x-cpw-delivery-count"
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Broker(abc.ABC):
         self.on_reconnect: list[Callable[[], Any]] = []
         # True once the dead-letter queue is known to carry its bound; False when an existing DLQ refused it.
         self.dlq_bounded: bool | None = None
+        self._walking = asyncio.Lock()  # this process's walks of the dead letters, one at a time
 
     @abc.abstractmethod
     async def connect(self) -> None:
@@ -136,6 +140,11 @@ class Broker(abc.ABC):
         """Park a job in the delay queue of `attempt`; it returns to the job queue after `delay`."""
 
     @abc.abstractmethod
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        """Put a copy of a delivered job at the tail of the job queue (straight, not through the exchange),
+        confirmed; raise BrokerUnavailable if not. A worker's way to hand a job back (see worker.py)."""
+
+    @abc.abstractmethod
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None: ...
 
     @abc.abstractmethod
@@ -162,6 +171,55 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def queue_stats(self) -> QueueStats: ...
 
+    @contextlib.asynccontextmanager
+    async def dead_letters(self, wait: float = 10.0) -> AsyncIterator[DeadLetterWalk]:
+        """Walk the dead-letter queue alone: no other walk, in this process or another, runs meanwhile.
+
+        A queue cannot be read at an index, only from its head, and a message taken is hidden from
+        every other reader until it is settled; two walks at once would each see holes where the
+        other's messages are (a redrive answering "not found" for a letter that is there). Waits up
+        to `wait` seconds for another walk to end, then raises DeadLettersBusy."""
+        try:
+            await asyncio.wait_for(self._walking.acquire(), wait)
+        except TimeoutError:
+            raise DeadLettersBusy("another walk of the dead letters did not end in time") from None
+        try:
+            walk = await self._walk_dead_letters(wait)
+            try:
+                yield walk
+            finally:
+                await walk.end()
+        finally:
+            self._walking.release()
+
     @abc.abstractmethod
-    async def take_dead_letters(self, limit: int | None = None) -> list[Delivery]:
-        """Fetch dead-lettered messages unsettled: ack to remove, reject(requeue=True) to keep."""
+    async def _walk_dead_letters(self, wait: float) -> DeadLetterWalk:
+        """A walk, exclusive across processes (this process's walks are already serialised)."""
+
+
+class DeadLetterWalk(abc.ABC):
+    """The dead-letter queue read once from its head. A delivery taken is acked to remove it (after its
+    job was published again, for a redrive) or left alone: `end` puts back every one not acked, in
+    its place (RabbitMQ requeues a classic queue's messages where they were). Never reject one with
+    requeue mid-walk: it would come back at the head and be taken again. A walk takes at most the
+    `length` messages there were when it began, so dead letters arriving meanwhile (a redriven job
+    failing again) wait for the next walk, and a walk always ends."""
+
+    length: int
+    taken: int = 0
+
+    async def take(self) -> Delivery | None:
+        """The next dead letter, or None at the end of the walk."""
+        if self.taken >= self.length:
+            return None
+        delivery = await self._next()
+        if delivery is not None:
+            self.taken += 1
+        return delivery
+
+    @abc.abstractmethod
+    async def _next(self) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    async def end(self) -> None:
+        """Put back what was taken and not acked; release the walk."""

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, DeadLettersBusy
 from ..topology import Topology
 from .base import (
     KIND,
     Broker,
+    DeadLetterWalk,
     Delivery,
     Headers,
     HeartbeatHandler,
@@ -82,6 +83,38 @@ class _HeartbeatSubscriber(Subscription):
         self.active = False
 
 
+class _DeadLetterWalk(DeadLetterWalk):
+    def __init__(self, node: _Node) -> None:
+        self.node = node
+        self.length = len(node.dead_letters)
+        self.held: list[_Message] = []  # taken and not acked, in queue order
+
+    async def _next(self) -> Delivery | None:
+        if not self.node.dead_letters:
+            return None
+        message = self.node.dead_letters.popleft()
+        self.held.append(message)
+
+        async def settle(ack: bool, requeue: bool) -> None:
+            if ack or not requeue:
+                self.held = [m for m in self.held if m is not message]
+
+        return Delivery(
+            message.body,
+            dict(message.headers),
+            message.message_id,
+            message.priority,
+            message.redelivered,
+            message.routing_key,
+            settle,
+        )
+
+    async def end(self) -> None:
+        self.node.dead_letters.extendleft(reversed(self.held))  # back in their places, as RabbitMQ does
+        self.held = []
+        self.node.walking.release()
+
+
 class _Node:
     """The shared state behind every client of one `memory://` URL."""
 
@@ -93,6 +126,7 @@ class _Node:
         self.consumers: list[_Consumer] = []
         self.next_consumer = 0
         self.dead_letters: deque[_Message] = deque()
+        self.walking = asyncio.Lock()
         self.retrying: set[asyncio.TimerHandle] = set()
         self.streams: dict[str, list[StreamMessage]] = {}
         self.stream_base: dict[str, int] = {}
@@ -256,6 +290,10 @@ class MemoryBroker(Broker):
         handle = loop.call_later(max(delay, 0.0), release)
         self.node.retrying.add(handle)
 
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        self._check()
+        self.node.enqueue(_Message(body, dict(headers), message_id, priority, self.topology.jobs_queue))
+
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
         self._check()
         t = self.topology
@@ -312,28 +350,10 @@ class MemoryBroker(Broker):
             retrying=len(node.retrying),
         )
 
-    async def take_dead_letters(self, limit: int | None = None) -> list[Delivery]:
-        node = self.node
-        out: list[Delivery] = []
-        while node.dead_letters and (limit is None or len(out) < limit):
-            message = node.dead_letters.popleft()
-
-            def settle_for(m: _Message):  # noqa: ANN202 - a closure per message
-                async def settle(ack: bool, requeue: bool) -> None:
-                    if not ack and requeue:
-                        node.dead_letters.append(m)
-
-                return settle
-
-            out.append(
-                Delivery(
-                    message.body,
-                    dict(message.headers),
-                    message.message_id,
-                    message.priority,
-                    message.redelivered,
-                    message.routing_key,
-                    settle_for(message),
-                )
-            )
-        return out
+    async def _walk_dead_letters(self, wait: float) -> DeadLetterWalk:
+        self._check()
+        try:
+            await asyncio.wait_for(self.node.walking.acquire(), wait)  # every client of this node
+        except TimeoutError:
+            raise DeadLettersBusy("another walk of the dead letters did not end in time") from None
+        return _DeadLetterWalk(self.node)

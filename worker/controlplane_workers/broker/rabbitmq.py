@@ -15,16 +15,23 @@ from typing import Any, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import DeliveryError
 
-from ..errors import BrokerUnavailable, UnroutableJob
+from ..errors import BrokerUnavailable, DeadLettersBusy, UnroutableJob
 from ..redact import redact_text, redact_url
 from ..topology import Topology
 from .acks import AckCoalescer
 from .base import (
     KIND,
     Broker,
+    DeadLetterWalk,
     Delivery,
     Headers,
     HeartbeatHandler,
@@ -100,6 +107,32 @@ def _delivery(message: AbstractIncomingMessage, acks: AckCoalescer | None = None
         routing_key=message.routing_key or "",
         _settle=settle,
     )
+
+
+class _RabbitDeadLetterWalk(DeadLetterWalk):
+    """basic.get from the head, unacked; closing the channel requeues every message not acked in place."""
+
+    def __init__(
+        self, lock: AbstractChannel, lock_queue: AbstractQueue, channel: AbstractChannel, queue: AbstractQueue
+    ) -> None:
+        self.lock, self.lock_queue, self.channel, self.queue = lock, lock_queue, channel, queue
+        self.length = queue.declaration_result.message_count or 0
+
+    async def _next(self) -> Delivery | None:
+        with _unavailable("reading the dead letters"):
+            message = await self.queue.get(no_ack=False, fail=False)
+        return None if message is None else _delivery(message)
+
+    async def end(self) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self.channel.close()
+        await self.release(self.lock, self.lock_queue)
+
+    @staticmethod
+    async def release(lock: AbstractChannel, lock_queue: AbstractQueue) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):  # if the connection is gone, so is the exclusive queue
+            await lock_queue.delete(if_unused=False, if_empty=False)
+            await lock.close()
 
 
 class _Consumer(Subscription):
@@ -456,6 +489,12 @@ class RabbitMQBroker(Broker):
         )
         await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.retry_queue(attempt))
 
+    async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
+        properties = Properties(
+            headers=headers, message_id=message_id, priority=priority, delivery_mode=PERSISTENT, content_type=JSON
+        )
+        await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.jobs_queue)
+
     async def publish_dead_letter(self, body: bytes, *, message_id: str | None, headers: Headers) -> None:
         properties = Properties(headers=headers, message_id=message_id, delivery_mode=PERSISTENT, content_type=JSON)
         await self._publish(self.dlx.name if self.dlx else None, body, properties, self.topology.dead_letter_queue)
@@ -582,14 +621,31 @@ class RabbitMQBroker(Broker):
         finally:
             await channel.close()
 
-    async def take_dead_letters(self, limit: int | None = None) -> list[Delivery]:
+    async def _walk_dead_letters(self, wait: float) -> DeadLetterWalk:
+        """Exclusive across processes through an exclusive queue: RabbitMQ lets one connection at a time
+        declare it (another gets RESOURCE_LOCKED) and deletes it when that connection dies, so a crashed
+        walker cannot leave the lock held."""
         assert self.connection is not None
-        channel = await self.connection.channel(publisher_confirms=False)
-        queue = await channel.declare_queue(self.topology.dead_letter_queue, passive=True)
-        out: list[Delivery] = []
-        while limit is None or len(out) < limit:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            out.append(_delivery(message))
-        return out
+        name = f"{self.topology.dead_letter_queue}.walk"
+        deadline = asyncio.get_running_loop().time() + wait
+        backoff = 0.02
+        while True:
+            with _unavailable("locking the dead letters"):
+                lock = await self.connection.channel(publisher_confirms=False)
+                try:
+                    lock_queue = await lock.declare_queue(name, exclusive=True, auto_delete=True)
+                    break
+                except aiormq.exceptions.ChannelLockedResource:
+                    pass  # the channel is closed by the broker
+            if asyncio.get_running_loop().time() + backoff > deadline:
+                raise DeadLettersBusy("another process's walk of the dead letters did not end in time")
+            await asyncio.sleep(backoff)  # no event tells another process's walk ended: poll, backing off
+            backoff = min(backoff * 2, 0.5)
+        try:
+            with _unavailable("opening the dead letters"):
+                channel = await self.connection.channel(publisher_confirms=False)
+                queue = await channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+        except BaseException:
+            await _RabbitDeadLetterWalk.release(lock, lock_queue)
+            raise
+        return _RabbitDeadLetterWalk(lock, lock_queue, channel, queue)
