@@ -547,7 +547,10 @@ async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(siz
     async def fault(done: Fault) -> None:
         for name in ("provider.jobs.dlq", "provider.jobs.retry.2"):
             types[name] = whole_cluster.queue(name, vhost).get("type")
+        retry_leader = whole_cluster.queue("provider.jobs.retry.2", vhost).get("leader")
         await lose(done)
+        done.notes["types"] = ",".join(f"{k.rsplit('.', 1)[-1]}:{v}" for k, v in types.items())
+        done.notes["retry_queue_leader_lost"] = str(retry_leader == done.notes.get("lost"))
 
     account, outcomes, _ = await run_drill(
         whole_cluster, tmp_path, scenario="lost-retrying", size=size, queue_type="quorum", rate=100,
