@@ -539,8 +539,8 @@ async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, run, whole
 @pytest.mark.timeout(480)  # a lost job is waited for until the settle time
 async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(size, whole_cluster, tmp_path):
     """Measured, not asserted: beside a quorum jobs queue the delay queues (and the DLQ) are quorum queues too,
-    yet on RabbitMQ 3.10.8 the jobs waiting in one whose leader was the node lost were lost in two of three
-    runs (docs/reliability.md), as with the classic delay queues before. Asserted: only such jobs are lost."""
+    yet on RabbitMQ 3.10.8 the jobs waiting in one at the loss were lost in two of four runs
+    (docs/reliability.md), as with the classic delay queues before. Asserted: only such jobs are lost."""
     vhost = vhost_of("lost-retrying", size)
     types: dict[str, str] = {}
     lose = _lose_and_replace(whole_cluster, vhost)
