@@ -13,7 +13,7 @@ CHECKOV_VENV ?= .tools/checkov
 APT_PACKAGES := rabbitmq-server prometheus prometheus-alertmanager bubblewrap wrk haproxy postgresql
 PYTEST_ARGS ?=
 
-.PHONY: help run test install system-deps tools lint fmt chart dashboards bench bench-index clean docs dev drill autoscale-drill pods
+.PHONY: help run run-postgres test install system-deps tools lint fmt chart dashboards bench bench-index clean docs dev drill autoscale-drill pods
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ install: $(VENV)/.installed ## create .venv with the project and its test tools
 
 run: $(VENV)/.installed ## the local platform on the embedded broker: API on 127.0.0.1:8000, a worker, the demo provider
 	$(CPW) dev
+
+run-postgres: $(VENV)/.installed system-deps ## `make run` with the operations in a private PostgreSQL (a temp dir, removed on exit)
+	$(PY) -m tests.support.postgres -- $(CPW) dev
 
 system-deps: ## install the Debian packages the tests need (as root), or print the command
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -66,7 +69,7 @@ dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/g
 	$(PY) dashboards/generate.py
 
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
-	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_index.py tests/api/bench_http.py $(PYTEST_ARGS) -o addopts=""
+	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_index.py tests/api/bench_http.py tests/postgres/bench_pgstore.py $(PYTEST_ARGS) -o addopts=""
 
 bench-index: $(VENV)/.installed system-deps ## the status index at 100k/300k/1M jobs: ready time, RSS, bytes per job
 	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/api/bench_index.py $(PYTEST_ARGS) -o addopts=""

@@ -610,14 +610,88 @@ def fleet_overview() -> db.Dashboard:
             threshold_lines=True,
         ),
     ]
+    projector = projector_row()
     return dashboard(
         "cpw-fleet-overview",
         "controlplane-workers / fleet overview",
         "The whole fleet of one release: job throughput and outcomes, durations, queue depth, dead letters, "
         "autoscaling and the API. Alerts: alerts/controlplane-workers.rules.yaml; runbooks: alerts/runbooks.md.",
-        [("Summary", summary), ("Jobs", throughput), ("Queue (RabbitMQ)", queue), ("Scaling", scaling), ("API", api)],
+        [
+            ("Summary", summary),
+            ("Jobs", throughput),
+            ("Queue (RabbitMQ)", queue),
+            ("Scaling", scaling),
+            ("API", api),
+            ("Operation store (PostgreSQL projector)", projector),
+        ],
         with_pod=False,
     )
+
+
+def projector_row() -> list[Panel]:
+    """`cpw indexer` (CPW_API_STORE=postgresql): empty for a release on the stream store."""
+    commit_delay = "cpw_projector_commit_delay_seconds"
+    return [
+        stat_panel(
+            "Projector leading",
+            "short",
+            "Projector pods holding the advisory lock (exactly one writes; the other stands by, Ready), out of the "
+            "pods scraped. Alerts: CPWProjectorNoLeader (none leads), CPWProjectorNotRunning (none scraped while the "
+            "API is on PostgreSQL).",
+            (gauge("cpw_projector_leader", SCOPE), "leading"),
+            (gauge("cpw_projector_leader", SCOPE, op="count"), "pods"),
+            thresholds=AT_LEAST_ONE,
+            width=6,
+            height=8,
+        ),
+        stat_panel(
+            "Projector failovers (24h)",
+            "short",
+            "Times a standby took the lock in the last 24 hours (the active pod's PostgreSQL session ended: a "
+            "restart, a node loss, a connection cut).",
+            (f"sum(increase(cpw_projector_failovers_total{{{SCOPE}}}[1d]))", "failovers"),
+            width=6,
+            height=8,
+        ),
+        timeseries_panel(
+            "Projector throughput",
+            "ops",
+            "Job events written to PostgreSQL per second, transactions per second (each with its stream offset), "
+            "and malformed stream messages skipped per second.",
+            (per_second("cpw_projector_events_total", SCOPE), "events/s"),
+            (per_second("cpw_projector_transactions_total", SCOPE), "transactions/s"),
+            (per_second("cpw_projector_malformed_total", SCOPE), "malformed/s"),
+        ),
+        timeseries_panel(
+            "Projector lag",
+            "s",
+            "How late API replicas other than the submitting one see a change: p50 / p95 / p99 of the time from a "
+            "transaction's oldest event to its commit, and how long a received message has waited uncommitted. "
+            "Alert: CPWProjectorLagHigh (either above 30s for 10m).",
+            *quantiles(commit_delay, SCOPE),
+            (gauge("cpw_projector_lag_seconds", SCOPE, op="max"), "waiting"),
+            thresholds=steps((None, "green"), (30, "red")),
+            threshold_lines=True,
+        ),
+        timeseries_panel(
+            "Projector transactions",
+            "s",
+            "p50 / p95 / p99 of a transaction's time from BEGIN to COMMIT: PostgreSQL's share of the lag.",
+            *quantiles("cpw_projector_batch_duration_seconds", SCOPE),
+        ),
+        timeseries_panel(
+            "Projector batch size",
+            "short",
+            "Stream messages per transaction, on average and p95 (at most CPW_INDEXER_BATCH_MESSAGES): batches "
+            "grow while the projector catches up, one message each when it keeps pace.",
+            (
+                f"{per_second('cpw_projector_batch_messages_sum', SCOPE)} "
+                f"/ {per_second('cpw_projector_batch_messages_count', SCOPE)}",
+                "average",
+            ),
+            (quantile(0.95, "cpw_projector_batch_messages", SCOPE), "p95"),
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -192,13 +192,17 @@ def _cell(text: str) -> str:
 def chart_env() -> dict[str, set[str]]:
     """Env var -> the components whose containers the chart gives it."""
     component = {"worker": "worker", "api-adapter": "api", "common-lib": "worker, api"}
+    # templates of one component inside a subchart or the library: the PostgreSQL store's pods
+    by_file = {"_postgresql.tpl": "api, projector", "projector.yaml": "projector"}
     out: dict[str, set[str]] = {}
     for path in sorted(CHART.rglob("templates/*")):
         if path.suffix not in (".yaml", ".tpl"):
             continue
         parts = path.relative_to(CHART).parts
         who = (
-            component.get(parts[1], "?") if parts[0] == "charts" else ("helm test" if "tests" in parts else "umbrella")
+            by_file.get(path.name) or component.get(parts[1], "?")
+            if parts[0] == "charts"
+            else ("helm test" if "tests" in parts else "umbrella")
         )
         for name in re.findall(r"-\s+name:\s+((?:CPW|OTEL)_\w+)", path.read_text()):
             out.setdefault(name, set()).update(w.strip() for w in who.split(","))

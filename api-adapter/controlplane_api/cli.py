@@ -43,7 +43,7 @@ def cmd_indexer(args: argparse.Namespace) -> int:
     if not settings.postgres_url:
         return _no_postgres_url("indexer")
     setup_cli_logging(settings)
-    from .projector import run_indexer
+    from .indexer import run_indexer
 
     return run_indexer(settings)
 

@@ -37,6 +37,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--body", default="{}", help="JSON body passed to the provider (or @file)")
     submit.add_argument("--priority", type=int, choices=range(10), default=None, metavar="0-9")
     submit.add_argument("--wait", type=float, default=0.0, help="wait up to N seconds for the result")
+    submit.add_argument(
+        "--delay", type=float, default=None, metavar="SECONDS", help="start the job no earlier than SECONDS from now"
+    )
     submit.add_argument("--idempotency-key", default=None)
 
     get = sub.add_parser("get", help="show a job")
@@ -101,6 +104,8 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         }
         if args.priority is not None:
             payload["priority"] = args.priority
+        if args.delay is not None:
+            payload["delay"] = args.delay  # the API checks it against its maximum
         extra = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         params = {"wait": args.wait} if args.wait else {}
         response = http.post("/jobs", json=payload, params=params, headers=extra)

@@ -1,10 +1,16 @@
-"""`cpw dev`: the whole platform in one process on the embedded broker, for a first look."""
+"""`cpw dev`: the whole platform in one process on the embedded broker, for a first look.
+
+With CPW_API_STORE=postgresql (`make run-postgres`) the projector runs in the same process, as it must: the
+embedded broker's stream exists only here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import sys
+from collections.abc import Awaitable
 
 from controlplane_workers import __version__, tracing
 from controlplane_workers.lifecycle import run_process
@@ -33,7 +39,15 @@ def run_dev(args: argparse.Namespace) -> int:
     providers = load_providers(settings.providers, use_entry_points=False)
     tracing.setup_from_env("cpw-dev", instance_id=settings.worker_id, version=__version__)
 
-    return run_process(
-        "cpw dev",
-        lambda stop: asyncio.gather(serve_worker(settings, providers, stop), serve_api(settings, stop, banner=True)),
-    )
+    def serve(stop: asyncio.Event) -> Awaitable[object]:
+        parts = [serve_worker(settings, providers, stop), serve_api(settings, stop, banner=True)]
+        if settings.api_store == "postgresql":  # the projector too: the embedded broker lives in this process
+            from .projector import Projector
+
+            parts.append(Projector(settings).run(stop))
+        return asyncio.gather(*parts)
+
+    if settings.api_store == "postgresql" and not settings.postgres_url:
+        print("cpw dev: configuration error: CPW_POSTGRES_URL (or CPW_POSTGRES_URL_FILE) is not set", file=sys.stderr)
+        return 2
+    return run_process("cpw dev", serve)

@@ -27,13 +27,15 @@ def shared_key(tenant: str | None, key: str) -> str:
 
 
 def fingerprint(request: Request, raw_body: bytes) -> str:
-    """What makes two requests "the same" for a key: method, path, query, priority header and body.
+    """What makes two requests "the same" for a key: method, path, query, priority and delay headers, body.
 
     `wait` is left out (it says how long to wait for the answer, not what to do). A request with no
     query and no priority header hashes as before the query counted, so older records still match."""
     query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "wait")
     header = request.headers.get("x-ms-priority")
-    extra = orjson.dumps([query, header]) if query or header is not None else b""
+    delay = request.headers.get("x-cpw-delay")  # appended only when given: older fingerprints still match
+    parts: list[object] = [query, header] if delay is None else [query, header, delay]
+    extra = orjson.dumps(parts) if query or header is not None or delay is not None else b""
     head = request.method.encode() + b" " + request.url.path.encode() + extra
     return hashlib.sha256(head + b"\n" + raw_body).hexdigest()[:32]
 

@@ -58,6 +58,11 @@ TENANT_RATE_LIMITED = Counter(
     ("tenant",),
 )
 READY = Gauge("cpw_api_ready", "1 while this API process is connected and its index is rebuilt.")
+STORE = Gauge(
+    "cpw_api_operation_store",
+    "1 for the operation store this process answers from (CPW_API_STORE): with `postgresql`, a projector must run.",
+    ("store",),
+)
 
 for _reason in REJECTION_REASONS:  # every reason exists from the start, so rate() sees the first one
     REJECTIONS.labels(_reason)

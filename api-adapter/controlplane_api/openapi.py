@@ -99,6 +99,15 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "required": False,
         "schema": {"type": "integer", "minimum": 0, "maximum": 9},
     }
+    delay_header = {
+        "name": "x-cpw-delay",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?$"},
+        "description": f"A delayed job: seconds before it may start, 0 to {settings.job_max_delay:g} "
+        "(CPW_JOB_MAX_DELAY). Accepted at once; the job view's notBefore says when it starts. Also ?delay=.",
+    }
+    delay_query = {**delay_header, "name": "delay", "in": "query", "description": "As x-cpw-delay."}
     idempotency = {
         "name": "Idempotency-Key",
         "in": "header",
@@ -167,6 +176,7 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         "content": {"application/json": {"schema": _ref("AcceptedOperation")}},
     }
     submit_params = [api_version, wait, prefer, priority_header, priority_query, idempotency]
+    write_params = [*submit_params, delay_header, delay_query]  # a read answers synchronously: never delayed
     timed_out = {
         "504": _error(
             f"GatewayTimeout: the job did not end within {settings.api_sync_timeout:g} s (or a longer ?wait=); it"
@@ -196,7 +206,7 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
     operations: dict[str, Any] = {
         "Resources_CreateOrUpdate": {
             "summary": "create_or_update, offloaded",
-            "parameters": submit_params,
+            "parameters": write_params,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ResourceBody")}}},
             "responses": {
                 "201": {
@@ -224,18 +234,18 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         },
         "Resources_Update": {
             "summary": "update (PATCH, a JSON merge patch), offloaded",
-            "parameters": submit_params,
+            "parameters": write_params,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PatchBody")}}},
             "responses": {"202": accepted_op, **final, **submit_errors},
         },
         "Resources_Delete": {
             "summary": "delete, offloaded",
-            "parameters": submit_params,
+            "parameters": write_params,
             "responses": {"202": accepted_op, "204": {"description": "Deleted in time."}, **final, **submit_errors},
         },
         "Resources_Action": {
             "summary": "action, offloaded",
-            "parameters": submit_params,
+            "parameters": write_params,
             "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ActionBody")}}},
             "responses": {"202": accepted_op, **final, **submit_errors},
         },
@@ -280,7 +290,7 @@ def build_openapi(settings: ApiSettings) -> dict[str, Any]:
         },
         "Jobs_Submit": {
             "summary": "Submit a job for any provider.",
-            "parameters": [wait, prefer, idempotency],
+            "parameters": [wait, prefer, delay_header, delay_query, idempotency],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSubmission")}}},
             "responses": {
                 "202": {

@@ -73,6 +73,28 @@ def priority(request: Request, operation: Operation) -> int:
     return number
 
 
+_DELAY = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
+DELAY_HEADER, MAX = "x-cpw-delay", "CPW_JOB_MAX_DELAY"
+
+
+def delay(request: Request, limit: float, body_value: object = None) -> float | None:
+    """Seconds a delayed job waits: the body's `delay` (POST /jobs), else x-cpw-delay or ?delay=;
+    None when none is given. ASCII decimals only, 0 to `limit` (CPW_JOB_MAX_DELAY), else 400."""
+    target, value = "delay", body_value
+    if value is None:
+        value, target = request.headers.get(DELAY_HEADER), DELAY_HEADER
+        if value is None:
+            value, target = request.query_params.get("delay"), "delay"
+        if value is None:
+            return None
+        value = float(value) if _DELAY.fullmatch(value) else None
+    # the body's JSON number: orjson has no NaN or Infinity, and a bool is no number of seconds
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= limit
+    if not ok:
+        raise invalid(f"'{target}' must be a number of seconds from 0 to {limit:g} (the maximum delay, {MAX}).", target)
+    return float(value)  # type: ignore[arg-type]
+
+
 def small_int(value: str) -> int | None:
     """`value` as an int if it is 1 to 4 ASCII digits, else None (never an exception)."""
     return int(value) if _SMALL_INT.fullmatch(value) else None

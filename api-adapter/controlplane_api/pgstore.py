@@ -4,7 +4,13 @@ The replica holds no index, so it is ready as soon as it reaches RabbitMQ and Po
 number of jobs. A job this replica accepts is inserted at once (its Accepted row: its own Location
 answers immediately); the projector merges the stream's records into that row. `wait` listens for the
 projector's NOTIFY of ended jobs, and re-reads the row every second in case a notification was lost
-(the listening connection dropped). A database error answers 503 + Retry-After, never a wrong 404.
+(the listening connection dropped: it is opened again, with backoff, and every waiter re-reads).
+
+PostgreSQL unreachable: every route that needs it answers 503 + Retry-After (never a wrong 404), the
+replica stays ready (a 503 per request says more than a pod pulled out of the Service), and the pool
+connects again by itself. Submissions answer 503 too: the queued-jobs cap and the Idempotency-Key
+cannot be checked without the store, and a job accepted unchecked could exceed the one or be a
+duplicate under the other. The workers and the stream carry on; the projector catches up once back.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ from controlplane_workers.models import Job, JobError, JobResult, JobStatus, Ope
 from controlplane_workers.redact import redact_text, redact_url
 
 from .errors import unavailable
-from .pgschema import CHANNEL, migrate
-from .projection import INSERT_ACCEPTED, BatchFold
+from .pgaccept import Accepts
+from .pglisten import EndedJobs
+from .pgschema import migrate
 from .settings import ApiSettings
 from .slots import Reservations
 
 log = logging.getLogger("controlplane_api.pgstore")
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# InternalClientError: the pool resetting a connection that PostgreSQL closed mid-query (seen in the
+# PostgreSQL restart drill) raises it in place of the query's own error.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)
 RECHECK = 1.0  # seconds between re-reads of a waited-for row, should a NOTIFY be lost
+COUNT_FOR = 0.5  # seconds a tenant's active count from PostgreSQL is reused (plus this replica's accepts since)
 
 
 def _record(row: Any) -> JobResult:
@@ -51,6 +61,7 @@ def _record(row: Any) -> JobResult:
         submitted_at=row["submitted_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        not_before=row["not_before"],
     )
 
 
@@ -64,25 +75,26 @@ class PostgresStore:
         self.retry_after = str(settings.api_retry_after)
         self.ready = False
         self.pool: Any = None
-        self.listener: Any = None
-        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.ended = EndedJobs(self.dsn, DB_ERRORS, self.describe)
         self.reserved = Reservations()
-        self.accept_errors = 0
+        self.accepts = Accepts(lambda: self.pool, DB_ERRORS, self.describe)
+        # tenant -> (loop time of the query, active jobs it found, this replica's accepts when it started)
+        self.active: dict[str | None, tuple[float, int, int]] = {}
 
     async def open(self) -> None:
         """Connect, create the schema if the projector has not yet, listen for ended jobs."""
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10)
+        # min_size=0: while PostgreSQL is away the pool does not log a traceback a second restoring a floor
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=10)
         async with self.pool.acquire() as conn:
             await migrate(conn)
-        self.listener = await asyncpg.connect(self.dsn)
-        await self.listener.add_listener(CHANNEL, self._ended)
+        await self.ended.open()
 
     async def close(self) -> None:
         self.ready = False
-        for closing in (self.listener, self.pool):
-            if closing is not None:
-                with contextlib.suppress(*DB_ERRORS):
-                    await closing.close()
+        await self.ended.close()
+        if self.pool is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                await self.pool.close()
 
     def describe(self, exc: BaseException) -> str:
         return f"{type(exc).__name__}: {redact_text(str(exc))} ({redact_url(self.dsn)})"
@@ -96,31 +108,27 @@ class PostgresStore:
             log.warning("operation store: %s", self.describe(exc))
             raise unavailable("The operation store is unavailable; retry later.", self.retry_after) from None
 
-    def _ended(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        for job_id in payload.split(","):
-            for waiter in self.waiters.get(job_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
-
     async def _row(self, job_id: str) -> Any:
         async with self._conn() as conn:
             return await conn.fetchrow("SELECT * FROM cpw_jobs WHERE job_id = $1", job_id)
 
     async def get(self, job_id: str, tenant: str | None) -> JobResult | None:
+        record = self.accepts.first_read(job_id)  # the submission's own answer: no round trip
+        if record is not None:
+            return record if tenant is None or record.tenant == tenant else None
         row = await self._row(job_id)
         if row is None or (tenant is not None and row["tenant"] != tenant):
             return None
         return _record(row)
 
     def miss_code(self, job_id: str) -> str:
-        return "OperationNotFound"  # rows are kept until retention drops them (not yet: issue 19)
+        return "OperationNotFound"  # a job past CPW_OPERATION_RETENTION is gone with its day's partition
 
     async def wait(self, job_id: str, timeout: float) -> JobResult | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            ended: asyncio.Future[None] = loop.create_future()
-            self.waiters.setdefault(job_id, []).append(ended)
+            ended = self.ended.waiter(job_id)
             try:
                 row = await self._row(job_id)  # after registering: a NOTIFY meanwhile is not missed
                 if row is not None and row["terminal"]:
@@ -131,19 +139,24 @@ class PostgresStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended, min(left, RECHECK))
             finally:
-                waiters = self.waiters.get(job_id, [])
-                if ended in waiters:
-                    waiters.remove(ended)
-                if not waiters:
-                    self.waiters.pop(job_id, None)
+                self.ended.forget(job_id, ended)
 
     async def active_count(self, tenant: str | None) -> int:
-        where = "tenant IS NULL" if tenant is None else "tenant = $1"
-        async with self._conn() as conn:
-            found = await conn.fetchval(
-                f"SELECT count(*) FROM cpw_jobs WHERE {where} AND NOT terminal", *([] if tenant is None else [tenant])
-            )
-        return int(found) + self.reserved.of(tenant)
+        """The tenant's queued and running jobs. The query's answer is reused for COUNT_FOR seconds, with
+        this replica's accepts since it started added (jobs that ended meanwhile still count: the cap errs
+        on the safe side); another replica's accepts are seen at the next query."""
+        loop = asyncio.get_running_loop()
+        cached = self.active.get(tenant)
+        if cached is None or loop.time() - cached[0] > COUNT_FOR:
+            started, accepts = loop.time(), self.accepts.by_tenant.get(tenant, 0)
+            where = "tenant IS NULL" if tenant is None else "tenant = $1"
+            async with self._conn() as conn:
+                found = await conn.fetchval(
+                    f"SELECT count(*) FROM cpw_jobs WHERE {where} AND NOT terminal",
+                    *([] if tenant is None else [tenant]),
+                )
+            cached = self.active[tenant] = (started, int(found), accepts)
+        return cached[1] + self.accepts.by_tenant.get(tenant, 0) - cached[2] + self.reserved.of(tenant)
 
     async def reserve(self, tenant: str | None, job_id: str, cap: int) -> bool:
         # The slot is taken before the query: concurrent submissions on this loop see each other's.
@@ -161,22 +174,9 @@ class PostgresStore:
         self.reserved.release(job_id)
 
     async def accepted(self, job: Job, idempotency: tuple[str, str] | None) -> None:
-        """The job's Accepted row, unless the projector wrote it first. The job is published already:
-        a failure here is logged, and the projector writes the row from the stream."""
-        fold = BatchFold()
-        if idempotency is not None:
-            fold.remember_key(idempotency[0], job.id, idempotency[1], job.submitted_at)
-        request = job.request
-        fold.record_accepted(
-            job.id, job.provider_namespace, job.resource_type, job.operation, request.resource_name,
-            job.tenant, job.priority, job.submitted_at,
-        )  # fmt: skip
-        try:
-            async with self.pool.acquire(timeout=5.0) as conn:
-                await conn.execute(INSERT_ACCEPTED, *fold.columns())
-        except DB_ERRORS as exc:
-            self.accept_errors += 1
-            log.warning("operation store: Accepted row of %s not written: %s", job.id, self.describe(exc))
+        """The job's Accepted row (pgaccept.py), unless the projector wrote it first. Never raises."""
+        self.reserved.release(job.id)  # its slot now counts among the accepts (at once: no double count)
+        await self.accepts.add(job, idempotency)
 
     async def idempotent(self, key: str) -> tuple[str, str, float] | None:
         async with self._conn() as conn:
@@ -219,9 +219,10 @@ class PostgresStore:
             "store": "postgresql",
             "url": redact_url(self.dsn),
             "poolSize": 0 if pool is None else pool.get_size(),
-            "listening": self.listener is not None and not self.listener.is_closed(),
-            "waiters": len(self.waiters),
-            "acceptErrors": self.accept_errors,
+            "listening": self.ended.listening,
+            "waiters": len(self.ended.waiters),
+            "acceptErrors": self.accepts.failed,
+            "acceptInserts": self.accepts.inserts,
         }
 
 

@@ -18,10 +18,12 @@ from controlplane_workers.models import JobError, JobStatus, Operation
 
 COLUMNS = (
     "job_id status terminal namespace resource_type operation resource_name tenant priority attempts worker_id "
-    "submitted_at started_at finished_at result error_code error_message idem_key fingerprint duplicates redrives"
+    "submitted_at not_before started_at finished_at result error_code error_message idem_key fingerprint duplicates "
+    "redrives"
 ).split()
 TYPES = (
-    "text text bool text text text text text int2 int4 text float8 float8 float8 jsonb text text text text int4 int4"
+    "text text bool text text text text text int2 int4 text float8 float8 float8 float8 jsonb text text text text int4 "
+    "int4"
 ).split()
 _KEEP_IF_ENDED = ("attempts", "worker_id", "started_at", "finished_at", "result", "error_code", "error_message")
 
@@ -36,6 +38,7 @@ _MERGE = {
     "tenant": "COALESCE(t.tenant, e.tenant)",
     "priority": "COALESCE(t.priority, e.priority)",
     "submitted_at": "COALESCE(e.submitted_at, t.submitted_at)",
+    "not_before": "COALESCE(t.not_before, e.not_before)",
     "idem_key": "COALESCE(e.idem_key, t.idem_key)",
     "fingerprint": "COALESCE(e.fingerprint, t.fingerprint)",
     "attempts": "GREATEST(t.attempts, e.attempts)",
@@ -85,6 +88,7 @@ class Change:
         self.attempts = 0
         self.worker_id: str | None = None
         self.submitted_at: float | None = None
+        self.not_before: float | None = None  # a delayed job's earliest start
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.result: str | None = None  # encoded JSON
@@ -105,6 +109,11 @@ class BatchFold:
     def __init__(self) -> None:
         self.changes: dict[str, Change] = {}
         self.ended: list[str] = []  # jobs that reached a terminal state in this batch
+        self.oldest: float | None = None  # the time of the batch's oldest event (its commit delay)
+
+    def _seen(self, at: float) -> None:
+        if self.oldest is None or at < self.oldest:
+            self.oldest = at
 
     def _change(self, job_id: str) -> Change:
         change = self.changes.get(job_id)
@@ -124,8 +133,11 @@ class BatchFold:
         submitted_at: float | None,
         *,
         redrive: bool = False,
+        not_before: float | None = None,
     ) -> None:
         change = self._change(job_id)
+        if submitted_at is not None and not redrive:  # a redriven job keeps its first submission time
+            self._seen(submitted_at)
         if redrive:  # starts afresh: what came before it in this batch is replaced too
             key, fp, redrives = change.idem_key, change.fingerprint, change.redrives
             change = self.changes[job_id] = Change(job_id)
@@ -137,6 +149,7 @@ class BatchFold:
         change.resource_name = change.resource_name or resource_name
         change.tenant = change.tenant or tenant
         change.priority = priority if change.priority is None else change.priority
+        change.not_before = change.not_before if not_before is None else not_before
 
     def record_event(
         self,
@@ -151,6 +164,7 @@ class BatchFold:
     ) -> None:
         change = self._change(job_id)
         change.tenant = change.tenant or tenant
+        self._seen(at)
         if change.terminal:  # the first terminal event of the batch won
             change.duplicates += status.terminal
             return

@@ -70,6 +70,13 @@ class JobSubmission(BaseModel):
     operation: Operation
     request: JobRequest = Field(default_factory=JobRequest)
     priority: int | None = Field(None, ge=0, le=9, description="0-9, 9 most urgent; default per operation.")
+    delay: float | None = Field(
+        None,
+        strict=True,
+        json_schema_extra={"minimum": 0},
+        description="Seconds before the job may start (a delayed job), at most CPW_JOB_MAX_DELAY; also "
+        "the x-cpw-delay header or ?delay=.",
+    )
 
 
 # -- output
@@ -154,6 +161,7 @@ class JobView(BaseModel):
     submittedAt: str | None
     startedAt: str | None
     finishedAt: str | None
+    notBefore: str | None = Field(None, description="ISO 8601: a delayed job starts no earlier than this.")
     result: Any = None
     error: OperationError | None = None
 
@@ -193,6 +201,7 @@ class Stats(BaseModel):
     unacked: int
     deadLetters: int
     retrying: int
+    delayed: int = Field(0, description="Delayed jobs not yet due.")
     consumers: int
     inFlight: int
     jobs: dict[str, int]

@@ -73,6 +73,7 @@ class ApiProcess:
         metrics.INDEX_MAX_BYTES.set_function(lambda: self.index.max_bytes or 0)
         metrics.INDEX_LAG.set_function(self._lag)
         metrics.READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
+        metrics.STORE.labels(settings.api_store).set(1)
 
     def _lag(self) -> float:
         last = self.index.last_event_at

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from controlplane_workers.settings import Settings, env_alias, or_exit, read_settings
 
@@ -137,6 +137,22 @@ class ApiSettings(Settings):
         validation_alias=env_alias("INDEXER_BATCH_MESSAGES"),
         description="Stream messages `cpw indexer` writes per PostgreSQL transaction (one carries up to 512 events).",
     )
+    operation_retention: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        validation_alias=env_alias("OPERATION_RETENTION"),
+        description="Days the PostgreSQL operation store keeps a job (`30d` or `30`): `cpw indexer` drops each "
+        "day's partition once the whole day is older; a job past it answers 404 OperationNotFound.",
+    )
+
+    @field_validator("operation_retention", mode="before")
+    @classmethod
+    def _days(cls, value: object) -> object:
+        """ "30d" or "30D" -> 30: the unit is days, as partitions are daily."""
+        if isinstance(value, str) and value[-1:] in ("d", "D"):
+            return value[:-1]
+        return value
 
 
 def load_api_settings(**overrides: object) -> ApiSettings:

@@ -11,24 +11,14 @@ apart: older than the retention or than the newest evicted job -> expired.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Protocol
 
 from controlplane_workers.ids import job_id_time
 from controlplane_workers.models import Job, JobResult, JobStatus
+from controlplane_workers.settings import retention_seconds as retention_seconds
 
 from .index import ApiIndex
-
-_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def retention_seconds(max_age: str) -> float:
-    """RabbitMQ's x-max-age ("24h", "7D") in seconds."""
-    match = re.fullmatch(r"([0-9]+)([YMDhms])", max_age)
-    if not match:
-        raise ValueError(f"not a stream max-age: {max_age!r}")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 class OperationStore(Protocol):

@@ -41,6 +41,7 @@ class Submission:
     request: dict[str, Any]  # the provider's ResourceRequest, as a dict
     raw_body: bytes  # what the client sent: it is part of the Idempotency-Key's fingerprint
     priority: int | None = None  # None: from x-ms-priority / ?priority= / the operation's default
+    delay: float | None = None  # None: from x-cpw-delay / ?delay= / no delay
 
 
 async def submit(ctx: ApiContext, request: Request, caller: Caller, job: Submission, answer: Answer) -> Response:
@@ -90,6 +91,7 @@ async def _publish(
     idempotency: tuple[str, str] | None = None,
 ) -> Response:
     prio = params.priority(request, job.operation) if job.priority is None else job.priority
+    delay = params.delay(request, ctx.settings.job_max_delay) if job.delay is None else job.delay
     wait = ctx.wait_for(request)
     now = time.time()
     job_id = new_job_id(now)
@@ -104,7 +106,7 @@ async def _publish(
             headers={"Retry-After": ctx.retry_after},
         )
     try:
-        await _send(ctx, tenant, job, job_id, prio, now, idempotency)
+        await _send(ctx, tenant, job, job_id, prio, now, idempotency, delay)
     finally:
         ctx.store.release(job_id)  # failed: the slot is free again; confirmed: the index counts the job
     metrics.count_submission(job.operation.value, prio)
@@ -145,6 +147,7 @@ async def _send(
     prio: int,
     now: float,
     idempotency: tuple[str, str] | None,
+    delay: float | None = None,
 ) -> None:
     """Validate the job as the workers will read it and publish it, confirmed."""
     if tracing.enabled:  # the HTTP request's span names the job it submitted
@@ -159,6 +162,8 @@ async def _send(
         "submitted_at": now,
         "tenant": tenant,
     }
+    if delay:
+        message["not_before"] = now + delay
     # One validation in pydantic-core (~8 us) instead of two model_construct calls (~45 us:
     # model_construct asks inspect.signature about ResourceRequest.body's default factory on
     # every call). The routes validated their input already; this also checks the job as

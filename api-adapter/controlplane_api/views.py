@@ -88,6 +88,8 @@ def operation_status(record: JobResult) -> dict[str, Any]:
         "attempts": record.attempts,
         "workerId": record.worker_id,
     }
+    if record.not_before is not None:
+        properties["notBefore"] = iso(record.not_before)
     if record.status is JobStatus.SUCCEEDED:
         properties["output"] = record.result
     return {
@@ -118,6 +120,7 @@ def job_view(record: JobResult) -> dict[str, Any]:
         "submittedAt": iso(record.submitted_at),
         "startedAt": iso(record.started_at),
         "finishedAt": iso(record.finished_at),
+        "notBefore": iso(record.not_before),
         "result": record.result if record.status is JobStatus.SUCCEEDED else None,
         "error": _ended_error(record),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .conftest import ROOT, alert_rules, load_rules
-from .test_metric_names import RABBITMQ_DETAILED, api_metrics, worker_metrics
+from .test_metric_names import RABBITMQ_DETAILED, api_metrics, projector_metrics, worker_metrics
 
 DOC = ROOT / "docs" / "metrics.md"
 
@@ -17,7 +17,7 @@ def _base(name: str) -> str:
 
 def test_every_exported_metric_is_documented() -> None:
     text = DOC.read_text()
-    for name in {**worker_metrics(), **api_metrics()}:
+    for name in {**worker_metrics(), **api_metrics(), **projector_metrics()}:
         if name.endswith("_created") or name.startswith(("process_", "python_")):
             continue
         assert f"`{name}`" in text or f"`{_base(name)}`" in text, f"docs/metrics.md does not describe {name}"

@@ -3,7 +3,7 @@
 Sources, each checked for real where it can run here:
 - the worker: controlplane_workers.metrics, read from prometheus-client's registry (names by metric type:
   counters get `_total`, histograms `_bucket/_sum/_count`, info `_info`), and the process collector;
-- the API adapter: controlplane_api.metrics, the same way;
+- the API adapter: controlplane_api.metrics, the same way; `cpw indexer`: controlplane_api.projector_metrics;
 - RabbitMQ: a real node's prometheus plugin, scraped at the endpoint and families docs/metrics.md documents;
 - kube-state-metrics and KEDA, which cannot run here: the explicit lists below, with their source.
 Label matchers are checked too: a matcher on a label the metric does not carry selects nothing.
@@ -210,6 +210,15 @@ def api_metrics() -> dict[str, set[str]]:
     return _module_metrics(metrics) | _module_metrics(looplag) | _module_metrics(recovery)
 
 
+def projector_metrics() -> dict[str, set[str]]:
+    """`cpw indexer`: its own registry, plus the default one every ops port serves."""
+    import controlplane_api.projector_metrics as metrics
+    import controlplane_workers.broker.recovery as recovery
+    import controlplane_workers.looplag as looplag
+
+    return _module_metrics(metrics) | _module_metrics(looplag) | _module_metrics(recovery)
+
+
 @pytest.fixture(scope="module")
 def rabbitmq_metrics(rabbitmq) -> dict[str, set[str]]:  # noqa: ANN001 - the session fixture of tests/conftest.py
     """Scrape a real node's plugin after declaring the job queue and its DLQ (per-queue metrics need queues)."""
@@ -273,6 +282,7 @@ def test_every_metric_used_is_exported(rabbitmq_metrics: dict[str, set[str]]) ->
     sources: dict[str, dict[str, set[str]]] = {
         "worker": worker_metrics(),
         "api": api_metrics(),
+        "projector": projector_metrics(),
         "rabbitmq": rabbitmq_metrics,
         "kube-state-metrics": KUBE_STATE_METRICS,
         "keda": KEDA,

@@ -291,34 +291,8 @@ async def test_http_benchmark(rabbitmq, vhost_url, tmp_path):
     )
     worker = await start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=200, CPW_LOG_LEVEL="ERROR")
     try:
-        # aiohttp, not httpx: httpcore's pool work per request grows with the requests queued on it
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=30), headers=A
-        ) as http:
-
-            async def succeeded() -> int:
-                async with http.get(f"{api.url}/stats") as r:
-                    return (await r.json())["jobs"]["Succeeded"]
-
-            before = await succeeded()
-            n = 3000
-            started = time.perf_counter()
-            sem = asyncio.Semaphore(64)
-
-            async def submit(i: int) -> None:
-                async with sem:
-                    async with http.put(
-                        f"{api.url}/subscriptions/s/resourceGroups/r/providers/Test.Scripted/e2e/j{i}",
-                        params=V,
-                        json={"script": "ok"},
-                    ) as r:
-                        assert r.status == 201, await r.text()
-
-            await asyncio.gather(*(submit(i) for i in range(n)))
-            submitted = time.perf_counter() - started
-            while await succeeded() < before + n:
-                await asyncio.sleep(0.05)  # the job count has no event to await from outside the API
-            seconds = time.perf_counter() - started
+        n = 3000
+        seconds, submitted = await end_to_end(api.url, n)
         print(
             f"end to end: {n} jobs HTTP submit -> Succeeded in {seconds:.2f}s = {n / seconds:,.0f} jobs/s "
             f"(submitting took {submitted:.2f}s), one API and one worker process"
@@ -326,3 +300,34 @@ async def test_http_benchmark(rabbitmq, vhost_url, tmp_path):
     finally:
         worker.stop()
         api.stop()
+
+
+async def end_to_end(api_url: str, n: int) -> tuple[float, float]:
+    """`n` PUTs (64 in flight) until all are Succeeded, by the API's /stats: (seconds, seconds submitting)."""
+    # aiohttp, not httpx: httpcore's pool work per request grows with the requests queued on it
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=30), headers=A
+    ) as http:
+
+        async def succeeded() -> int:
+            async with http.get(f"{api_url}/stats") as r:
+                return (await r.json())["jobs"]["Succeeded"]
+
+        before = await succeeded()
+        started = time.perf_counter()
+        sem = asyncio.Semaphore(64)
+
+        async def submit(i: int) -> None:
+            async with sem:
+                async with http.put(
+                    f"{api_url}/subscriptions/s/resourceGroups/r/providers/Test.Scripted/e2e/j{i}",
+                    params=V,
+                    json={"script": "ok"},
+                ) as r:
+                    assert r.status == 201, await r.text()
+
+        await asyncio.gather(*(submit(i) for i in range(n)))
+        submitted = time.perf_counter() - started
+        while await succeeded() < before + n:
+            await asyncio.sleep(0.05)  # the job count has no event to await from outside the API
+        return time.perf_counter() - started, submitted

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.rabbitmq
 
 
 async def cpw(api, *args: str, token: str = "token-a", token_file=None) -> tuple[int, dict | None, str]:
-    env = {**os.environ, "CPW_API_URL": api.url, "PYTHONPATH": str(ROOT)}
+    # this tree's code, whatever checkout the venv's editable install points at (as support._env)
+    paths = os.pathsep.join(str(p) for p in (ROOT, ROOT / "worker", ROOT / "api-adapter"))
+    env = {**os.environ, "CPW_API_URL": api.url, "PYTHONPATH": paths}
     if token_file is not None:  # as the chart's helm test pod mounts it
         env["CPW_API_TOKEN_FILE"] = str(token_file)
     else:

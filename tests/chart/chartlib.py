@@ -48,6 +48,8 @@ def value_sets() -> dict[str, dict[str, Any]]:
         },
         "existing-secret": _file("existing-secret"),
         "rabbitmq-cluster": _file("rabbitmq-cluster"),
+        "postgresql": _file("postgresql"),
+        "postgresql-cluster": _file("postgresql-cluster"),
         "no-networkpolicy": _file("no-networkpolicy"),
         "kitchen-sink": _file("kitchen-sink"),
         "workers-only": {"api": {"enabled": False}},

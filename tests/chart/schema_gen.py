@@ -191,6 +191,35 @@ def worker_schema() -> dict:
     )
 
 
+# The projector's pod keys (charts/api-adapter/templates/projector.yaml); the others are the API's.
+_POD = component({}, ANY_OBJ)["properties"]
+PROJECTOR = obj(
+    {
+        "replicaCount": i("pods: one writes, the rest stand by", minimum=1),
+        "batchMessages": i("stream messages per transaction", minimum=1),
+        "retentionDays": i("days a job's row is kept", minimum=1, maximum=3650),
+        **{
+            key: _POD[key]
+            for key in (
+                "resources",
+                "podDisruptionBudget",
+                "affinity",
+                "podAntiAffinityPreset",
+                "topologySpreadConstraints",
+                "topologySpreadPreset",
+                "nodeSelector",
+                "tolerations",
+                "priorityClassName",
+                "podAnnotations",
+                "podLabels",
+                "extraEnv",
+            )
+        },
+        "serviceAccount": obj({"create": B, "name": s(), "annotations": MAP_STR}),
+    }
+)
+
+
 def api_schema() -> dict:
     autoscaling = obj(
         {
@@ -227,6 +256,7 @@ def api_schema() -> dict:
             "preStopSleepSeconds": i(maximum=120),
             "terminationGraceMarginSeconds": i(),
             "terminationGracePeriodSeconds": {"oneOf": [{"type": "null"}, i()]},
+            "projector": PROJECTOR,
         },
         autoscaling,
     )
@@ -263,6 +293,34 @@ CLASSIC_QUEUE_ON_A_CLUSTER = {
                 "required": ["allowClassicQueueOnCluster"],
             }
         }
+    },
+}
+
+
+# The PostgreSQL store needs its DSN: an existing Secret or the chart's CloudNativePG Cluster (the templates fail
+# with the same words: cpw.lib.postgresql.validate).
+POSTGRESQL_STORE_NEEDS_A_DSN = {
+    "if": {
+        "properties": {"operationStore": {"properties": {"type": {"const": "postgresql"}}, "required": ["type"]}},
+        "required": ["operationStore"],
+    },
+    "then": {
+        "properties": {
+            "postgresql": {
+                "anyOf": [
+                    {"properties": {"existingSecret": {"minLength": 1}}, "required": ["existingSecret"]},
+                    {
+                        "properties": {
+                            "cluster": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}
+                        },
+                        "required": ["cluster"],
+                    },
+                ],
+                "description": "operationStore.type postgresql needs postgresql.existingSecret (the DSN) or "
+                "postgresql.cluster.enabled (a CloudNativePG Cluster)",
+            }
+        },
+        "required": ["postgresql"],
     },
 }
 
@@ -313,10 +371,30 @@ def umbrella_schema() -> dict:
                     ),
                     "resultsStream": s(minLength=1),
                     "resultsMaxAge": s(pattern="^[0-9]+[YMDhms]$"),
+                    "jobMaxDelay": {"type": "number", "exclusiveMinimum": 0, "maximum": 1073741.823},
                     "queueType": {"enum": ["auto", "classic", "quorum"]},
                     "allowClassicQueueOnCluster": B,
                     "deliveryLimit": i(minimum=1),
                     "streamReplicas": {"anyOf": [{"const": "auto"}, i(minimum=0)]},
+                }
+            ),
+            "operationStore": obj({"type": {"enum": ["stream", "postgresql"]}}),
+            "postgresql": obj(
+                {
+                    "existingSecret": s(),
+                    "existingSecretKey": s(minLength=1),
+                    "cluster": obj(
+                        {
+                            "enabled": B,
+                            "name": s(pattern="^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", maxLength=50),
+                            "instances": i(minimum=1),
+                            "imageName": s(),
+                            "storageSize": QUANTITY,
+                            "storageClass": s(),
+                            "resources": RESOURCES,
+                            "extraSpec": ANY_OBJ,
+                        }
+                    ),
                 }
             ),
             "tracing": obj(
@@ -328,7 +406,7 @@ def umbrella_schema() -> dict:
             ),
         }
     )
-    glob["allOf"] = [CLASSIC_QUEUE_ON_A_CLUSTER]
+    glob["allOf"] = [CLASSIC_QUEUE_ON_A_CLUSTER, POSTGRESQL_STORE_NEEDS_A_DSN]
     monitor = obj({"enabled": B, "interval": s(), "scrapeTimeout": s(), "labels": MAP_STR})
     props = {
         "global": glob,
@@ -344,6 +422,13 @@ def umbrella_schema() -> dict:
                     {
                         "dns": obj({"to": peers, "anyDestination": B}),
                         "rabbitmq": obj(
+                            {
+                                "ports": {"type": "array", "items": i(minimum=1, maximum=65535)},
+                                "to": peers,
+                                "anyDestination": B,
+                            }
+                        ),
+                        "postgresql": obj(
                             {
                                 "ports": {"type": "array", "items": i(minimum=1, maximum=65535)},
                                 "to": peers,

@@ -20,7 +20,7 @@ from tests.chart.chartlib import ROOT, render_set, strip, to_yaml_stream
 
 pytestmark = pytest.mark.timeout(240)
 
-CHECKED_SETS = ["default", "production"]
+CHECKED_SETS = ["default", "production", "postgresql-cluster"]
 
 
 def checkov_binary() -> str | None:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from controlplane_workers import JobStatus, WorkerRegistry
-from controlplane_workers.broker import Delivery, open_broker
 from controlplane_workers.broker.base import DELIVERY_COUNT
 from controlplane_workers.dlq import list_dead_letters, page_dead_letters, redrive, settle_one
 from controlplane_workers.errors import DeadLettersBusy
-from controlplane_workers.topology import Topology
 from tests.support import providers
-from tests.support.harness import client, eventually, fast_settings, request, running_worker
+from tests.support.harness import client, eventually, lose_a_delivery, request, running_worker
 
 NS, TYPE = "Test.Scripted", "things"
 
@@ -314,29 +310,12 @@ async def test_a_job_whose_accepted_record_never_reached_the_stream_still_belong
     assert index.active_count("t1") == 0 and index.active_count(None) == 0
 
 
-async def _lose_a_delivery(url: str) -> Delivery:
-    """A worker that takes the next job and goes away holding it: its connection closes, nothing settled."""
-    broker = open_broker(url, Topology.from_settings(fast_settings(url)))
-    await broker.connect()
-    taken: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-
-    async def hold(delivery: Delivery) -> None:
-        if not taken.done():
-            taken.set_result(delivery)
-
-    await broker.consume_jobs(hold, 1)
-    try:
-        return await asyncio.wait_for(taken, 10)
-    finally:
-        await broker.close()
-
-
 async def test_lost_deliveries_count_toward_the_delivery_limit_and_hand_backs_do_not(broker_url):
     """Classic queue, CPW_QUEUE_DELIVERY_LIMIT=1: a job lost with its worker once still runs; a hand-back (drain)
     is a copy that neither counts nor looks redelivered; the second loss dead-letters the job, Failed."""
     async with client(broker_url) as queue:
         job_id = await queue.submit_job(NS, TYPE, "create", request("lost", "hang"))
-        first = await _lose_a_delivery(broker_url)
+        first = await lose_a_delivery(broker_url)
         assert not first.redelivered and DELIVERY_COUNT not in first.headers
         worker_cm = running_worker(broker_url, providers.registry, queue_delivery_limit=1)
         worker = await worker_cm.__aenter__()
@@ -344,7 +323,7 @@ async def test_lost_deliveries_count_toward_the_delivery_limit_and_hand_backs_do
         assert worker.stats.redelivered == 1
         await worker.stop(drain_timeout=0.1)  # handed back
         await worker_cm.__aexit__(None, None, None)
-        handed_back = await _lose_a_delivery(broker_url)
+        handed_back = await lose_a_delivery(broker_url)
         assert not handed_back.redelivered and handed_back.headers[DELIVERY_COUNT] == 1
         async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as second:
             result = await queue.get_job_result(job_id, timeout=10)

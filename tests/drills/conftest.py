@@ -20,10 +20,11 @@ def drill_node() -> Iterator[RabbitMQServer]:
 async def cluster(drill_node, tmp_path):
     made: list[Cluster] = []
 
-    async def start(apis: int = 2, workers: int = 3, **worker_settings) -> Cluster:  # noqa: ANN003
+    async def start(apis: int = 2, workers: int = 3, api_settings: dict | None = None, **worker_settings) -> Cluster:  # noqa: ANN003
         if drill_node.process is None:  # a failed drill may have left the node stopped
             drill_node.start()
-        c = await Cluster(drill_node, tmp_path).start(apis, workers, **worker_settings)
+        c = Cluster(drill_node, tmp_path, api_settings=api_settings or {})
+        c = await c.start(apis, workers, **worker_settings)
         made.append(c)
         return c
 
@@ -46,6 +47,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         for account in CLUSTER_RESULTS:
             terminalreporter.write_line(account.line())
         terminalreporter.write_line(summary(CLUSTER_RESULTS))
+    _pg_summary(terminalreporter)
     if not RESULTS:
         return
     terminalreporter.section("drill account")
@@ -57,3 +59,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         f"drill: accepted={total('accepted')} terminal={total('terminal')} lost={total('lost')} "
         f"duplicates={total('duplicates')} redelivered={total('redelivered')} max_recovery_s={worst:.1f}"
     )
+
+
+def _pg_summary(terminalreporter) -> None:  # noqa: ANN001
+    from tests.drills.test_postgres import PG_RESULTS, pg_summary
+
+    if PG_RESULTS:
+        terminalreporter.section("PostgreSQL store drill account")
+        for account in PG_RESULTS:
+            terminalreporter.write_line(account.line())
+        terminalreporter.write_line(pg_summary(PG_RESULTS))

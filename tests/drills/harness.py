@@ -81,6 +81,7 @@ class Cluster:
     events: list[tuple[float, str]] = field(default_factory=list)
     endpoint: BrokerEndpoint | None = None
     vhost: str = ""
+    api_settings: dict[str, Any] = field(default_factory=dict)  # e.g. the PostgreSQL store's
 
     async def start(self, apis: int = 2, workers: int = 3, **worker_settings: Any) -> Cluster:
         self.endpoint = BrokerEndpoint(self.server.amqp_url, self.server.management_url, self.server)
@@ -93,7 +94,8 @@ class Cluster:
         return self
 
     async def _spawn_api(self, port: int, ops_port: int) -> Proc:
-        env = _env(self.url, {"CPW_API_PORT": port, "CPW_HEALTH_PORT": ops_port, "CPW_API_TOKENS_FILE": self.tokens})
+        extra = {"CPW_API_PORT": port, "CPW_HEALTH_PORT": ops_port, "CPW_API_TOKENS_FILE": self.tokens}
+        env = _env(self.url, {**extra, **self.api_settings})
         log = self.tmp / f"api-{port}.log"
         proc = Proc(spawn(["api"], env, log), log, port, ops_port, env)
         await wait_ready(proc, f"{proc.ops_url}/health/ready", timeout=60)

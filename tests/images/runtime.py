@@ -11,6 +11,7 @@ broker listens on 127.0.0.1), and the environment the Dockerfile's runtime stage
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -77,8 +78,8 @@ def build_runtime_venv(work: Path) -> Path:
     venv = work / "venv"
     base_python = Path(getattr(sys, "_base_executable", sys.executable))
     subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    # as the Dockerfile: the wheel with its `otel` extra, so the chart's tracing settings take effect
-    wheels = sorted(f"{p}[otel]" for p in (work / "dist").glob("*.whl"))
+    # as the Dockerfiles: the wheel with their extras (one venv serves both images' tests: their union)
+    wheels = sorted(f"{p}[{','.join(image_extras())}]" for p in (work / "dist").glob("*.whl"))
     subprocess.run(
         [*pip, "--python", str(venv / "bin" / "python"), "install", "--compile", *wheels],
         check=True,
@@ -86,6 +87,17 @@ def build_runtime_venv(work: Path) -> Path:
         timeout=300,
     )
     return venv
+
+
+def installed_extras(component: str) -> list[str]:
+    """The extras a Dockerfile's build stage installs the wheel with (`...whl)[otel,postgresql]`)."""
+    build = " ".join(i.raw for i in parse(DOCKERFILES[component]).stage("build").all("RUN"))
+    match = re.search(r"\.whl\)\[([a-z0-9,-]+)\]", build)
+    return match.group(1).split(",") if match else []
+
+
+def image_extras() -> list[str]:
+    return sorted({extra for component in DOCKERFILES for extra in installed_extras(component)})
 
 
 def image_env(component: str, venv: Path) -> dict[str, str]:

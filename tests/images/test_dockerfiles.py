@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.images.dockerfile import DOCKERFILES, ROOT, context_files, parse
+from tests.images.runtime import installed_extras
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,3 +156,9 @@ def test_dockerfiles_copy_only_what_the_context_holds(image: str) -> None:
             assert any(f == source or f.startswith(source.rstrip("/") + "/") for f in sent), (
                 f"{DOCKERFILES[image]}:{copy.line}: COPY {source} finds nothing in the build context"
             )
+
+
+def test_the_api_image_carries_the_postgresql_store_and_the_worker_image_does_not() -> None:
+    """The chart runs `cpw indexer` and CPW_API_STORE=postgresql from the API image; workers never talk to it."""
+    assert installed_extras("api") == ["otel", "postgresql"]
+    assert installed_extras("worker") == ["otel"]

@@ -2,7 +2,8 @@
 
 Prometheus (Debian's package, loopback, 1 s scrape and rule evaluation) scrapes a real `cpw api`, two
 real `cpw worker` processes (each its own ops port, labelled as two pods) and RabbitMQ's
-`/metrics/detailed` endpoint as docs/metrics.md tells an operator to, with the project's rules file.
+`/metrics/detailed` endpoint as docs/metrics.md tells an operator to, with the project's rules file, and a
+`cpw indexer` (the PostgreSQL store's projector, on a private PostgreSQL) following the same stream.
 A workload with failing jobs runs through the API; then every dashboard query over the project's and
 RabbitMQ's metrics must return data. Queries over kube-state-metrics and KEDA, which cannot run here,
 are left out (tests/alerts/scaling.test.yaml feeds series shaped like theirs to promtool). Then the
@@ -22,9 +23,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.api.support import RG, A, V, start_api, start_worker
+from tests.api.support import RG, A, V, start_api, start_worker, wait_ready
 from tests.dashboards.dashboards import committed, queries
 from tests.observability.prometheus import PrometheusServer, installed
+from tests.postgres.test_projector import start_indexer
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(180)]
 
@@ -61,7 +63,9 @@ def rules_with_short_for(directory: Path) -> Path:
     return path
 
 
-def scrape_config(api_ops: str, workers: list[str], rabbitmq_prometheus: str, vhost: str) -> dict[str, Any]:
+def scrape_config(
+    api_ops: str, workers: list[str], rabbitmq_prometheus: str, vhost: str, projector_ops: str
+) -> dict[str, Any]:
     def target(url: str, **labels: str) -> dict[str, Any]:
         return {"targets": [url.removeprefix("http://")], "labels": {"namespace": NAMESPACE, **labels}}
 
@@ -73,6 +77,7 @@ def scrape_config(api_ops: str, workers: list[str], rabbitmq_prometheus: str, vh
                 "static_configs": [target(url, pod=f"cpw-worker-{i}") for i, url in enumerate(workers)],
             },
             {"job_name": "cpw-api", "static_configs": [target(api_ops, pod="cpw-api-0")]},
+            {"job_name": "cpw-projector", "static_configs": [target(projector_ops, pod="cpw-projector-0")]},
             {  # docs/metrics.md: RabbitMQ's per-queue families; `vhost` keeps this release's queues only
                 "job_name": "rabbitmq-queues",
                 "metrics_path": "/metrics/detailed",
@@ -109,7 +114,7 @@ async def wait_until(prometheus: PrometheusServer, http: httpx.AsyncClient, expr
 
 
 @pytest.fixture
-async def platform(rabbitmq, vhost_url, tmp_path):
+async def platform(rabbitmq, vhost_url, tmp_path, pg_url):
     if rabbitmq.server is None:
         pytest.fail("the e2e test needs the test broker's prometheus port (unset CPW_TEST_RABBITMQ_URL)")
     if not installed():
@@ -122,8 +127,13 @@ async def platform(rabbitmq, vhost_url, tmp_path):
         )
     )
     api = await start_api(vhost_url, tmp_path)
+    # the projector of the PostgreSQL store follows the same stream: the dashboard's projector row gets data
+    projector = start_indexer(vhost_url, pg_url, tmp_path, "cpw-projector-0")
+    await wait_ready(projector, f"{projector.ops_url}/health/ready")
     prometheus = PrometheusServer(
-        scrape_config(api.ops_url, [w.ops_url for w in workers], rabbitmq.server.prometheus_url, vhost),
+        scrape_config(
+            api.ops_url, [w.ops_url for w in workers], rabbitmq.server.prometheus_url, vhost, projector.ops_url
+        ),
         [rules_with_short_for(tmp_path)],
     )
     await asyncio.to_thread(prometheus.start)
@@ -131,6 +141,7 @@ async def platform(rabbitmq, vhost_url, tmp_path):
         yield api, workers, prometheus, vhost
     finally:
         prometheus.cleanup()
+        projector.stop()
         api.stop()
         for worker in workers:
             worker.stop()
@@ -141,7 +152,7 @@ async def test_dashboards_and_an_alert_on_a_real_prometheus(platform):
     async with httpx.AsyncClient(timeout=30.0) as http:
         # Every target is scraped before the workload starts, so the first jobs are seen change.
         await wait_until(
-            prometheus, http, 'count(up{namespace="cpw"} == 1)', lambda r: r and int(float(r[0]["value"][1])) == 4, 30
+            prometheus, http, 'count(up{namespace="cpw"} == 1)', lambda r: r and int(float(r[0]["value"][1])) == 5, 30
         )
 
         # -- the workload: PUT (create) and POST /jobs (action) through the API, some failing

@@ -1,10 +1,12 @@
 """A value set's pods on one machine: one replica per Deployment plus the helm test Pod, wired as a cluster.
 
 Service names resolve (via each pod's /etc/hosts) to an address of their own on the pod's loopback, where the
-pod's relay forwards to the pod the Service selects, on the port its `targetPort` names; the broker's names
-(the host of every broker URL in the value set's Secrets: the test's, the chart's, the operator's) likewise
-reach the test's RabbitMQ through a relay on the host. Each Service gets its own 127.0.1.x address,
-not 127.0.0.1, because two Services share port 8001 and a pod listens on its own ports at 127.0.0.1.
+pod's relay forwards to the pod the Service selects, on the port its `targetPort` names. What runs outside the
+pods is reached the same way under the names the value set gives it (`Outside`): the broker under the host of
+every broker URL in the Secrets (the test's, the chart's, the operator's), PostgreSQL under the host of the
+DSN in the Secrets, the OTLP collector under the endpoint the pods export to. Each Service gets its own
+127.0.1.x address, not 127.0.0.1, because two Services share port 8001 and a pod listens on its own ports at
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from tests.pods.otlp import OtlpSink
 from tests.pods.runner import RELAY, PodRun
 
 BROKER_HOST = f"rabbitmq.{NAMESPACE}.svc"
+POSTGRES_HOST = f"postgresql.{NAMESPACE}.svc"
+# Where each service outside the pods resolves to in a pod (the relay listens there, on the ports dialled).
 BROKER_ADDRESS = "127.0.2.1"
+POSTGRES_ADDRESS = "127.0.2.2"
 OTLP_ADDRESS = "127.0.3.1"  # the OTLP collector the values name: tests/pods/otlp.py
 # The image a container names -> the Dockerfile that builds it.
 IMAGES = {"api-adapter": "api", "worker": "worker"}
@@ -50,8 +55,15 @@ def entrypoint_cmd(component: str) -> tuple[list[str], list[str]]:
     return forms[0], forms[1]
 
 
-def broker_hosts(objects: dict[tuple[str, str], dict[str, bytes]], ports: dict[int, int]) -> set[str]:
-    """Host names of the broker URLs (amqp or management, on a broker port) in the Secrets: what DNS must resolve."""
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "http": 80, "https": 443, "postgresql": 5432, "postgres": 5432}
+BROKER_SCHEMES = ("amqp", "amqps", "http", "https")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def secret_hosts(
+    objects: dict[tuple[str, str], dict[str, bytes]], schemes: tuple[str, ...], ports: set[int]
+) -> set[str]:
+    """Host names of the URLs in the Secrets with one of `schemes`, on one of `ports`: what DNS must resolve."""
     hosts: set[str] = set()
     for (kind, _), data in objects.items():
         for raw in data.values() if kind == "Secret" else ():
@@ -60,12 +72,14 @@ def broker_hosts(objects: dict[tuple[str, str], dict[str, bytes]], ports: dict[i
                 port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
             except (UnicodeDecodeError, ValueError):
                 continue
-            if parts.scheme in _DEFAULT_PORTS and parts.hostname and port in ports:
+            if parts.scheme in schemes and parts.hostname and port in ports:
                 hosts.add(parts.hostname)
     return hosts
 
 
-_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "http": 80, "https": 443}
+def broker_hosts(objects: dict[tuple[str, str], dict[str, bytes]], ports: dict[int, int]) -> set[str]:
+    """Host names of the broker URLs (amqp or management, on a broker port) in the Secrets."""
+    return secret_hosts(objects, BROKER_SCHEMES, set(ports))
 
 
 def otlp_endpoints(pods: list[tuple[str, kube.Pod]]) -> set[tuple[str, int]]:
@@ -84,6 +98,24 @@ def _aliases(name: str) -> str:
 
 
 @dataclass
+class Outside:
+    """A service outside the pods, under the names the value set gives it: in every pod they resolve to `address`,
+    where the pod's relay forwards each port dialled to a Unix socket on the host. Behind that socket the host
+    relay connects to a TCP port of the test's own server (`upstream`), or a test double serves it (the OTLP sink)."""
+
+    names: set[str]
+    address: str
+    sockets: dict[int, Path]  # port the pods dial -> the Unix socket behind it
+    upstream: dict[int, int] = field(default_factory=dict)  # port the pods dial -> the test's server on 127.0.0.1
+
+    def socket(self, host: str, port: int) -> Path:
+        """Where a connection to `host`:`port` lands, if `host` is one of this service's names."""
+        assert host in self.names, f"{host} is none of its names {sorted(self.names)}"
+        assert port in self.sockets, f"{host}:{port}: it listens on {sorted(self.sockets)}"
+        return self.sockets[port]
+
+
+@dataclass
 class Cluster:
     """The runnable pods of rendered `docs`, given the objects (Secrets, ConfigMaps) that exist beforehand."""
 
@@ -92,6 +124,7 @@ class Cluster:
     venv: Path
     workdir: Path
     broker_ports: dict[int, int]  # port in the broker URL -> port of the test's RabbitMQ on 127.0.0.1
+    postgres_port: int | None = None  # the test's PostgreSQL on 127.0.0.1, for a DSN in the Secrets (port 5432)
     runs: dict[str, PodRun] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)  # pod name -> the Deployment (or Pod) it comes from
@@ -102,8 +135,6 @@ class Cluster:
         for doc in self.docs:
             if doc["kind"] in ("Secret", "ConfigMap"):
                 self.objects[(doc["kind"], doc["metadata"]["name"])] = kube.from_manifest(doc)
-        self.broker_hosts = broker_hosts(self.objects, self.broker_ports)
-        self.broker_sockets = {port: self.workdir / "net" / f"broker-{port}.sock" for port in self.broker_ports}
         self.services = [d for d in self.docs if d["kind"] == "Service"]
         self.addresses = {s["metadata"]["name"]: f"127.0.1.{i + 1}" for i, s in enumerate(self.services)}
         pods: list[tuple[str, kube.Pod]] = []
@@ -122,17 +153,39 @@ class Cluster:
             pods.append((doc["kind"], pod))
             self.owners[name] = doc["metadata"]["name"]
         self._pods = pods
-        self.otlp_endpoints = otlp_endpoints(pods)
+        self.outside = self._outside()
+
+    def _outside(self) -> dict[str, Outside]:
+        """The services outside the pods this value set names, by what they are."""
+        net = self.workdir / "net"
+        found = {
+            "broker": Outside(
+                broker_hosts(self.objects, self.broker_ports),
+                BROKER_ADDRESS,
+                {port: net / f"broker-{port}.sock" for port in self.broker_ports},
+                dict(self.broker_ports),
+            )
+        }
+        postgres = secret_hosts(self.objects, POSTGRES_SCHEMES, {5432})
+        if postgres:
+            assert self.postgres_port is not None, f"the Secrets name PostgreSQL at {sorted(postgres)}: none given"
+            found["postgresql"] = Outside(
+                postgres, POSTGRES_ADDRESS, {5432: net / "postgresql-5432.sock"}, {5432: self.postgres_port}
+            )
+        otlp = otlp_endpoints(self._pods)
+        if otlp:
+            sink = net / "otlp.sock"  # one sink behind every endpoint: tests/pods/otlp.py
+            found["otlp"] = Outside({host for host, _ in otlp}, OTLP_ADDRESS, {port: sink for _, port in otlp})
+        return found
 
     def problems(self) -> list[str]:
         """Fields of any pod spec the runner does not model."""
         return [f"{pod.name}: {path}" for _, pod in self._pods for path in kube.not_understood(pod.spec)]
 
     def hosts(self) -> str:
-        lines = ["127.0.0.1 localhost", f"{BROKER_ADDRESS} {' '.join(sorted(self.broker_hosts))}"]
+        lines = ["127.0.0.1 localhost"]
+        lines += [f"{o.address} {' '.join(sorted(o.names))}" for o in self.outside.values() if o.names]
         lines += [f"{address} {_aliases(name)}" for name, address in self.addresses.items()]
-        if self.otlp_endpoints:
-            lines.append(f"{OTLP_ADDRESS} {' '.join(sorted({host for host, _ in self.otlp_endpoints}))}")
         return "\n".join(lines) + "\n"
 
     def selected(self, service: dict[str, Any]) -> PodRun | None:
@@ -144,9 +197,7 @@ class Cluster:
 
     def broker_socket(self, host: str, port: int) -> Path:
         """Where a connection to `host`:`port` from outside the pods lands (KEDA's), if the host is the broker's."""
-        assert host in self.broker_hosts, f"{host} is none of the broker's names {sorted(self.broker_hosts)}"
-        assert port in self.broker_sockets, f"{host}:{port}: the broker listens on {sorted(self.broker_sockets)}"
-        return self.broker_sockets[port]
+        return self.outside["broker"].socket(host, port)
 
     def service_socket(self, name: str, port: int) -> Path:
         """Where a connection to Service `name`:`port` lands: the selected pod's socket for the targetPort."""
@@ -157,13 +208,13 @@ class Cluster:
         return run.socket(kube.named_port(run.container, spec_port.get("targetPort", port)))
 
     def build(self) -> Cluster:
-        """PodRuns for every pod (not started), then each pod's outbound routes to every Service."""
+        """PodRuns for every pod (not started), then each pod's outbound routes to every Service and outside."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         netdir = self.workdir / "net"
         netdir.mkdir(exist_ok=True)
-        broker_sockets = self.broker_sockets
-        if self.otlp_endpoints:
-            self.otlp = OtlpSink(netdir / "otlp.sock")
+        if "otlp" in self.outside:
+            (sink,) = set(self.outside["otlp"].sockets.values())
+            self.otlp = OtlpSink(sink)
         for kind, pod in self._pods:
             container = pod.spec["containers"][0]
             component = image_of(container)
@@ -172,11 +223,10 @@ class Cluster:
                          self.workdir / pod.name, self.hosts(), [], netdir)  # fmt: skip
             run.workdir.mkdir(parents=True, exist_ok=True)
             self.runs[pod.name], self.kinds[pod.name] = run, kind
+        outside = [(o.address, port, str(path)) for o in self.outside.values() for port, path in o.sockets.items()]
         for run in self.runs.values():
             own = set(run.ports())
-            routes = [(BROKER_ADDRESS, port, str(path)) for port, path in broker_sockets.items()]
-            if self.otlp is not None:
-                routes += [(OTLP_ADDRESS, port, str(self.otlp.path)) for port in {p for _, p in self.otlp_endpoints}]
+            routes = list(outside)
             for service in self.services:
                 selected = self.selected(service)
                 if selected is None:
@@ -187,10 +237,9 @@ class Cluster:
                     target = selected.socket(kube.named_port(selected.container, spec_port.get("targetPort")))
                     routes.append((self.addresses[service["metadata"]["name"]], int(spec_port["port"]), str(target)))
             run.outbound = routes
-        config = self.workdir / "broker-relay.json"
-        config.write_text(
-            json.dumps({"inbound": [[str(broker_sockets[p]), self.broker_ports[p]] for p in broker_sockets]})
-        )
+        config = self.workdir / "outside-relay.json"
+        inbound = [[str(o.sockets[p]), local] for o in self.outside.values() for p, local in o.upstream.items()]
+        config.write_text(json.dumps({"inbound": inbound}))
         self._relay = subprocess.Popen(
             [sys.executable, str(RELAY), str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ class PodRun:
         return containers[0]
 
     def socket(self, port: int) -> Path:
-        return self.netdir / self.pod.name / f"{port}.sock"
+        """A short path per pod and port: a socket's path must fit 107 bytes, and pytest's temp dirs are deep."""
+        return self.netdir / f"{zlib.crc32(self.pod.name.encode()):08x}" / f"{port}.sock"
 
     def env(self) -> dict[str, str]:
         return kube.container_env(self.pod, self.container, self.image_env)
@@ -141,7 +143,7 @@ class PodRun:
         mounts = [m["mountPath"] for m in self.container.get("volumeMounts", [])] + [kube.SERVICE_ACCOUNT_DIR]
         hosts = self.workdir / "hosts"
         hosts.write_text(self.hosts)
-        (self.netdir / self.pod.name).mkdir(parents=True, exist_ok=True)
+        self.socket(0).parent.mkdir(parents=True, exist_ok=True)
         relay = {
             "inbound": [[str(self.socket(p)), p] for p in self._reachable_ports()],
             "outbound": [list(o) for o in self.outbound],

@@ -187,6 +187,16 @@ def test_broker_hosts_come_from_the_secrets_broker_urls() -> None:
     assert broker_hosts(objects, {5672: 1, 15672: 2}) == {"rabbitmq.messaging.svc", "mgmt.ns.svc"}
 
 
+def test_postgres_hosts_come_from_the_secrets_dsns() -> None:
+    from tests.pods.cluster import POSTGRES_SCHEMES, secret_hosts
+
+    objects = {
+        ("Secret", "a"): kube.secret({"dsn": "postgresql://u:p@db.data.svc:5432/cpw", "url": "amqp://r.svc:5672/"}),
+        ("Secret", "b"): kube.secret({"uri": "postgres://u:p@pg-rw.ns.svc/app", "other": "postgresql://x.svc:6432/"}),
+    }
+    assert secret_hosts(objects, POSTGRES_SCHEMES, {5432}) == {"db.data.svc", "pg-rw.ns.svc"}
+
+
 @pytest.mark.parametrize(
     ("host", "vhost_name", "uri", "vhost"),
     [

@@ -3,8 +3,9 @@
 For each value set: render with the Helm engine, create the Secrets the chart expects to exist, start one
 replica of each Deployment (runner.py: volumes, env, user, read-only root, probes), require the probes to pass
 within their budgets and every Service's targetPort to hit a listening port, send a job through the API
-Service to a worker, run the helm test pod to exit 0, then preStop + SIGTERM each pod to exit 0 within its
-grace period (the worker while a job runs: that job must still Succeed).
+Service to a worker (with the PostgreSQL store, its state written by the projector into the test's PostgreSQL),
+run the helm test pod to exit 0, then preStop + SIGTERM each pod to exit 0 within its grace period (the worker
+while a job runs: that job must still Succeed).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def wait_up(run: PodRun) -> None:
     _wait(run, "startupProbe", "started", run.budget("startup"))
     _wait(run, "readinessProbe", "ready", run.budget("readiness"))
     _wait(run, "livenessProbe", "alive", run.budget("liveness"))
+
+
+def ops_status(run: PodRun) -> dict:
+    """GET /status on the pod's ops port, as a kubectl port-forward would."""
+    port = kube.named_port(run.container, "ops")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(run.socket(port))), timeout=5) as http:
+        return http.get(f"http://{run.pod.pod_ip}:{port}/status").json()
 
 
 def api_client(cluster: Cluster, token: str) -> httpx.Client:
@@ -138,6 +146,10 @@ def test_pods_run_as_rendered(value_set: str, make_cluster, pod_stats: Counter[s
             assert target in listening_ports(run.pid()), f"{service['metadata']['name']}:{port['port']} -> {target}"
 
     assert submit_job(cluster, token) == "Succeeded"
+    for run in deployments:  # with the PostgreSQL store, that state came through the projector
+        if run.pod.name.startswith("cpw-projector-"):
+            status = ops_status(run)
+            assert status["role"] == "leader" and status["events"] > 0, status
 
     helm_test = helm_tests[0].start()
     assert helm_test.process is not None

@@ -57,6 +57,9 @@ async def test_the_arm_flow_with_operations_in_postgresql(vhost_url, pg_url, tmp
             assert len(mine["value"]) == 2
             state = (await http.get(f"{api.ops_url}/status")).json()["index"]
             assert state["store"] == "postgresql" and PASSWORD not in state["url"] and "***" in state["url"]
+            # what CPWProjectorNotRunning reads to know a projector must run for this release
+            scraped = (await http.get(f"{api.ops_url}/metrics")).text
+            assert 'cpw_api_operation_store{store="postgresql"} 1.0' in scraped
         print(f"\napi ready on PostgreSQL in {ready_s:.2f}s (process start included)")
     finally:
         api.stop()
@@ -65,3 +68,22 @@ async def test_the_arm_flow_with_operations_in_postgresql(vhost_url, pg_url, tmp
             indexer.stop()
     for proc in (api, indexer):
         assert proc is not None and PASSWORD not in proc.output()
+
+
+async def test_a_delayed_job_on_postgresql_shows_its_start_and_cancels_at_once(vhost_url, pg_url, tmp_path):
+    api = await start_api(vhost_url, tmp_path, CPW_API_STORE="postgresql", CPW_POSTGRES_URL=pg_url)
+    indexer = start_indexer(vhost_url, pg_url, tmp_path, "delayed", batch=16)
+    try:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            made = await http.put(f"{api.url}{RG}/later", params=V, headers={**A, "x-cpw-delay": "600"}, json={})
+            assert made.status_code == 201, made.text
+            job_id = made.json()["jobId"]
+            shown = (await http.get(f"{api.url}/jobs/{job_id}", headers=A)).json()
+            assert shown["status"] == "Accepted" and shown["notBefore"] is not None
+            # no worker runs: the API records Canceled itself, the projector writes it, ?wait ends on its NOTIFY
+            canceled = await http.delete(f"{api.url}/jobs/{job_id}", params={"wait": "20"}, headers=A)
+            assert canceled.status_code == 200 and canceled.json()["status"] == "Canceled", canceled.text
+            assert canceled.json()["notBefore"] == shown["notBefore"]
+    finally:
+        api.stop()
+        indexer.stop()

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane_api.projector import Projector
 from controlplane_api.settings import load_api_settings
@@ -19,8 +21,9 @@ from controlplane_workers.broker import open_broker
 from controlplane_workers.broker.base import KIND, REDRIVE, StreamMessage
 from controlplane_workers.events import BATCH
 from controlplane_workers.topology import Topology
-from tests.api.support import Proc, _env, spawn
+from tests.api.support import Proc, _env, spawn, wait_ready
 from tests.postgres.streams import oracle, script
+from tests.support.rabbitmq import free_port
 
 pytestmark = pytest.mark.rabbitmq
 JOBS, PER_MESSAGE = 1200, 10  # ~4,800 events in ~480 stream messages
@@ -37,9 +40,29 @@ async def publish(url: str, messages: list) -> None:
 
 
 def start_indexer(broker_url: str, pg: str, tmp: Path, name: str, batch: int = 1) -> Proc:
-    env = _env(broker_url, {"CPW_POSTGRES_URL": pg, "CPW_INDEXER_BATCH_MESSAGES": batch, "CPW_WORKER_ID": name})
+    ops_port = free_port()
+    env = _env(
+        broker_url,
+        {
+            "CPW_POSTGRES_URL": pg,
+            "CPW_INDEXER_BATCH_MESSAGES": batch,
+            "CPW_WORKER_ID": name,
+            "CPW_HEALTH_PORT": ops_port,
+        },
+    )
     log = tmp / f"indexer-{name}.log"
-    return Proc(spawn(["indexer"], env, log), log)
+    return Proc(spawn(["indexer"], env, log), log, 0, ops_port, env)
+
+
+async def scrape(proc: Proc) -> dict[str, float]:
+    """The projector's /metrics as {sample name with labels: value}."""
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        body = (await http.get(f"{proc.ops_url}/metrics")).text
+    return {
+        sample.name + (str(sorted(sample.labels.items())) if sample.labels else ""): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
 
 
 async def applied(conn: asyncpg.Connection) -> int:
@@ -199,3 +222,68 @@ async def test_a_projector_that_loses_its_connection_exits_rather_than_write_wit
     finally:
         proc.stop()
         await conn.close()
+
+
+async def test_metrics_and_readiness_of_the_leader_and_the_standby_across_a_failover(vhost_url, pg_url, tmp_path):
+    """Both pods Ready (a standby counts for rollouts and PDBs); exactly one says leader, and the standby says so
+    once it took over, with a failover counted and the events it wrote."""
+    messages = script(40, PER_MESSAGE, seed=5)
+    conn = await asyncpg.connect(pg_url)
+    one = start_indexer(vhost_url, pg_url, tmp_path, "m-one")
+    two: Proc | None = None
+    try:
+        await wait_ready(one, f"{one.ops_url}/health/ready")
+        assert await active_projector(conn) == "cpw-indexer m-one"
+        two = start_indexer(vhost_url, pg_url, tmp_path, "m-two")
+        await wait_ready(two, f"{two.ops_url}/health/ready")
+        await publish(vhost_url, messages)
+        await until(lambda: _past(conn, len(messages) - 1))
+        first, second = await scrape(one), await scrape(two)
+        assert (first["cpw_projector_leader"], second["cpw_projector_leader"]) == (1.0, 0.0)
+        assert first["cpw_projector_postgres_connected"] == second["cpw_projector_postgres_connected"] == 1.0
+        assert first["cpw_projector_events_total"] == oracle(messages).events
+        assert first["cpw_projector_applied_offset"] == len(messages) - 1
+        assert first["cpw_projector_transactions_total"] == first["cpw_projector_batch_duration_seconds_count"] >= 1
+        assert first["cpw_projector_batch_messages_sum"] == len(messages)
+        assert first["cpw_projector_commit_delay_seconds_count"] == first["cpw_projector_transactions_total"]
+        assert first["cpw_projector_lag_seconds"] == 0.0 and first["cpw_projector_malformed_total"] == 0.0
+        assert first["cpw_projector_failovers_total"] == second["cpw_projector_failovers_total"] == 0.0
+        assert second["cpw_projector_events_total"] == 0.0
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            standby = (await http.get(f"{two.ops_url}/status")).json()
+        assert standby["role"] == "standby" and standby["ready"] is True
+
+        os.kill(one.proc.pid, signal.SIGKILL)
+        one.proc.wait(5)
+        await until(lambda: _scraped(two, "cpw_projector_leader", 1.0), every=0.05)
+        after = await scrape(two)
+        assert after["cpw_projector_failovers_total"] == 1.0
+        assert after["cpw_projector_applied_offset"] == len(messages) - 1  # resumed after the stored offset
+        assert after["cpw_projector_events_total"] == 0.0  # nothing written twice
+        await wait_ready(two, f"{two.ops_url}/health/ready")
+        more = script(5, PER_MESSAGE, seed=6)
+        await publish(vhost_url, more)
+        await until(lambda: _past(conn, len(messages) + len(more) - 1))
+        await until(lambda: _scraped(two, "cpw_projector_events_total", float(oracle(more).events)), every=0.05)
+    finally:
+        one.stop()
+        if two is not None:
+            two.stop()
+        await conn.close()
+
+
+async def _scraped(proc: Proc, name: str, value: float) -> bool:
+    return (await scrape(proc)).get(name) == value
+
+
+async def test_a_taken_ops_port_stops_the_indexer_before_it_takes_the_lock(vhost_url, pg_url, tmp_path):
+    first = start_indexer(vhost_url, pg_url, tmp_path, "port-one")
+    try:
+        await wait_ready(first, f"{first.ops_url}/health/ready")
+        env = {**first.env, "CPW_WORKER_ID": "port-two"}
+        log = tmp_path / "indexer-port-two.log"
+        second = Proc(spawn(["indexer"], env, log), log)
+        assert second.proc.wait(20) == 2, second.output()
+        assert "the ops port (CPW_HEALTH_PORT)" in second.output()
+    finally:
+        first.stop()

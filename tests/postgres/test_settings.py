@@ -27,3 +27,16 @@ def test_without_a_dsn_the_commands_say_so_and_exit_2():
             [sys.executable, "-m", "controlplane_workers.cli", command], env=env, capture_output=True, text=True
         )
         assert done.returncode == 2 and "CPW_POSTGRES_URL" in done.stderr, done.stderr
+
+
+def test_the_operation_retention_is_days_from_one_to_ten_years():
+    import pytest
+
+    from controlplane_workers.settings import SettingsError
+
+    assert load_api_settings().operation_retention == 30
+    for given, days in (("30d", 30), ("7D", 7), ("1", 1), ("3650d", 3650)):
+        assert load_api_settings(operation_retention=given).operation_retention == days
+    for bad in ("0d", "3651d", "-1", "30h", "d", ""):
+        with pytest.raises(SettingsError, match="OPERATION_RETENTION"):
+            load_api_settings(operation_retention=bad)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from controlplane_api.errors import ApiError
@@ -79,3 +80,52 @@ async def test_postgres_answers_503_when_its_database_is_gone(pg_url):
         await store.get(new_job_id(), "a")
     assert caught.value.status == 503 and caught.value.headers["Retry-After"] == "3"
     await store.close()
+
+
+async def test_postgres_accepts_concurrent_submissions_in_few_inserts_and_holds_the_cap(pg_url, monkeypatch):
+    import asyncio
+
+    import controlplane_api.pgstore as pgstore
+
+    one = PostgresStore(load_api_settings(postgres_url=pg_url))
+    other = PostgresStore(load_api_settings(postgres_url=pg_url))  # another replica
+    await one.open()
+    await other.open()
+    try:
+        jobs = [job("a", f"j{i}") for i in range(60)]
+
+        async def submit(made: Job) -> bool:
+            if not await one.reserve("a", made.id, cap=40):
+                return False
+            await one.accepted(made, None)
+            one.release(made.id)
+            return True
+
+        monkeypatch.setattr(pgstore, "COUNT_FOR", 60.0)  # the count, once read, holds for the whole burst
+        assert await one.active_count("a") == 0
+        admitted = await asyncio.gather(*(submit(made) for made in jobs))
+        assert sum(admitted) == 40  # at the cap, not over it, with 60 in flight at once
+        assert one.accepts.inserts < 40  # group commit: the rows of concurrent submissions share INSERTs
+        assert (await other.counts("a"))["Accepted"] == 40  # every accepted row committed, seen elsewhere
+        assert not await other.reserve("a", new_job_id(), cap=40)  # the other replica counts them too
+
+        # Ended jobs free their slots at the next count query (COUNT_FOR later; here at once). Without
+        # the cache every reservation queries, and a burst's reservations refuse each other (under the cap).
+        monkeypatch.setattr(pgstore, "COUNT_FOR", 0.0)
+        conn = await asyncpg.connect(pg_url)
+        await conn.execute("UPDATE cpw_jobs SET status = 'Succeeded', terminal = true WHERE resource_name < 'j2'")
+        await conn.close()
+        assert await one.active_count("a") == 40 - 12  # j0, j1, j10..j19 ended
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_a_delayed_jobs_start_time_is_kept_by_both_stores(store):
+    delayed = job("a", "later").model_copy(update={"not_before": time.time() + 3600})
+    plain = job("a", "now")
+    for made in (delayed, plain):
+        await publish(store, made, None)
+    for _ in range(2):  # PostgresStore: the submission's own first answer (from memory), then its group-committed row
+        assert (await store.get(delayed.id, "a")).not_before == delayed.not_before
+        assert (await store.get(plain.id, "a")).not_before is None

@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from controlplane_workers import JobQueue, ProviderWorker, load_settings
+from controlplane_workers.broker import Delivery, open_broker
 from controlplane_workers.providers import as_lookup
 from controlplane_workers.settings import Settings
 from controlplane_workers.status import StatusIndex
+from controlplane_workers.topology import Topology
 
 
 def fast_settings(url: str, **overrides: Any) -> Settings:
@@ -75,3 +77,20 @@ def request(name: str, script: str = "ok", **body: Any) -> dict[str, Any]:
         "body": {"script": script, **body},
         "api_version": "2024-01-01",
     }
+
+
+async def lose_a_delivery(url: str) -> Delivery:
+    """A worker that takes the next job and goes away holding it: its connection closes, nothing settled."""
+    broker = open_broker(url, Topology.from_settings(fast_settings(url)))
+    await broker.connect()
+    taken: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+
+    async def hold(delivery: Delivery) -> None:
+        if not taken.done():
+            taken.set_result(delivery)
+
+    await broker.consume_jobs(hold, 1)
+    try:
+        return await asyncio.wait_for(taken, 10)
+    finally:
+        await broker.close()

@@ -101,3 +101,37 @@ async def pg_url(postgres: PostgresServer) -> AsyncIterator[str]:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     finally:
         await admin.close()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.support.postgres -- COMMAND ...` (`make run-postgres`): COMMAND with CPW_API_STORE=postgresql
+    and CPW_POSTGRES_URL set to a private PostgreSQL in a temp dir, removed once COMMAND exits."""
+    import signal
+    import sys
+
+    command = argv[1:] if argv[:1] == ["--"] else argv
+    if not command:
+        print("usage: python -m tests.support.postgres -- COMMAND [ARG ...]", file=sys.stderr)
+        return 2
+    if not installed():
+        print(f"PostgreSQL 15 is not installed ({BIN}): run `make system-deps`", file=sys.stderr)
+        return 2
+    server = PostgresServer().start()
+    try:
+        print(f"PostgreSQL on 127.0.0.1:{server.port} (data in {server.data}, removed on exit)", file=sys.stderr)
+        env = {**os.environ, "CPW_API_STORE": "postgresql", "CPW_POSTGRES_URL": server.url()}
+        child = subprocess.Popen(command, env=env)
+        signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached COMMAND too; wait for it to stop
+                continue
+    finally:
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

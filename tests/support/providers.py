@@ -31,7 +31,15 @@ class Scripted:
     async def _do(self, request: ResourceRequest) -> dict[str, Any]:
         job = current_job()
         attempt = job.attempt if job else 1
-        CALLS.append({"name": request.resource_name, "attempt": attempt, "at": time.monotonic(), "pid": os.getpid()})
+        CALLS.append(
+            {
+                "name": request.resource_name,
+                "attempt": attempt,
+                "at": time.monotonic(),
+                "wall": time.time(),
+                "pid": os.getpid(),
+            }
+        )
         STARTED.setdefault(request.resource_name, asyncio.Event()).set()
         script = str(request.body.get("script", "ok"))
         kind, _, arg = script.partition(":")

@@ -217,3 +217,22 @@ def test_the_byte_accounting_is_within_20_percent_of_the_rss_the_process_grows_b
     grown, accounted = (int(n) for n in out.split())
     print(f"100,000 finished jobs: RSS grew {grown / 1e5:.0f} B/job, accounted {accounted / 1e5:.0f} B/job")
     assert abs(accounted - grown) <= 0.2 * grown
+
+
+def test_a_delayed_job_keeps_its_start_time_in_flight_and_frozen_for_8_bytes_more():
+    index, plain = StatusIndex(), StatusIndex()
+    job_id, other = new_job_id(), new_job_id()
+    delayed = accepted(job_id)
+    delayed["job"]["not_before"] = 1_900_000_000.25
+    index.apply(batch([delayed]))
+    plain.apply(batch([accepted(other)]))
+    assert index.get(job_id).not_before == 1_900_000_000.25 and plain.get(other).not_before is None
+    assert index.nbytes - plain.nbytes == 24  # the float, only for a delayed job
+    index.apply(batch([ended(job_id)]))
+    plain.apply(batch([ended(other)]))
+    record = index.get(job_id)
+    assert (record.status, record.not_before) == (JobStatus.SUCCEEDED, 1_900_000_000.25)
+    assert plain.get(other).not_before is None
+    assert index.nbytes - plain.nbytes == 8  # frozen: 8 bytes after the head, flagged in the status byte
+    assert index.counts()["Succeeded"] == 1
+    assert [r.job_id for r in index.list_jobs(status=JobStatus.SUCCEEDED).jobs] == [job_id]

@@ -14,6 +14,8 @@ message is in two places). A worker that publishes a retry or a dead letter to a
 replaced gets it refused (unroutable) and hands its job back to the queue: nothing is lost either. The
 delete is `if-empty`: a message that arrived since the move fails it, and the move runs again.
 Restart the workers and the API afterwards: their channels still declare the old arguments on a reconnect.
+The delay cascade of delayed jobs (`provider.jobs.delay.<k>`) is classic on every install and is not
+moved (docs/reliability.md, known limits).
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ class Job(BaseModel):
     tenant: str | None = None
     timeout: float | None = Field(default=None, gt=0)
     max_attempts: int | None = Field(default=None, ge=1)
+    # A delayed job: the epoch second before which no worker starts it (None: at once).
+    not_before: float | None = None
 
     @property
     def routing_key(self) -> str:
@@ -158,6 +160,7 @@ class JobResult(BaseModel):
     submitted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    not_before: float | None = None  # a delayed job: when it starts at the earliest
 
     @property
     def terminal(self) -> bool:

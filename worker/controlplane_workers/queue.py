@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -19,7 +20,7 @@ from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
 from .broker.base import JOB_ID, Offset, StreamMessage
 from .events import EventBatcher, accepted_record
-from .models import Job, JobResult, JobStatus, Operation, ResourceRequest
+from .models import EventType, Job, JobError, JobEvent, JobResult, JobStatus, Operation, ResourceRequest
 from .settings import Settings, load_settings
 from .status import DEFAULT_MAX_JOBS, JobPage, StatusIndex
 from .topology import Topology
@@ -102,8 +103,13 @@ class JobQueue:
         timeout: float | None = None,
         max_attempts: int | None = None,
         headers: dict[str, Any] | None = None,
+        delay: float | None = None,
+        not_before: datetime | None = None,
     ) -> str:
-        """Publish a job and return its id once the broker confirmed it."""
+        """Publish a job and return its id once the broker confirmed it.
+
+        `delay` (seconds) or `not_before` (a timezone-aware datetime) make a delayed job: Accepted at
+        once, started no earlier than asked, at most CPW_JOB_MAX_DELAY ahead (ValueError beyond it)."""
         # One validation of the whole job (the request inside it), ~7 us less per job than
         # validating the request, copying it with its namespace and type, then the job around it.
         data = request.model_dump() if isinstance(request, ResourceRequest) else dict(request)
@@ -121,6 +127,9 @@ class JobQueue:
         }
         if job_id:
             fields["id"] = job_id
+        if delay is not None or not_before is not None:
+            fields["submitted_at"] = now = time.time()
+            fields["not_before"] = now + self.check_delay(delay, not_before, now)
         job = Job.model_validate(fields)
         await self.submit(job, headers=headers)
         return job.id
@@ -152,13 +161,19 @@ class JobQueue:
             if tracing.enabled
             else tracing.NO_SPAN
         ):
-            await self.broker.publish_job(
-                body,
-                message_id=job.id,
-                routing_key=job.routing_key,
-                priority=job.priority,
-                headers=message_headers,
-            )
+            wait = None if job.not_before is None else job.not_before - time.time()
+            if wait is not None and wait > 0:
+                await self.broker.publish_delayed(
+                    body, message_id=job.id, priority=job.priority, headers=message_headers, delay=wait
+                )
+            else:
+                await self.broker.publish_job(
+                    body,
+                    message_id=job.id,
+                    routing_key=job.routing_key,
+                    priority=job.priority,
+                    headers=message_headers,
+                )
         # Only a confirmed job gets its Accepted record: a failed publish leaves no phantom behind.
         self.index.accept(job)
         if self.topology.accepted_on_stream:
@@ -168,6 +183,20 @@ class JobQueue:
             record = self.events.append(accepted_record(job.id, job.submitted_at, body, idempotency=idempotency))
             self._records.add(record)
             record.add_done_callback(partial(self._record_done, job.id))
+
+    def check_delay(self, delay: float | None, not_before: datetime | None, now: float) -> float:
+        """The delay in seconds that `delay` or `not_before` asks for; ValueError naming the limit if it is
+        not a number of seconds from 0 to CPW_JOB_MAX_DELAY."""
+        limit = self.settings.job_max_delay
+        if delay is not None and not_before is not None:
+            raise ValueError("give delay or not_before, not both")
+        if not_before is not None:
+            if not isinstance(not_before, datetime) or not_before.tzinfo is None:
+                raise ValueError("not_before must be a timezone-aware datetime")
+            delay = max(not_before.timestamp() - now, 0.0)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= limit:
+            raise ValueError(f"the delay must be a number of seconds from 0 to {limit:g} (CPW_JOB_MAX_DELAY)")
+        return float(delay)
 
     def _record_done(self, job_id: str, record: asyncio.Future[None]) -> None:
         self._records.discard(record)
@@ -195,10 +224,32 @@ class JobQueue:
         1000 (ValueError otherwise), `after` is the previous page's `JobPage.after`."""
         return self.index.list_jobs(status=status, tenant=tenant, limit=limit, after=after)
 
-    async def cancel_job(self, job_id: str, *, reason: str = "canceled by request") -> None:
-        """Ask the workers to cancel: a running job is stopped, a queued one is skipped."""
-        body = orjson.dumps({"type": "cancel", "job_id": job_id, "reason": reason, "at": time.time()})
-        await self.broker.publish_control(body, {JOB_ID: job_id})
+    async def cancel_job(
+        self, job_id: str, *, reason: str = "canceled by request", job: JobResult | None = None
+    ) -> None:
+        """Ask the workers to cancel: a running job is stopped, a queued one is skipped.
+
+        A delayed job still waiting (`job`, the caller's view of it, or this queue's; Accepted with
+        not_before ahead) is Canceled at once: no worker holds it, so this process records its Canceled
+        event, and the request tells workers to skip it when it arrives. Readers keep the first
+        terminal event, so a worker that did start it meanwhile cannot make the job end twice."""
+        job = job or self.index.get(job_id)
+        now = time.time()
+        waiting = job is not None and job.status is JobStatus.ACCEPTED and (job.not_before or 0) > now
+        request: dict[str, Any] = {"type": "cancel", "job_id": job_id, "reason": reason, "at": now}
+        if waiting:
+            request["not_before"] = job.not_before  # type: ignore[union-attr]  # workers keep it until then
+        await self.broker.publish_control(orjson.dumps(request), {JOB_ID: job_id})
+        if waiting:
+            assert job is not None
+            event = JobEvent(
+                job_id=job_id,
+                type=EventType.CANCELED,
+                attempt=0,  # it never ran
+                tenant=job.tenant,
+                error=JobError(code="Canceled", message=reason),
+            )
+            await self.events.publish(event.model_dump_json(exclude_none=True).encode())
 
     async def get_queue_stats(self) -> QueueStats:
         return await self.broker.queue_stats()

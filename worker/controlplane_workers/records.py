@@ -39,6 +39,7 @@ class RecordSink(Protocol):
         submitted_at: float | None,
         *,
         redrive: bool = False,
+        not_before: float | None = None,
     ) -> None: ...
 
     def record_event(
@@ -81,6 +82,7 @@ def read_message(message: StreamMessage, sink: RecordSink) -> int:
             job.priority,
             job.submitted_at,
             redrive=bool(message.headers.get(REDRIVE)),
+            not_before=job.not_before,
         )
         return 1
     read_event(orjson.loads(message.body), sink)
@@ -104,6 +106,7 @@ def read_event(data: dict[str, Any], sink: RecordSink) -> None:
             job.get("priority", 5),
             job.get("submitted_at"),
             redrive=bool(data.get("redrive")),
+            not_before=job.get("not_before"),
         )
         return
     error = data.get("error")

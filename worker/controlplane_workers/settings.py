@@ -7,15 +7,17 @@ A bad value stops the process with exit code 2 and one line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .redact import redact_url
+from .topology import MAX_CASCADE_DELAY
 
 
 def _default_worker_id() -> str:
@@ -253,6 +255,14 @@ class Settings(BaseSettings):
         validation_alias=env_alias("HEARTBEAT_INTERVAL"),
         description="Seconds between worker heartbeats; a worker is dropped after 3 missed.",
     )
+    job_max_delay: float = Field(
+        86_400.0,
+        gt=0,
+        le=MAX_CASCADE_DELAY,
+        validation_alias=env_alias("JOB_MAX_DELAY"),
+        description="Longest delay (seconds) a delayed job may ask for; longer ones are refused (the API answers "
+        "400). At most CPW_RESULTS_MAX_AGE: a waiting job's Accepted record and cancel requests must outlive its wait.",
+    )
     cancel_window: float = Field(
         3600.0,
         gt=0,
@@ -323,6 +333,17 @@ class Settings(BaseSettings):
             return self.results_readback
         return DEFAULT_READBACK if self.stream_replicas > 1 else 0.0
 
+    @model_validator(mode="after")
+    def _delay_within_retention(self) -> Settings:
+        retention = retention_seconds(self.results_max_age)
+        if self.job_max_delay > retention:
+            raise ValueError(
+                f"CPW_JOB_MAX_DELAY ({self.job_max_delay:g} s) is longer than CPW_RESULTS_MAX_AGE "
+                f"({self.results_max_age}): a delayed job's record and cancel requests would leave the streams "
+                "before it starts"
+            )
+        return self
+
     def safe_dump(self) -> dict[str, object]:
         """Settings as they may be logged: URLs without passwords."""
         data = self.model_dump(mode="json")
@@ -333,6 +354,15 @@ class Settings(BaseSettings):
 
 
 SECRET_FILES = Settings.secret_files
+_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def retention_seconds(max_age: str) -> float:
+    """RabbitMQ's x-max-age ("24h", "7D") in seconds."""
+    match = re.fullmatch(r"([0-9]+)([YMDhms])", max_age)
+    if not match:
+        raise ValueError(f"not a stream max-age: {max_age!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _secrets_from_files(environ: dict[str, str], files: dict[str, str] = SECRET_FILES) -> dict[str, str]:
@@ -373,7 +403,9 @@ def read_settings(model: type[S], overrides: dict[str, object]) -> S:
         return model(**{**_secrets_from_files(dict(os.environ), model.secret_files), **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule across settings: its message names them
+            raise SettingsError(str(error["msg"]).removeprefix("Value error, ")) from None
+        field = str(error["loc"][0])
         name = _env_name(model, field) if field in model.model_fields else field
         raise SettingsError(f"{name}: {error['msg']}") from None
 

@@ -37,7 +37,7 @@ MAX_PAGE = 1000  # the most jobs one page holds: JobQueue.list_jobs(limit=...) a
 # floats, its slot in the jobs dict and its key, the eviction deque's slot), and what a frozen one costs
 # besides the length of its bytes (its 16-byte key, dict slot, deque slot and the bytes object's header:
 # ~120 by tracemalloc; 150 sits between that and the RSS the process grows by, allocator slack included).
-ENTRY_BYTES = 540
+ENTRY_BYTES = 548  # 540 before the not_before slot
 FROZEN_BYTES = 150
 _intern = sys.intern
 # status, operation (0: none), priority (255: none), attempts, namespace, type, tenant, worker (name
@@ -50,6 +50,9 @@ _STATUS_CODE = {s: i for i, s in enumerate(_STATUSES)}
 _OPERATIONS = [None, *Operation]
 _OPERATION_CODE = {o: i for i, o in enumerate(_OPERATIONS)}
 _NAN = float("nan")
+_DELAYED = 0x80  # in the status byte: 8 bytes of not_before follow the head
+# What a delayed job in flight costs more: its not_before float object.
+DELAYED_BYTES = 24
 
 
 class Names:
@@ -96,6 +99,7 @@ class Entry:
         "error",
         "nbytes",
         "key",
+        "not_before",
     )
 
     def __init__(self, status: JobStatus) -> None:
@@ -115,6 +119,7 @@ class Entry:
         self.error: JobError | None = None
         self.nbytes = ENTRY_BYTES
         self.key: Key = ""  # the jobs dict's own key object, shared with the eviction deque
+        self.not_before: float | None = None  # a delayed job's earliest start (its float only when delayed)
 
     @property
     def terminal(self) -> bool:
@@ -126,8 +131,9 @@ class Entry:
         if self.error is not None:
             code, message = self.error.code.encode(), self.error.message.encode()
         result = self.result or b""
+        delayed = self.not_before is not None
         head = _HEAD.pack(
-            _STATUS_CODE[self.status],
+            _STATUS_CODE[self.status] | (_DELAYED if delayed else 0),
             _OPERATION_CODE[self.operation],
             255 if self.priority is None else self.priority,
             min(self.attempts, 0xFFFF),
@@ -143,13 +149,15 @@ class Entry:
             _NONE if self.error is None else len(code),
             len(message),
         )
+        if delayed:  # 8 bytes, only for a delayed job
+            return b"".join((head, _FLOAT.pack(self.not_before), name, result, code, message))
         return b"".join((head, name, result, code, message))
 
     @classmethod
     def thaw(cls, frozen: bytes, names: Names) -> Entry:
         """The Entry a frozen job was made from."""
         status, op, prio, attempts, ns, rtype, tenant, worker, sub, start, fin, n, r, c, m = _HEAD.unpack_from(frozen)
-        entry = cls(_STATUSES[status])
+        entry = cls(_STATUSES[status & ~_DELAYED])
         entry.operation = _OPERATIONS[op]
         entry.priority = None if prio == 255 else prio
         entry.attempts = attempts
@@ -159,6 +167,8 @@ class Entry:
         entry.started = None if math.isnan(start) else start
         entry.finished = None if math.isnan(fin) else fin
         at = _HEAD.size
+        if status & _DELAYED:
+            entry.not_before, at = _FLOAT.unpack_from(frozen, at)[0], at + _FLOAT.size
         if n != _NONE:
             entry.name, at = frozen[at : at + n].decode(), at + n
         if r != _NONE:
@@ -185,6 +195,7 @@ class Entry:
             submitted_at=self.submitted,
             started_at=self.started,
             finished_at=self.finished,
+            not_before=self.not_before,
         )
 
 
@@ -287,7 +298,7 @@ class StatusIndex:
         return self.names.name(_NUMBER.unpack_from(item, _TENANT_AT)[0])  # type: ignore[arg-type]
 
     def _status_of(self, item: Item) -> JobStatus:
-        return item.status if type(item) is Entry else _STATUSES[item[0]]  # type: ignore[union-attr,index]
+        return item.status if type(item) is Entry else _STATUSES[item[0] & ~_DELAYED]  # type: ignore[union-attr,index]
 
     @staticmethod
     def _cost(item: Item) -> int:
@@ -384,6 +395,7 @@ class StatusIndex:
             job.tenant,
             job.priority,
             job.submitted_at,
+            not_before=job.not_before,
         )
         self._evict()
 
@@ -399,6 +411,7 @@ class StatusIndex:
         submitted_at: float | None,
         *,
         redrive: bool = False,
+        not_before: float | None = None,
     ) -> None:
         key = _key(job_id)
         item = self.jobs.get(key)
@@ -425,6 +438,10 @@ class StatusIndex:
             if current is item:
                 self._grow(current, len(resource_name))
         current.priority = priority if current.priority is None else current.priority
+        if not_before is not None and current.not_before is None:
+            current.not_before = not_before
+            if current is item or item is None:
+                self._grow(current, DELAYED_BYTES)
         if current is not item and item is not None:
             self._freeze(key, current)
 

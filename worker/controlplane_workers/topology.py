@@ -6,11 +6,17 @@ Every process declares the same topology idempotently, so whichever starts first
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .settings import Settings
+if TYPE_CHECKING:  # settings.py reads the cascade's capacity from here
+    from .settings import Settings
 
 MAX_PRIORITY = 10
+# The delay cascade (delayed jobs): level k holds a job 2**k ms, so DELAY_LEVELS levels hold any delay up to
+# 2**DELAY_LEVELS - 1 ms (~12.4 days). A constant, not a setting: every process binds the same routing-key
+# patterns, and a key with another number of digits would match none of them.
+DELAY_LEVELS = 30
+MAX_CASCADE_DELAY = (2**DELAY_LEVELS - 1) / 1000  # seconds
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,39 @@ class Topology:
     @property
     def retry_attempts(self) -> range:
         return range(2, self.max_attempts + 1)
+
+    # -- the delay cascade: a job's delay in ms, written in binary into its routing key, most significant
+    # digit first. Level k's exchange routes a key whose digit k is 1 to its queue (fixed TTL 2**k ms) and
+    # one whose digit is 0 straight on to level k-1's exchange; the queue dead-letters to that exchange
+    # too, keeping the key. Level 0 ends in a fanout exchange bound to the job queue. Fixed per-queue TTLs
+    # expire in arrival order, so no job waits behind a longer one (a per-message TTL in one queue would).
+    def delay_exchange(self, level: int) -> str:
+        """Level `level`'s exchange; -1 is the delivery exchange in front of the job queue."""
+        return f"{self.jobs_queue}.delay.deliver" if level < 0 else f"{self.jobs_queue}.delay.{level}"
+
+    def delay_queue(self, level: int) -> str:
+        return f"{self.jobs_queue}.delay.{level}"
+
+    @property
+    def delay_entry(self) -> str:
+        """Where a delayed job is published: bound ("#") to the highest level's exchange, and declared last,
+        so its existence says the whole cascade was declared."""
+        return f"{self.jobs_queue}.delay"
+
+    @staticmethod
+    def delay_routing_key(delay_ms: int) -> str:
+        """'d29.d28....d0', the binary digits of the delay in ms (0 <= delay_ms < 2**DELAY_LEVELS)."""
+        if not 0 <= delay_ms < 2**DELAY_LEVELS:
+            raise ValueError(f"a delay of {delay_ms} ms is more than the cascade holds")
+        return ".".join(format(delay_ms, f"0{DELAY_LEVELS}b"))
+
+    @staticmethod
+    def delay_pattern(level: int, digit: str) -> str:
+        """The binding pattern of level `level`'s exchange that matches keys whose digit `level` is `digit`."""
+        return "*." * (DELAY_LEVELS - 1 - level) + digit + ".#"
+
+    def delay_queue_arguments(self, level: int) -> dict[str, Any]:
+        return {"x-message-ttl": 2**level, "x-dead-letter-exchange": self.delay_exchange(level - 1)}
 
     def jobs_queue_arguments(self) -> dict[str, Any]:
         args: dict[str, Any] = {

@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from . import metrics, tracing
 from ._version import __version__
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
 from .broker.base import ATTEMPT, DELIVERY_COUNT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
+from .cancels import CancelMemory
 from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError, UnroutableJob
 from .events import EventBatcher
@@ -43,10 +44,12 @@ from .topology import Topology
 
 log = logging.getLogger(__name__)
 
-CANCEL_MEMORY = 100_000
 # Attempts whose outcome this worker published and acked (or tried to ack): a redelivery of one is
 # settled without running the provider again.
 SETTLED_MEMORY = 10_000
+# A delayed job that arrives early by this host's clock: up to this many seconds are waited out here,
+# a longer wait goes back into the delay cascade.
+REPARK_AFTER = 1.0
 # Seconds before a job whose outcome could not be published is handed back to the broker.
 OUTCOME_LOST_BACKOFF = 1.0
 
@@ -83,7 +86,7 @@ class ProviderWorker(WorkerRole):
         self._bursts = Bursts(log)
         self.events = EventBatcher(self.broker, readback=settings.readback_seconds)
         self.running: dict[str, asyncio.Task[Any]] = {}
-        self.cancel_requests: OrderedDict[str, str] = OrderedDict()
+        self.cancel_requests = CancelMemory(grace=settings.cancel_window)
         self.draining = False
         self.consuming = False
         self._consumer: Subscription | None = None
@@ -156,7 +159,8 @@ class ProviderWorker(WorkerRole):
         async with self.broker.connecting():
             if self.events.readback is not None:  # from now on: the outcomes this worker is about to publish
                 self._results = await self.broker.follow(self.topology.results_stream, self.events.read, "next")
-            since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window)
+            # A delayed job may arrive long after its cancel request: read back over the longest delay too.
+            since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window + self.settings.job_max_delay)
             self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
             await self._read_cancel_backlog()
             self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
@@ -220,9 +224,12 @@ class ProviderWorker(WorkerRole):
                 job_id = str(request["job_id"])
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 continue
-            self.cancel_requests[job_id] = str(request.get("reason") or "canceled by request")
-            if len(self.cancel_requests) > CANCEL_MEMORY:
-                self.cancel_requests.popitem(last=False)
+            not_before = request.get("not_before")
+            self.cancel_requests.add(
+                job_id,
+                str(request.get("reason") or "canceled by request"),
+                not_before if isinstance(not_before, int | float) else None,
+            )
             task = self.running.get(job_id)
             if task is not None:
                 self._canceled_by_request.add(job_id)
@@ -280,6 +287,8 @@ class ProviderWorker(WorkerRole):
         if job.id in self.cancel_requests:
             await self._finish(delivery, job, attempt, EventType.CANCELED, error=self._cancel_error(job.id))
             return
+        if job.not_before is not None and not await self._due(delivery, job):
+            return
         provider = self.providers.get_provider(job.provider_namespace, job.resource_type)
         if provider is None:
             await self._dead_letter(
@@ -301,7 +310,9 @@ class ProviderWorker(WorkerRole):
             metrics.JOBS.labels(*labels, "requeued").inc()
             return
         if attempt == 1:
-            metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - job.submitted_at, 0.0))
+            # a delayed job waits in the queue from its start time on, not from its submission
+            queued_since = job.submitted_at if job.not_before is None else max(job.submitted_at, job.not_before)
+            metrics.QUEUE_WAIT.labels(*labels).observe(max(time.time() - queued_since, 0.0))
         task = asyncio.current_task()
         assert task is not None
         self.running[job.id] = task
@@ -379,6 +390,39 @@ class ProviderWorker(WorkerRole):
         if tracing.enabled:
             tracing.set_attributes({"cpw.job.outcome": outcome})
 
+    async def _due(self, delivery: Delivery, job: Job) -> bool:
+        """Whether a delayed job may start now. The cascade never delivers early by the broker's clock;
+        by this host's clock a job may still be early (clocks differ): a moment is waited out here, a
+        longer wait goes back into the cascade. So no worker starts a job before its not_before.
+
+        Sent back, it is a hand-back (`_hand_back`): a confirmed copy, then an ack that does not mark the
+        attempt settled (a later delivery of the copy must run, here too). The copy keeps the headers:
+        the attempt and the deliveries it lost so far (`x-cpw-delivery-count`, not one more: a
+        redelivery on a classic queue was counted before it came here). The attempt has not run yet, so
+        its count is not reset, as a retry's is: a worker whose clock lags cannot wipe the count of a
+        job that kills its workers. (A quorum queue's own count does restart: the copy is a new message.)"""
+        early = (job.not_before or 0.0) - time.time()
+        if early <= 0:
+            return True
+        if early <= REPARK_AFTER:
+            await asyncio.sleep(early)  # the wait itself, not a synchronisation
+            return job.id not in self.cancel_requests or await self._run_canceled(delivery, job)
+        with self._handing(delivery):
+            try:
+                await self.broker.publish_delayed(
+                    delivery.body, message_id=job.id, priority=delivery.priority, headers=delivery.headers, delay=early
+                )
+                await self._settle(delivery, ack=True, copied=True)
+                return False
+            except (BrokerUnavailable, UnroutableJob):  # the cascade refused it: back to the queue, never lost
+                pass
+        await self._outcome_lost(delivery)
+        return False
+
+    async def _run_canceled(self, delivery: Delivery, job: Job) -> bool:
+        await self._finish(delivery, job, delivery.attempt, EventType.CANCELED, error=self._cancel_error(job.id))
+        return False
+
     async def _redelivery_of_own_attempt(self, delivery: Delivery) -> bool:
         """True if this redelivery is an attempt this worker runs or has finished; it is then
         settled with that attempt (the consumer timeout closed the channel of a long job, or the
@@ -434,27 +478,36 @@ class ProviderWorker(WorkerRole):
         quorum queue counts deliveries itself: a plain reject with requeue, as before.
         """
         if self.counts_deliveries:
-            task = asyncio.current_task()
-            assert task is not None
-            self._handing_back.add(task)
-            key = _key(delivery)
-            if key is not None:  # the copy may come back here at once: it must run, not wait for this attempt
-                self._untrack(key[0])
-            try:
-                await self.broker.republish_job(
-                    delivery.body,
-                    message_id=delivery.message_id,
-                    priority=delivery.priority,
-                    headers={**delivery.headers, DELIVERY_COUNT: _lost_deliveries(delivery)},
-                )
-                await self._settle(delivery, ack=True, copied=True)
-                return
-            except (BrokerUnavailable, UnroutableJob):
-                log.warning("job not copied back to the queue; rejected with requeue, its next delivery counts")
-                await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # a broker that refuses now would get it back at once
-            finally:
-                self._handing_back.discard(task)
+            with self._handing(delivery):
+                try:
+                    await self.broker.republish_job(
+                        delivery.body,
+                        message_id=delivery.message_id,
+                        priority=delivery.priority,
+                        headers={**delivery.headers, DELIVERY_COUNT: _lost_deliveries(delivery)},
+                    )
+                    await self._settle(delivery, ack=True, copied=True)
+                    return
+                except (BrokerUnavailable, UnroutableJob):
+                    log.warning("job not copied back to the queue; rejected with requeue, its next delivery counts")
+                    await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # a broker that refuses now would get it back at once
         await self._settle(delivery, ack=False, requeue=True)
+
+    @contextlib.contextmanager
+    def _handing(self, delivery: Delivery) -> Iterator[None]:
+        """While a copy of the job is put back and the delivery acked: a drain waits for it (closing
+        midway would leave the copy and requeue the original too), and the attempt is no longer tracked
+        here (the copy may come back to this worker at once: it must run, not wait for this attempt)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handing_back.add(task)
+        key = _key(delivery)
+        if key is not None:
+            self._untrack(key[0])
+        try:
+            yield
+        finally:
+            self._handing_back.discard(task)
 
     def _untrack(self, job_id: str) -> None:
         """The job no longer runs in this task (a copy handed back may run here already, in its own task)."""
@@ -485,7 +538,7 @@ class ProviderWorker(WorkerRole):
         )
 
     def _cancel_error(self, job_id: str) -> JobError:
-        return JobError(code="Canceled", message=self.cancel_requests.get(job_id, "canceled by request"))
+        return JobError(code="Canceled", message=self.cancel_requests.get(job_id) or "canceled by request")
 
     async def _failed_attempt(
         self, delivery: Delivery, job: Job, attempt: int, error: JobError, *, retryable: bool

@@ -25,6 +25,7 @@ async def stats(request: Request, ctx: ApiContext, caller: Caller) -> Response:
             "unacked": max(q.unacked, int(fleet["in_flight"])),
             "deadLetters": q.dead_letters,
             "retrying": q.retrying,
+            "delayed": q.delayed,
             "consumers": q.consumers,
             "inFlight": int(fleet["in_flight"]),
             "jobs": await ctx.store.counts(caller.tenant),

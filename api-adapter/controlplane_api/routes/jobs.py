@@ -10,6 +10,7 @@ from starlette.responses import Response
 from controlplane_workers.errors import BrokerUnavailable
 from controlplane_workers.models import Operation
 
+from .. import params
 from ..context import ApiContext, ApiRoute, Caller
 from ..errors import ApiError
 from ..params import page_size, status_filter
@@ -46,7 +47,8 @@ async def post_job(request: Request, ctx: ApiContext, caller: Caller) -> Respons
         }
         return json_response(job_view(record), 200 if record.terminal else 202, headers)
 
-    job = Submission(Operation(data["operation"]), ns, rtype, req, raw, data.get("priority"))
+    delay = params.delay(request, ctx.settings.job_max_delay, data.get("delay"))
+    job = Submission(Operation(data["operation"]), ns, rtype, req, raw, data.get("priority"), delay)
     return await submit(ctx, request, caller, job, answer)
 
 
@@ -64,7 +66,7 @@ async def cancel_job(request: Request, ctx: ApiContext, caller: Caller) -> Respo
         )
     wait = ctx.wait_for(request)
     try:
-        await ctx.queue.cancel_job(job_id, reason="canceled through the API")
+        await ctx.queue.cancel_job(job_id, reason="canceled through the API", job=record)
     except BrokerUnavailable:
         raise ctx.unavailable("The job broker is unavailable; the cancel was not sent. Retry later.") from None
     if wait:

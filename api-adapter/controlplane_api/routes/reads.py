@@ -77,7 +77,7 @@ async def _synchronous(
             )
         return respond(record)
 
-    job = Submission(operation, req["provider_namespace"], req["resource_type"], req, b"")
+    job = Submission(operation, req["provider_namespace"], req["resource_type"], req, b"", delay=0.0)  # never delayed
     return await submit(ctx, request, caller, job, answer)
 
 

@@ -20,11 +20,12 @@ matchExpressions:
       {{- toYaml .components | nindent 6 }}
 {{- end -}}
 
-{{/* Enabled components. */}}
+{{/* Enabled components: worker, api, and the projector when the API keeps operations in PostgreSQL. */}}
 {{- define "cpw.components" -}}
 {{- $l := list -}}
 {{- if .Values.workers.enabled }}{{ $l = append $l "worker" }}{{ end -}}
 {{- if .Values.api.enabled }}{{ $l = append $l "api" }}{{ end -}}
+{{- if and .Values.api.enabled (eq (include "cpw.lib.operationStore" .) "postgresql") }}{{ $l = append $l "projector" }}{{ end -}}
 {{- toJson $l -}}
 {{- end -}}
 

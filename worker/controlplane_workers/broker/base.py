@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,23 @@ REDRIVE = "x-cpw-redrive"  # a dead-lettered job sent round again: readers start
 # On a classic job queue: deliveries of this attempt that ended without a settle (the worker died or lost its
 # channel), counted by the workers as a quorum queue counts them in `x-delivery-count` (see worker.py).
 DELIVERY_COUNT = "x-cpw-delivery-count"
+
+# What RabbitMQ adds to a dead-lettered message: the delay cascade and the retry queues dead-letter.
+_DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange")
+
+
+def without_deaths(headers: Headers) -> Headers:
+    """`headers` without RabbitMQ's dead-letter history. A job parked in the delay cascade a second time
+    with it would be dropped by the broker: it takes a queue named in x-death (and never rejected since)
+    for a dead-letter cycle."""
+    if not any(name in headers for name in _DEATH_HEADERS):
+        return headers
+    return {k: v for k, v in headers.items() if k not in _DEATH_HEADERS and not k.startswith("x-last-death-")}
+
+
+def delay_ms(delay: float) -> int:
+    """A delay in whole milliseconds, rounded up: a delayed job never starts early."""
+    return max(0, math.ceil(delay * 1000))
 
 
 @dataclass
@@ -79,6 +97,7 @@ class QueueStats:
     consumers: int
     dead_letters: int
     retrying: int
+    delayed: int = 0  # delayed jobs not yet due (in the delay cascade)
 
     @property
     def depth(self) -> int:
@@ -138,6 +157,12 @@ class Broker(abc.ABC):
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
     ) -> None:
         """Park a job in the delay queue of `attempt`; it returns to the job queue after `delay`."""
+
+    @abc.abstractmethod
+    async def publish_delayed(
+        self, body: bytes, *, message_id: str, priority: int, headers: Headers, delay: float
+    ) -> None:
+        """Publish a job that reaches the job queue after `delay` seconds (at most MAX_CASCADE_DELAY)."""
 
     @abc.abstractmethod
     async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:

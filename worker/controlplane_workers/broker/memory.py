@@ -31,6 +31,7 @@ from .base import (
     StreamHandler,
     StreamMessage,
     Subscription,
+    delay_ms,
 )
 
 STREAM_LIMIT = 1_000_000
@@ -128,6 +129,7 @@ class _Node:
         self.dead_letters: deque[_Message] = deque()
         self.walking = asyncio.Lock()
         self.retrying: set[asyncio.TimerHandle] = set()
+        self.delayed: set[asyncio.TimerHandle] = set()  # delayed jobs not yet due
         self.streams: dict[str, list[StreamMessage]] = {}
         self.stream_base: dict[str, int] = {}
         self.followers: list[_Follower] = []
@@ -194,6 +196,17 @@ class _Node:
             self.consumers.remove(consumer)
         for tag in list(consumer.unacked):
             self.settle(tag, ack=False, requeue=True)
+
+    def park(self, message: _Message, delay: float, timers: set[asyncio.TimerHandle]) -> None:
+        """Hold a message for `delay` seconds, then queue it (a retry's or a delayed job's wait). A timer,
+        not a queue: `memory://` lives and dies with its process, as these timers do."""
+
+        def release() -> None:
+            timers.discard(handle)
+            self.enqueue(message)
+
+        handle = asyncio.get_running_loop().call_later(max(delay, 0.0), release)
+        timers.add(handle)
 
     # -- streams
     def append(self, stream: str, body: bytes, headers: Headers) -> None:
@@ -280,15 +293,17 @@ class MemoryBroker(Broker):
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
     ) -> None:
         self._check()
-        message = _Message(body, dict(headers), message_id, priority, self.topology.jobs_queue)
-        loop = asyncio.get_running_loop()
+        self.node.park(
+            _Message(body, dict(headers), message_id, priority, self.topology.jobs_queue), delay, self.node.retrying
+        )
 
-        def release() -> None:
-            self.node.retrying.discard(handle)
-            self.node.enqueue(message)
-
-        handle = loop.call_later(max(delay, 0.0), release)
-        self.node.retrying.add(handle)
+    async def publish_delayed(
+        self, body: bytes, *, message_id: str, priority: int, headers: Headers, delay: float
+    ) -> None:
+        self._check()
+        # the cascade's rounding (up to whole ms), so both brokers start a job at the same earliest time
+        message = _Message(body, {KIND: "job", **headers}, message_id, priority, self.topology.jobs_queue)
+        self.node.park(message, delay_ms(delay) / 1000, self.node.delayed)
 
     async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
         self._check()
@@ -348,6 +363,7 @@ class MemoryBroker(Broker):
             consumers=sum(1 for c in node.consumers if c.active),
             dead_letters=len(node.dead_letters),
             retrying=len(node.retrying),
+            delayed=len(node.delayed),
         )
 
     async def _walk_dead_letters(self, wait: float) -> DeadLetterWalk:

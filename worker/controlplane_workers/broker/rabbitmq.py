@@ -26,7 +26,7 @@ from aio_pika.exceptions import DeliveryError
 
 from ..errors import BrokerUnavailable, DeadLettersBusy, UnroutableJob
 from ..redact import redact_text, redact_url
-from ..topology import Topology
+from ..topology import DELAY_LEVELS, Topology
 from .acks import AckCoalescer
 from .base import (
     KIND,
@@ -41,6 +41,8 @@ from .base import (
     StreamHandler,
     StreamMessage,
     Subscription,
+    delay_ms,
+    without_deaths,
 )
 from .recovery import Backoff, Outage, cause_of, quiet_library_loops
 
@@ -301,6 +303,7 @@ class RabbitMQBroker(Broker):
             await self._probe_side_queues()
             self.publisher = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
             await self._declare(self.publisher)
+            await self.declare_delay_cascade()
         except aiormq.exceptions.ChannelPreconditionFailed:
             await self.connection.close()
             raise  # the topology on the broker disagrees with our settings: retrying cannot help
@@ -404,6 +407,52 @@ class RabbitMQBroker(Broker):
             )
         return queues[t.dead_letter_queue]
 
+    async def declare_delay_cascade(self, *, check: bool = True) -> None:
+        """The delayed jobs' levels (topology.py): durable, so jobs waiting in them outlive a broker restart.
+
+        Its 90-odd declarations and bindings cost the broker ~30-70 ms (each binding is a metadata
+        transaction), on every connect of every process. So a process first asks whether the entry
+        exchange, declared last, exists (`check`), and declares only if not. They go out without waiting
+        for each reply (nowait) on a channel of their own; the last, passive declaration waits for all of
+        them: a failed one closes the channel, which fails that wait. A cascade broken later (an operator
+        deleted a level) makes a delayed job unroutable, and `publish_delayed` declares it again.
+
+        Classic queues whatever the job queue's type (unlike the retry queues): the level queues have no
+        consumer, so a quorum queue's replication would be their only gain, at the cost of a Raft log per
+        level on every node and a migration of 30 levels; quorum delay queues lost their waiting jobs on a
+        node loss anyway on 3.10.8 (docs/reliability.md, known limits)."""
+        assert self.connection is not None
+        t = self.topology
+        if check:
+            probe = await self.connection.channel(publisher_confirms=False)
+            try:
+                await probe.declare_exchange(t.delay_entry, passive=True)
+                return
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass  # its channel is closed by the broker
+            finally:
+                with contextlib.suppress(Exception):
+                    await probe.close()
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            ch = cast(aiormq.Channel, await channel.get_underlay_channel())
+            below = t.delay_exchange(-1)
+            await ch.exchange_declare(below, exchange_type="fanout", durable=True, nowait=True)
+            await ch.queue_bind(t.jobs_queue, below, nowait=True)
+            for level in range(DELAY_LEVELS):
+                exchange, queue = t.delay_exchange(level), t.delay_queue(level)
+                await ch.exchange_declare(exchange, exchange_type="topic", durable=True, nowait=True)
+                await ch.queue_declare(queue, durable=True, arguments=t.delay_queue_arguments(level), nowait=True)
+                await ch.queue_bind(queue, exchange, t.delay_pattern(level, "1"), nowait=True)
+                await ch.exchange_bind(below, exchange, t.delay_pattern(level, "0"), nowait=True)
+                below = exchange
+            await ch.exchange_declare(t.delay_entry, exchange_type="topic", durable=True, nowait=True)
+            await ch.exchange_bind(below, t.delay_entry, "#", nowait=True)
+            await ch.exchange_declare(t.delay_entry, passive=True)  # its reply: all of them were applied
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     def _on_close(self, _: Any = None, exc: BaseException | None = None) -> None:
         # Called when the connection is lost and again after each failed reconnect attempt (aio-pika
         # runs the close callbacks when restoring the channels fails): the next wait backs off.
@@ -422,6 +471,10 @@ class RabbitMQBroker(Broker):
         self.connected.set()
         for callback in self.on_reconnect:
             callback()
+        try:
+            await self.declare_delay_cascade()  # a broker that lost its definitions gets them back
+        except Exception as exc:  # a delayed job is then refused (unroutable), never lost
+            log.warning("delay cascade not declared after the reconnect: %s", redact_text(repr(exc)))
 
     async def close(self) -> None:
         self._closing = True
@@ -488,6 +541,24 @@ class RabbitMQBroker(Broker):
             expiration=str(int(max(delay, 0.001) * 1000)),  # milliseconds, as aio-pika encoded it
         )
         await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.retry_queue(attempt))
+
+    async def publish_delayed(
+        self, body: bytes, *, message_id: str, priority: int, headers: Headers, delay: float
+    ) -> None:
+        properties = Properties(
+            headers={KIND: "job", **without_deaths(headers)},
+            message_id=message_id,
+            priority=priority,
+            delivery_mode=PERSISTENT,
+            content_type=JSON,
+        )
+        key = self.topology.delay_routing_key(delay_ms(delay))
+        try:
+            await self._publish(self.topology.delay_entry, body, properties, key)
+        except UnroutableJob:  # a level of the cascade is gone: declare it again, then try once more
+            with _unavailable("cannot declare the delay cascade"):
+                await self.declare_delay_cascade(check=False)
+            await self._publish(self.topology.delay_entry, body, properties, key)
 
     async def republish_job(self, body: bytes, *, message_id: str | None, priority: int, headers: Headers) -> None:
         properties = Properties(
@@ -614,10 +685,14 @@ class RabbitMQBroker(Broker):
             for attempt in t.retry_attempts:
                 queue = await channel.declare_queue(t.retry_queue(attempt), passive=True)
                 retrying += queue.declaration_result.message_count or 0
+            delayed = 0
+            for level in range(DELAY_LEVELS):  # a job in transit between two levels is in neither, briefly
+                queue = await channel.declare_queue(t.delay_queue(level), passive=True)
+                delayed += queue.declaration_result.message_count or 0
             ready = jobs.declaration_result.message_count or 0
             consumers = jobs.declaration_result.consumer_count or 0
             # AMQP reports only ready messages; unacked needs the management API (see fleet stats).
-            return QueueStats(ready, 0, consumers, dlq.declaration_result.message_count or 0, retrying)
+            return QueueStats(ready, 0, consumers, dlq.declaration_result.message_count or 0, retrying, delayed)
         finally:
             await channel.close()
 

@@ -32,3 +32,16 @@
 {{- define "cpw.api.tokensKey" -}}
 {{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKey }}{{ else }}tokens.yaml{{ end -}}
 {{- end -}}
+
+{{/* The projector's values as the shared pod helpers read them (a component's own `.Values`): its `projector`
+     block, with the pod keys it does not set taken from the API's, no autoscaling and no RBAC. */}}
+{{- define "cpw.api.projectorValues" -}}
+{{- $v := deepCopy .Values.projector -}}
+{{- range $key := list "global" "image" "imagePullSecrets" "podSecurityContext" "tmpVolume" "probes" "logLevel" -}}
+{{- if not (hasKey $v $key) }}{{ $_ := set $v $key (get $.Values $key) }}{{ end -}}
+{{- end -}}
+{{- $_ := set $v "autoscaling" (dict "enabled" false) -}}
+{{- $_ := set $v "rbac" (dict "create" false "rules" list) -}}
+{{- $_ := set $v.serviceAccount "automountToken" false -}}
+{{- toYaml $v -}}
+{{- end -}}

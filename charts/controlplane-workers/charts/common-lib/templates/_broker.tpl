@@ -18,7 +18,7 @@ Sources of the broker Secret, in order (global.rabbitmq):
 alone) and `auto` resolved: with the chart's operator cluster of 2+ nodes the jobs queue is quorum, and the
 streams are created on every node. */}}
 {{- define "cpw.lib.broker" -}}
-{{- $d := dict "jobsQueue" "provider.jobs" "exchange" "provider.exchange" "resultsStream" "provider.results" "resultsMaxAge" "24h" "queueType" "auto" "deliveryLimit" 20 "streamReplicas" "auto" -}}
+{{- $d := dict "jobsQueue" "provider.jobs" "exchange" "provider.exchange" "resultsStream" "provider.results" "resultsMaxAge" "24h" "jobMaxDelay" 86400 "queueType" "auto" "deliveryLimit" 20 "streamReplicas" "auto" -}}
 {{- $b := deepCopy ((.Values.global | default dict).broker | default dict) -}}
 {{- range $k, $v := $d }}{{ if not (hasKey $b $k) }}{{ $_ := set $b $k $v }}{{ end }}{{ end -}}{{/* not merge: it takes 0 for unset */}}
 {{- $dl := deepCopy ($b.deadLetter | default dict) -}}
@@ -163,6 +163,8 @@ streams are created on every node. */}}
   value: {{ $b.resultsStream | quote }}
 - name: CPW_RESULTS_MAX_AGE
   value: {{ $b.resultsMaxAge | quote }}
+- name: CPW_JOB_MAX_DELAY
+  value: {{ $b.jobMaxDelay | toString | quote }}
 - name: CPW_DLQ_MAX_LENGTH
   value: {{ $b.deadLetter.maxLength | int64 | toString | quote }}
 - name: CPW_DLQ_MAX_AGE

@@ -116,7 +116,7 @@ checkov.io/skip1: CKV_K8S_43=Images are pinned by tag unless image.digest is set
 {{- define "cpw.lib.pdbGuard" -}}
 {{- $v := .ctx.Values -}}
 {{- $p := $v.podDisruptionBudget -}}
-{{- $prefix := ternary "workers" "api" (eq .component "worker") -}}
+{{- $prefix := get (dict "worker" "workers" "api" "api" "projector" "api.projector") .component -}}
 {{- $min := include "cpw.lib.minReplicas" .ctx | int -}}
 {{- $scales := and $v.autoscaling $v.autoscaling.enabled -}}
 {{- $fewest := ternary (max $min 1 | int) $min (and $scales true) -}}

@@ -1,0 +1,193 @@
+"""Delayed jobs, on the embedded broker and on a real RabbitMQ (fixture `broker_url`).
+
+"Not before time T" is checked on the recorded times (the provider's call time against the job's
+not_before), never by sleeping: every wait here awaits the job's status.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from controlplane_workers import JobStatus
+from controlplane_workers.broker.base import DELIVERY_COUNT
+from controlplane_workers.dlq import list_dead_letters
+from controlplane_workers.models import Job
+from tests.support import providers
+from tests.support.harness import client, eventually, lose_a_delivery, request, running_worker
+
+NS, TYPE = "Test.Scripted", "things"
+# How late a job may start after its not_before: the cascade adds ms per level it waits in; this
+# shared 2-core machine, with other suites running, adds the rest.
+LATE = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    providers.CALLS.clear()
+    providers.STARTED.clear()
+
+
+def started(name: str) -> float:
+    [call] = [c for c in providers.CALLS if c["name"] == name]
+    return call["wall"]  # the wall clock, as not_before
+
+
+async def test_a_delayed_job_is_accepted_at_once_and_starts_no_earlier_than_asked(broker_url):
+    async with running_worker(broker_url, providers.registry), client(broker_url) as queue:
+        before = time.time()
+        job_id = await queue.submit_job(NS, TYPE, "create", request("later"), delay=1.0)
+        accepted = queue.get_job_status(job_id)
+        assert accepted.status is JobStatus.ACCEPTED
+        assert accepted.not_before == pytest.approx(before + 1.0, abs=0.5)
+        result = await queue.get_job_result(job_id, timeout=15)
+    assert result.status is JobStatus.SUCCEEDED and result.not_before == accepted.not_before
+    assert result.not_before <= started("later") < result.not_before + LATE
+    assert result.not_before <= result.started_at
+
+
+async def test_delays_in_mixed_order_start_in_delay_order(broker_url):
+    # The head-of-line case: with per-message TTLs in one queue the 0.2 s job would wait behind the 1.6 s one.
+    delays = [1.6, 0.2, 1.0, 0.6]
+    async with running_worker(broker_url, providers.registry), client(broker_url) as queue:
+        ids = {d: await queue.submit_job(NS, TYPE, "create", request(f"d{d}"), delay=d) for d in delays}
+        results = {d: await queue.get_job_result(job_id, timeout=15) for d, job_id in ids.items()}
+    assert all(r.status is JobStatus.SUCCEEDED for r in results.values())
+    assert [c["name"] for c in providers.CALLS] == [f"d{d}" for d in sorted(delays)]
+    for d, result in results.items():
+        assert result.not_before <= started(f"d{d}") < result.not_before + LATE, d
+
+
+async def test_not_before_takes_a_datetime(broker_url):
+    from datetime import UTC, datetime, timedelta
+
+    async with running_worker(broker_url, providers.registry), client(broker_url) as queue:
+        at = datetime.now(UTC) + timedelta(seconds=0.5)
+        job_id = await queue.submit_job(NS, TYPE, "create", request("dated"), not_before=at)
+        result = await queue.get_job_result(job_id, timeout=15)
+    assert result.status is JobStatus.SUCCEEDED
+    assert result.not_before == pytest.approx(at.timestamp(), abs=0.01) and started("dated") >= at.timestamp()
+
+
+async def test_cancel_while_waiting_is_canceled_at_once_and_never_runs(broker_url):
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("called-off"), delay=1.5)
+        await queue.cancel_job(job_id, reason="not today")
+        result = await queue.get_job_result(job_id, timeout=10)
+        # Canceled while it still waited, not when it reached a worker
+        assert result.status is JobStatus.CANCELED and result.finished_at < result.not_before
+        assert result.error.message == "not today" and result.attempts == 0
+        # it arrives, and the worker skips it
+        await eventually(lambda: worker.stats.canceled == 1, timeout=15)
+    assert [c for c in providers.CALLS if c["name"] == "called-off"] == []
+    assert queue.index.duplicates == 1  # the worker's Canceled came second and was ignored
+
+
+async def test_a_worker_started_after_the_cancel_still_skips_the_waiting_job(broker_url):
+    # The cancel is older than the worker's cancel window: a worker reads the control stream back over the
+    # longest delay too, so it still knows of the cancel when the job arrives.
+    async with client(broker_url) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("forgotten"), delay=1.0)
+        await queue.cancel_job(job_id)
+        assert (await queue.get_job_result(job_id, timeout=10)).status is JobStatus.CANCELED
+        async with running_worker(broker_url, providers.registry, cancel_window=0.001) as worker:
+            await eventually(lambda: worker.stats.canceled == 1, timeout=15)
+    assert providers.CALLS == []
+
+
+async def test_a_job_that_arrives_early_waits_for_its_time(broker_url):
+    # A job whose not_before is still ahead when it reaches a worker (clocks differ, or it was published
+    # straight to the job queue) goes back into the cascade instead of starting early.
+    async with running_worker(broker_url, providers.registry), client(broker_url) as queue:
+        job = Job.model_validate(
+            {
+                "provider_namespace": NS,
+                "resource_type": TYPE,
+                "operation": "create",
+                "request": request("early"),
+                "not_before": time.time() + 1.5,
+            }
+        )
+        await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
+        result = await queue.get_job_result(job.id, timeout=15)
+    assert result.status is JobStatus.SUCCEEDED
+    assert job.not_before <= started("early") < job.not_before + LATE
+
+
+async def test_the_maximum_delay_is_accepted_and_more_is_refused(broker_url):
+    limit = {"job_max_delay": 0.5}
+    async with running_worker(broker_url, providers.registry, **limit), client(broker_url, **limit) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("at-limit"), delay=0.5)
+        assert (await queue.get_job_result(job_id, timeout=15)).status is JobStatus.SUCCEEDED
+        for bad in (0.501, -1, math.nan, math.inf, True, "5"):
+            with pytest.raises(ValueError, match=r"from 0 to 0.5 \(CPW_JOB_MAX_DELAY\)"):
+                await queue.submit_job(NS, TYPE, "create", request("over"), delay=bad)
+        from datetime import datetime
+
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await queue.submit_job(NS, TYPE, "create", request("naive"), not_before=datetime.now())
+    assert [c["name"] for c in providers.CALLS] == ["at-limit"]
+
+
+async def test_waiting_jobs_are_counted_in_the_queue_stats(broker_url):
+    async with client(broker_url) as queue:
+        for i in range(3):
+            await queue.submit_job(NS, TYPE, "create", request(f"w{i}"), delay=60)
+        stats = await queue.get_queue_stats()
+    assert (stats.delayed, stats.ready) == (3, 0)
+
+
+def early_job(name: str, ahead: float) -> Job:
+    """A job whose not_before is `ahead` seconds away, to publish straight to the job queue (as if a
+    worker's clock ran behind the broker's): the worker that takes it sends it back into the cascade."""
+    return Job.model_validate(
+        {
+            "provider_namespace": NS,
+            "resource_type": TYPE,
+            "operation": "create",
+            "request": request(name),
+            "not_before": time.time() + ahead,
+        }
+    )
+
+
+async def parked(queue) -> bool:  # noqa: ANN001
+    return (await queue.get_queue_stats()).delayed == 1
+
+
+async def test_an_early_job_sent_back_by_a_worker_runs_when_it_comes_back_to_that_worker(broker_url):
+    # Classic queue: a lost delivery makes the job a hand-back copy with a delivery count; that copy is
+    # early, so it goes into the cascade; back from it, it carries the count (so it is checked against
+    # the attempts this worker settled) and must run, here: the cascade's ack settled nothing.
+    async with client(broker_url) as queue:
+        job = early_job("early-again", 5.0)
+        await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
+        await lose_a_delivery(broker_url)
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as worker:
+            await eventually(lambda: parked(queue))
+            result = await queue.get_job_result(job.id, timeout=15)
+        assert worker.stats.redelivered == 1
+    assert result is not None and result.status is JobStatus.SUCCEEDED
+    assert job.not_before <= started("early-again") < job.not_before + LATE
+
+
+async def test_an_early_job_sent_back_keeps_its_delivery_count_through_the_cascade(broker_url):
+    # CPW_QUEUE_DELIVERY_LIMIT=1: a lost delivery, a trip through the cascade (a deliberate hand-back:
+    # not counted, not reset), then a second lost delivery: over the limit, dead-lettered, never run.
+    async with client(broker_url) as queue:
+        job = early_job("lost-twice", 4.0)
+        await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
+        await lose_a_delivery(broker_url)
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1):
+            await eventually(lambda: parked(queue))
+        back = await lose_a_delivery(broker_url)  # out of the cascade at its not_before
+        assert not back.redelivered and back.headers[DELIVERY_COUNT] == 1
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as worker:
+            result = await queue.get_job_result(job.id, timeout=10)
+            letters = await list_dead_letters(worker.broker)
+    assert result is not None and result.status is JobStatus.FAILED
+    assert result.error is not None and result.error.code == "DeliveryLimitExceeded"
+    assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(job.id, "delivery-limit")]
+    assert providers.CALLS == []

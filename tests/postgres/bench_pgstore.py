@@ -1,0 +1,269 @@
+"""PostgreSQL operation store benchmark (issue 19): one line,
+
+    pgstore: jobs=1000000 api_ready_s=T api_rss_mib=R projector_events_per_s=E lag_p99_ms=L list_p99_ms=P http_jobs_per_s=H
+
+and a second with what stands behind it (bytes per row, the stream mode's jobs/s, ...).
+
+Run: .venv/bin/python -m pytest tests/postgres/bench_pgstore.py -m bench -s -o addopts="" (part of `make bench`;
+CPW_BENCH_PG_JOBS, default 1000000). How each number is taken:
+- api_ready_s, api_rss_mib, list_p99_ms: the rows are loaded with COPY straight into `cpw_jobs` (spread over
+  ten daily partitions, 90% one tenant's): the API reads rows, so how they got there does not matter, and
+  projecting a million jobs first would take most of the run. Ready = spawn to /health/ready; RSS after the
+  list runs, next to the same process on the empty store. list: wrk, one connection, 5 s, `GET /jobs` first
+  page (100 jobs) and a page deep in the tenant's jobs with a status filter (skipToken); the worse p99.
+- projector_events_per_s: N finished jobs (an Accepted and a Succeeded record each, 256 events per stream
+  message) published to a real stream first, then one `cpw indexer` process projects them into the table
+  of a million rows; events / (last applied - first applied).
+- lag_p99_ms: 500 jobs/s (a message of 5 jobs' Accepted + Succeeded every 10 ms) published while that
+  projector follows; a job's lag = its publish to the projector's NOTIFY of it ended (the row committed).
+- http_jobs_per_s: bench_http's end to end (3,000 PUTs, 64 in flight, until /stats counts them
+  Succeeded) with one API and one worker, in stream-index mode and then on PostgreSQL (+ one projector,
+  a fresh database), same run.
+Goals: ready <= 2 s and RSS within 20 MiB of the empty store's at 1,000,000 jobs; projector >= 3x the SDK
+path's completed jobs/s (docs/benchmarks.md, 1,838) in events; lag p99 <= 250 ms at 500 jobs/s; list p99
+<= 50 ms; HTTP jobs/s >= 0.8x the stream mode's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import asyncpg
+import orjson
+import pytest
+
+from controlplane_api.pgpartitions import MIGRATE_LOCK, add_days, day_of
+from controlplane_api.pgschema import CHANNEL, migrate
+from controlplane_api.projection import COLUMNS
+from controlplane_workers.broker import open_broker
+from controlplane_workers.broker.base import KIND
+from controlplane_workers.events import BATCH
+from controlplane_workers.ids import new_job_id
+from controlplane_workers.topology import Topology
+from tests.api.bench_http import end_to_end, percentiles, wrk
+from tests.api.bench_index import fill
+from tests.api.support import start_api, start_worker, wait_ready
+from tests.postgres.test_projector import start_indexer
+from tests.support.postgres import PostgresServer
+from tests.support.proc import rss_bytes
+
+pytestmark = [pytest.mark.bench, pytest.mark.rabbitmq, pytest.mark.timeout(3600)]
+JOBS = int(os.environ.get("CPW_BENCH_PG_JOBS", "1000000"))
+PROJECTED = int(os.environ.get("CPW_BENCH_PG_PROJECTED", "100000"))  # jobs (2 events each) for the projector
+DAYS = 10
+SDK_JOBS_PER_S = 1838  # docs/benchmarks.md: the SDK path's completed jobs/s, median
+# One tenant at full speed: the benchmark measures the store, not the per-tenant limits.
+QUIET = {"CPW_LOG_LEVEL": "ERROR", "CPW_API_TENANT_MAX_QUEUED": 10_000_000, "CPW_API_TENANT_RATE": 0}
+GET = 'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer token-a"\n'
+
+
+async def new_database(server: PostgresServer) -> str:
+    name = f"b_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server.url())
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    return server.url(name)
+
+
+def rows(jobs: int, now: float):  # noqa: ANN201
+    """`jobs` finished rows over the last DAYS days, oldest first; 90% tenant-a, 0.1% still running."""
+    result = orjson.dumps({"name": "vm", "type": "Demo.Compute/virtualMachines", "properties": {"vmSize": "D2"}})
+    for i in range(jobs):
+        at = now - DAYS * 86_400 * (1 - i / jobs)
+        running = i % 1000 == 0
+        row = {
+            "job_id": new_job_id(at), "status": "Running" if running else "Succeeded", "terminal": not running,
+            "namespace": "Demo.Compute", "resource_type": "virtualMachines", "operation": "create",
+            "resource_name": f"vm{i}", "tenant": "tenant-b" if i % 10 == 0 else "tenant-a", "priority": 5,
+            "attempts": 1, "worker_id": "w-1", "submitted_at": at, "started_at": at + 0.1,
+            "finished_at": None if running else at + 0.5, "result": None if running else result.decode(),
+            "duplicates": 0, "redrives": 0,
+        }  # fmt: skip
+        yield tuple(row.get(column) for column in COLUMNS)  # by name: a new column is NULL, not a shifted value
+
+
+async def load_rows(dsn: str, jobs: int) -> tuple[float, int]:
+    """COPY `jobs` rows in; (seconds, bytes of the table and its indexes)."""
+    now = time.time()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+            await add_days(conn, range(day_of(now) - DAYS, day_of(now) + 1))
+        started = time.perf_counter()
+        chunk: list[tuple] = []
+        for row in rows(jobs, now):
+            chunk.append(row)
+            if len(chunk) == 50_000:
+                await conn.copy_records_to_table("cpw_jobs", records=chunk, columns=COLUMNS)
+                chunk = []
+        if chunk:
+            await conn.copy_records_to_table("cpw_jobs", records=chunk, columns=COLUMNS)
+        await conn.execute("VACUUM ANALYZE cpw_jobs")
+        seconds = time.perf_counter() - started
+        size = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'cpw_jobs'::regclass"
+        )
+    finally:
+        await conn.close()
+    return seconds, int(size)
+
+
+async def timed_api(vhost_url: str, tmp_path, **env):  # noqa: ANN001, ANN003, ANN201
+    started = time.perf_counter()
+    api = await start_api(vhost_url, tmp_path, ready=False, **QUIET, **env)
+    await wait_ready(api, f"{api.ops_url}/health/ready", timeout=120)
+    return api, time.perf_counter() - started
+
+
+async def projector_rate(vhost_url: str, dsn: str, tmp_path) -> tuple[float, object]:  # noqa: ANN001
+    """Events/s of one `cpw indexer` catching up with PROJECTED finished jobs already on the stream."""
+    await fill(vhost_url, PROJECTED)
+    indexer = start_indexer(vhost_url, dsn, tmp_path, "bench", batch=32)
+    conn = await asyncpg.connect(dsn)
+    try:
+        target, first = 2 * PROJECTED, None
+        while True:
+            events = await conn.fetchval("SELECT events FROM cpw_projector") or 0
+            if first is None and events > 0:
+                first = (time.perf_counter(), events)
+            if events >= target:
+                break
+            assert indexer.proc.poll() is None, indexer.output()[-2000:]
+            await asyncio.sleep(0.05)  # a progress counter in a table: nothing to await
+        assert first is not None
+        return (events - first[1]) / (time.perf_counter() - first[0]), indexer
+    finally:
+        await conn.close()
+
+
+async def lag_p99(vhost_url: str, dsn: str, rate: int = 500, seconds: float = 10.0) -> tuple[float, int]:
+    """p99 ms from a job's publish to the projector's NOTIFY of it ended, at `rate` jobs/s; (p99, jobs)."""
+    sent: dict[str, float] = {}
+    lags: list[float] = []
+    everything = asyncio.Event()
+
+    def ended(_c: object, _p: int, _ch: str, payload: str) -> None:
+        now = time.perf_counter()
+        for job_id in payload.split(","):
+            if job_id in sent:
+                lags.append(now - sent.pop(job_id))
+        if not sent and done_publishing:
+            everything.set()
+
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener(CHANNEL, ended)
+    publisher = open_broker(vhost_url, Topology(), name="bench-lag")
+    await publisher.connect()
+    done_publishing = False
+    try:
+        per_tick, tick = 5, 5 / rate
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n in range(int(seconds / tick)):
+            await asyncio.sleep(max(0.0, start + n * tick - loop.time()))  # the offered load's pacing
+            events, now = [], time.time()
+            for _ in range(per_tick):
+                job_id = new_job_id()
+                job = {"id": job_id, "provider_namespace": "N", "resource_type": "t", "operation": "create",
+                       "request": {"resource_name": "r"}, "tenant": "tenant-a", "submitted_at": now}  # fmt: skip
+                events.append(orjson.dumps({"job_id": job_id, "type": "accepted", "at": now, "job": job}))
+                events.append(orjson.dumps({"job_id": job_id, "type": "succeeded", "at": now, "attempt": 1}))
+                sent[job_id] = time.perf_counter()
+            await publisher.publish_events([(b"[" + b",".join(events) + b"]", {KIND: BATCH})])
+        done_publishing = True
+        if sent:
+            await asyncio.wait_for(everything.wait(), 60)
+    finally:
+        await publisher.close()
+        await listener.close()
+    lags.sort()
+    return 1000 * lags[min(len(lags) - 1, int(len(lags) * 0.99))], len(lags)
+
+
+async def list_p99(api_url: str, dsn: str, tmp_path) -> list[tuple[float, float]]:  # noqa: ANN001
+    """wrk's (p99 ms, req/s) of the first page and of a page deep in tenant-a's jobs, by status: one
+    connection (a latency, not a throughput: more would queue behind each other in the one process)."""
+    conn = await asyncpg.connect(dsn)
+    deep = await conn.fetchval(
+        "SELECT job_id FROM cpw_jobs WHERE tenant = 'tenant-a' ORDER BY job_id DESC OFFSET 400000 LIMIT 1"
+    )
+    await conn.close()
+    script = tmp_path / "get.lua"
+    script.write_text(GET)
+    found = []
+    for query in ("", f"&status=Succeeded&skipToken={deep}"):
+        rate, out = wrk(f"{api_url}/jobs?api-version=2024-01-01{query}", str(script), seconds=5, connections=1)
+        found.append((percentiles(out)["99"] * 1000, rate))
+    return found
+
+
+async def http_rate(vhost_url: str, tmp_path, n: int = 3000, **env) -> float:  # noqa: ANN001, ANN003
+    api = await start_api(vhost_url, tmp_path, **QUIET, **env)
+    worker = await start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=200, CPW_LOG_LEVEL="ERROR")
+    try:
+        seconds, _ = await end_to_end(api.url, n)
+    finally:
+        worker.stop()
+        api.stop()
+    return n / seconds
+
+
+async def test_pgstore_benchmark(rabbitmq, postgres, tmp_path):
+    dsn = await new_database(postgres)
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    pg = {"CPW_API_STORE": "postgresql", "CPW_POSTGRES_URL": dsn}
+    indexer = None
+    try:
+        empty, empty_ready_s = await timed_api(url, tmp_path, **pg)
+        empty_rss = rss_bytes(empty.proc.pid) / 2**20
+        empty.stop()
+        load_s, size = await load_rows(dsn, JOBS)
+        api, ready_s = await timed_api(url, tmp_path, **pg)
+        try:
+            lists = await list_p99(api.url, dsn, tmp_path)
+            list_ms = max(p99 for p99, _ in lists)
+            rss = rss_bytes(api.proc.pid) / 2**20
+        finally:
+            api.stop()
+        events_per_s, indexer = await projector_rate(url, dsn, tmp_path)
+        lag_ms, lag_jobs = await lag_p99(url, dsn)
+    finally:
+        if indexer is not None:
+            indexer.stop()  # type: ignore[attr-defined]
+        rabbitmq.delete_vhost(vhost)
+
+    stream_vhost, pg_vhost = rabbitmq.new_vhost(), rabbitmq.new_vhost()
+    e2e_dsn = await new_database(postgres)
+    try:
+        stream_rate = await http_rate(rabbitmq.url_for(stream_vhost), tmp_path)
+        e2e_indexer = start_indexer(rabbitmq.url_for(pg_vhost), e2e_dsn, tmp_path, "e2e", batch=32)
+        try:
+            pg_rate = await http_rate(
+                rabbitmq.url_for(pg_vhost), tmp_path, CPW_API_STORE="postgresql", CPW_POSTGRES_URL=e2e_dsn
+            )
+        finally:
+            e2e_indexer.stop()
+    finally:
+        rabbitmq.delete_vhost(stream_vhost)
+        rabbitmq.delete_vhost(pg_vhost)
+
+    print(
+        f"\npgstore: jobs={JOBS} api_ready_s={ready_s:.2f} api_rss_mib={rss:.0f} "
+        f"projector_events_per_s={events_per_s:.0f} lag_p99_ms={lag_ms:.0f} list_p99_ms={list_ms:.1f} "
+        f"http_jobs_per_s={pg_rate:.0f}"
+    )
+    print(
+        f"pgstore detail: empty_api_ready_s={empty_ready_s:.2f} empty_api_rss_mib={empty_rss:.0f} "
+        f"rss_growth_mib={rss - empty_rss:.0f} bytes_per_row={size / JOBS:.0f} table_mib={size / 2**20:.0f} "
+        f"list_first_p99_ms={lists[0][0]:.1f} list_deep_p99_ms={lists[1][0]:.1f} "
+        f"list_req_per_s={lists[0][1]:.0f}/{lists[1][1]:.0f} copy_s={load_s:.0f} projected_events={2 * PROJECTED} lag_jobs={lag_jobs} "
+        f"stream_http_jobs_per_s={stream_rate:.0f} http_ratio={pg_rate / stream_rate:.2f} "
+        f"projector_vs_sdk={events_per_s / SDK_JOBS_PER_S:.1f}x cpus={os.cpu_count()} "
+        f"load_avg={os.getloadavg()[0]:.1f}"
+    )
