@@ -360,7 +360,7 @@ do together, see [architecture.md](architecture.md), [operations.md](operations.
 
 ## Environment variables
 
-`cpw worker` and `cpw dlq` read the core's settings model (`worker/controlplane_workers/settings.py`,
+`cpw worker`, `cpw dlq` and `cpw queues` read the core's settings model (`worker/controlplane_workers/settings.py`,
 pydantic-settings); `cpw api` and `cpw dev` read the API's, which adds the `CPW_API_*` settings to it
 (`api-adapter/controlplane_api/settings.py`):
 

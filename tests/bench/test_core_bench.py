@@ -42,7 +42,8 @@ async def _submit_all(submit, n: int) -> None:
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True) -> float:
+async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True, readback: float = 0.0) -> float:
+    """`readback`: CPW_RESULTS_READBACK for the worker and the submitter (a cluster's default is 5)."""
     worker = CpwProcess(
         "worker",
         {
@@ -51,11 +52,12 @@ async def project_round(url: str, tmp: Path, accepted_on_stream: bool = True) ->
             "CPW_MAX_CONCURRENT_JOBS": str(CONCURRENCY),
             "CPW_LOG_LEVEL": "WARNING",
             "CPW_ACCEPTED_ON_STREAM": str(accepted_on_stream).lower(),
+            "CPW_RESULTS_READBACK": str(readback),
         },
         tmp / "worker.log",
     ).start()
     await asyncio.to_thread(worker.wait_ready)
-    settings = fast_settings(url, accepted_on_stream=accepted_on_stream)
+    settings = fast_settings(url, accepted_on_stream=accepted_on_stream, results_readback=readback)
     queue = JobQueue(url, settings=settings, replay_from="next")
     await queue.connect()
     try:
@@ -143,6 +145,7 @@ def test_core_throughput_against_raw_aio_pika(rabbitmq, tmp_path):
         "raw aio-pika": lambda url: raw_round(url),
         "JobQueue+cpw worker": lambda url: project_round(url, tmp_path),
         "  without Accepted copy": lambda url: project_round(url, tmp_path, accepted_on_stream=False),
+        "  with readback": lambda url: project_round(url, tmp_path, readback=5.0),
     }
     runs: dict[str, list[float]] = {name: [] for name in systems}
     for _ in range(ROUNDS):  # alternate the systems, so drift on the machine hits all alike
@@ -164,9 +167,11 @@ def test_core_throughput_against_raw_aio_pika(rabbitmq, tmp_path):
         )
     print(f"  worker start->ready {start_s:.2f}s   idle RSS {rss_mb:.1f} MB")
     project, lean = median["JobQueue+cpw worker"], median["  without Accepted copy"]
+    readback = median["  with readback"]
     print(
         f"bench-core: project_jobs_per_s={project:.0f} project_no_accepted_copy_jobs_per_s={lean:.0f} "
         f"raw_aio_pika_jobs_per_s={raw:.0f} ratio_raw={project / raw:.2f} "
-        f"ratio_raw_no_copy={lean / raw:.2f} "
+        f"ratio_raw_no_copy={lean / raw:.2f} readback_jobs_per_s={readback:.0f} "
+        f"readback_ratio={readback / project:.2f} "
         f"start_to_ready_s={start_s:.2f} idle_rss_mb={rss_mb:.1f}"
     )

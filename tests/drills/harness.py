@@ -265,6 +265,10 @@ class Load:
         self.tasks: set[asyncio.Task] = set()
         self._api = itertools.count()
 
+    def stop(self) -> None:
+        """Submit nothing more from now on (a load that lasts as long as a fault does)."""
+        self.duration = min(self.duration, time.monotonic() - self.started)
+
     def url(self, shift: int = 0) -> str:
         urls = self.cluster.api_urls
         return urls[(next(self._api) + shift) % len(urls)]

@@ -2,7 +2,7 @@
 
 Four scenarios, each in a vhost of its own (fresh declarations, leaders placed anew), while a
 submitter (the SDK's JobQueue) offers jobs at a steady rate to a real `cpw worker`, both on
-haproxy's one URL:
+haproxy's one URL; in `kill` and `rolling` a real `cpw api` on the same URL takes HTTP submissions too:
 
 - `kill`: SIGKILL of the node that leads `provider.jobs` (quorum) and the streams, started again a
   few seconds later (a pod restart);
@@ -11,15 +11,16 @@ haproxy's one URL:
 - `lost`: the jobs queue's leader killed, its data removed, forgotten by the cluster, and a fresh
   node under its name joins (a pod on a new volume);
 - `classic`: the `kill` with a classic jobs queue, to measure what a cluster does not give it;
-- `lost-retrying`: `lost` while jobs wait for their retry in the delay queues, which stay classic.
+- `lost-retrying`: `lost` while jobs wait for their retry in the delay queues (quorum queues, as the jobs queue).
 
-Every accepted job must reach exactly one terminal state (for `rolling`, `classic` and `lost-retrying` the
-losses are measured and reported, not asserted: they document known limits), and the worker's log must stay a few lines per
+Every accepted job must reach exactly one terminal state (for `classic` and `lost-retrying` the losses are
+measured and reported, not asserted: they document known limits), and the worker's log must stay a few lines per
 restart: one per state change, not one per retry (issue 22: 356 tracebacks in 2 s).
 
 `[small]` (`kill` alone, ~45 s with the cluster's start) runs in `make test`; `[full]` (marker `drill`,
-every scenario) in `make drill`. The rolling restart stays out of `make test`: it loses confirmed stream
-writes on RabbitMQ 3.10.8 in about half the runs (a broker limit, measured and documented).
+every scenario) in `make drill`. The rolling restart stays out of `make test` for its length (~2 min);
+RabbitMQ 3.10.8 loses confirmed stream writes in it in about half the runs, which the processes' read-back
+of their own records (CPW_RESULTS_READBACK) makes up for.
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controlplane_workers import JobQueue, JobStatus
+from controlplane_workers.broker.base import StreamMessage
 from controlplane_workers.errors import BrokerUnavailable, UnroutableJob
+from controlplane_workers.readback import BATCH_ID
+from tests.api.support import start_api
+from tests.drills.harness import TERMINAL, Load
 from tests.drills.test_drills import sized
 from tests.support.cluster import RabbitMQCluster, own_cluster
 from tests.support.harness import client, request
@@ -77,7 +84,7 @@ class ClusterAccount:
 
 
 CLUSTER_RESULTS: list[ClusterAccount] = []
-_STARTED: list[CpwProcess] = []
+_STARTED: list[Any] = []  # CpwProcess and tests.api.support.Proc: both stop()
 
 
 def summary(accounts: list[ClusterAccount]) -> str:
@@ -96,6 +103,22 @@ def summary(accounts: list[ClusterAccount]) -> str:
             line += f" | {a.scenario} (measured limit): accepted={a.accepted} terminal={a.terminal} lost={a.lost}"
             line += f" recovery_s={a.recovery_s:.1f} {a.limit}"
     return line
+
+
+@dataclass
+class _Apis:
+    """What the HTTP load generator needs of a drill's processes: the API URLs to submit to."""
+
+    api_urls: list[str]
+
+
+# CPW_DRILL_REPEAT=N runs `rolling` and `lost` N times on the one cluster (each in a vhost of its own):
+# their losses came in some runs only.
+RUNS = range(int(os.environ.get("CPW_DRILL_REPEAT", "1")))
+
+
+def vhost_of(scenario: str, size: str, run: int = 0) -> str:
+    return f"cpw-{scenario}-{size}" + (f"-{run}" if run else "")
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +176,26 @@ def _lines_since(path: Path, offset: int) -> list[str]:
         return f.read().decode(errors="replace").splitlines()
 
 
+async def _batches_twice(replica: JobQueue) -> str:
+    """Batch ids that appear more than once on the results stream, read from its start, of all it holds."""
+    copies: Counter[str] = Counter()
+    last = -1
+
+    def count(messages: Sequence[StreamMessage]) -> None:
+        nonlocal last
+        for message in messages:
+            last = message.offset
+            if BATCH_ID in message.headers:
+                copies[str(message.headers[BATCH_ID])] += 1
+
+    reader = await replica.broker.follow(replica.topology.results_stream, count, "first")
+    deadline = time.monotonic() + 60
+    while last < replica.index.last_offset and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # a reader has no event for "caught up"
+    await reader.cancel()
+    return f"{sum(n > 1 for n in copies.values())}/{len(copies)}"
+
+
 @contextlib.asynccontextmanager
 async def _client(url: str, **overrides: object) -> AsyncIterator[JobQueue]:
     """The harness's client, its connection retried for a while: right after a node was replaced, a
@@ -188,14 +231,27 @@ async def run_drill(
     script: Callable[[int], str] = lambda n: "ok",
     asserted: bool = True,
     worker_settings: dict[str, str] | None = None,
+    readback: bool = True,
+    api_rate: int = 0,
+    run: int = 0,
 ) -> tuple[ClusterAccount, Outcomes, Fault]:
-    """Steady load from before the fault until `tail_s` after it, then every accepted job waited for."""
-    url = cluster.add_vhost(f"cpw-{scenario}-{size}")
+    """Steady load from before the fault until `tail_s` after it, then every accepted job waited for.
+
+    `api_rate`: jobs/s submitted through a real `cpw api` on haproxy's URL as well (the drills' HTTP load
+    generator, Idempotency-Key retries included), each watched to its end over HTTP and then read by a
+    second stream reader; its jobs count in accepted, terminal, lost and duplicates with the SDK's.
+
+    `readback=False` turns off CPW_RESULTS_READBACK (on by default with replicated streams), to show
+    what it guards against."""
+    url = cluster.add_vhost(vhost_of(scenario, size, run))
     worker_log = tmp_path / f"worker-{scenario}.log"
     outcomes, done = Outcomes(), Fault()
     sdk_log = _Records()  # what the submitter (the SDK, in this process) logged about the broker
     # What the chart sets with its operator cluster: the streams created on all three nodes.
-    replicas = {"stream_replicas": len(cluster.nodes)}
+    replicas: dict[str, object] = {"stream_replicas": len(cluster.nodes)}
+    if not readback:
+        replicas["results_readback"] = 0
+        worker_settings = {**(worker_settings or {}), "CPW_RESULTS_READBACK": "0"}
     env = worker_env(
         url,
         CPW_WORKER_ID="w1",
@@ -207,9 +263,17 @@ async def run_drill(
     worker = CpwProcess("worker", env, worker_log)
     _STARTED.append(worker)  # stopped by the fixture too: a timeout interrupts the loop, not this coroutine
     logging.getLogger("controlplane_workers.broker").addHandler(sdk_log)
+    api: Any = None
+    http = Load(_Apis([]), rate=max(api_rate, 1), count=10**6, duration=10**6, script=script)
+    api_disagree = 0
     try:
         worker.start()
         await asyncio.to_thread(worker.wait_ready, 60)
+        if api_rate:
+            api_env = {k: v for k, v in env.items() if k not in ("CPW_WORKER_ID", "CPW_PROVIDERS")}
+            api = await start_api(url, tmp_path, **api_env)
+            _STARTED.append(api)
+            http.cluster = _Apis([api.url])
         async with _client(url, queue_type=queue_type, publish_timeout=5.0, **replicas) as queue:
             waiters: set[asyncio.Task[None]] = set()
             stop_load = asyncio.Event()
@@ -240,16 +304,21 @@ async def run_drill(
                 await asyncio.gather(*submissions)
 
             loading = asyncio.create_task(load())
+            http_loading = asyncio.create_task(http.run()) if api_rate else None
             await asyncio.sleep(fault_at)  # the scenario: the fault comes while the load runs
             log_offset = _log_size(worker_log)
             await fault(done)
             await asyncio.sleep(tail_s)  # the scenario: load goes on after the cluster is whole again
             stop_load.set()
+            http.stop()
             await loading
+            if http_loading is not None:
+                await http_loading
             if waiters:
                 await asyncio.wait(waiters, timeout=settle_s)
             for waiter in waiters:
                 waiter.cancel()
+            await http.wait(settle_s)
             restart_lines = _lines_since(worker_log, log_offset)
             # A second reader from the start of the stream must agree on every outcome (another replica).
             async with _client(url, queue_type=queue_type, **replicas) as replica:
@@ -257,6 +326,15 @@ async def run_drill(
                 for job_id, status in outcomes.statuses.items():
                     other = await replica.get_job_result(job_id, timeout=30)
                     disagree += other is None or other.status is not status
+                for record in http.records:  # the API's jobs: the stream must say what the API said
+                    seen = {view for _, view in record.views}
+                    if record.job_id and seen:
+                        other = await replica.get_job_result(record.job_id, timeout=30)
+                        statuses = {view[0] for view in seen}
+                        api_disagree += len(seen) > 1 or other is None or other.status.value not in statuses
+                # Forensics of readback: a batch published again whose first copy is on the stream after all
+                # was sent in vain (a reader that skipped it); one copy only: it was missing.
+                done.notes["batches_on_stream_twice"] = await _batches_twice(replica)
                 # Forensics of a job the submitter never saw end: did its end reach the stream at all?
                 unseen = [j for j in outcomes.accepted if j not in outcomes.finished]
                 answers = await asyncio.gather(*(replica.get_job_result(j, timeout=5) for j in unseen))
@@ -274,20 +352,41 @@ async def run_drill(
                     done.notes["unseen_accepted_s_after_fault"] = f"{when[0]:.1f}..{when[-1]:.1f}"
                     done.notes["faults_s"] = ",".join(f"{m - t0:.1f}" for m in done.moments)
             ignored = queue.index.duplicates
+            # Read-your-write (CPW_RESULTS_READBACK, on with replicated streams): records published again
+            # because they were confirmed and not read back.
+            done.notes["accepted_republished"] = str(queue.events.republished)
+            done.notes["accepted_read_twice"] = str(queue.events.read_twice)
         with contextlib.suppress(Exception):  # what the worker ran: tells a job never run from an outcome lost
             status = worker.status()
             done.notes["worker_processed"] = str(status.get("jobs_processed"))
             done.notes["worker_ack_lost"] = str(status.get("ack_lost"))
+            done.notes["outcomes_republished"] = str(status.get("outcomes_republished"))
+            done.notes["outcomes_read_twice"] = str(status.get("outcomes_read_twice"))
     finally:
         logging.getLogger("controlplane_workers.broker").removeHandler(sdk_log)
+        await http.close()
         worker.stop()
-    accepted, terminal = len(outcomes.accepted), len(outcomes.finished)
+        if api is not None:
+            api.stop()
+        with contextlib.suppress(Exception):  # the next drill's forget/grow then has fewer queues to change
+            await asyncio.to_thread(cluster.delete_vhost, vhost_of(scenario, size, run))
+    api_accepted = [r for r in http.records if r.job_id]
+    api_terminal = sum(any(view[0] in TERMINAL for _, view in r.views) for r in api_accepted)
+    if api_rate:
+        errors = ",".join(f"{k}:{v}" for k, v in sorted(http.submit_errors.items())) or "none"
+        done.notes["api"] = (
+            f"accepted={len(api_accepted)}/terminal={api_terminal}/disagree={api_disagree}/"
+            f"gave_up={sum(r.gave_up is not None for r in http.records)}/submit_errors={errors}"
+        )
+    accepted = len(outcomes.accepted) + len(api_accepted)
+    terminal = len(outcomes.finished) + api_terminal
+    disagree += api_disagree
     tracebacks = sum("Traceback" in line for line in restart_lines)
     recovery = max((outcomes.recovery(m) for m in done.moments), default=0.0)
     notes = " ".join(f"{k}={v}" for k, v in done.notes.items())
     detail = (
         f"not_accepted={len(outcomes.not_accepted)} ignored_dup_events={ignored} tracebacks={tracebacks} "
-        f"submitter_log_lines={len(sdk_log.records)} load={rate}/s {notes}"
+        f"submitter_log_lines={len(sdk_log.records)} load={rate}/s+api:{api_rate}/s {notes}"
     )
     account = ClusterAccount(
         scenario, size, accepted, terminal, accepted - terminal, disagree, recovery, len(restart_lines),
@@ -336,22 +435,25 @@ async def test_the_node_leading_the_jobs_queue_and_streams_killed_and_restarted(
     await run_drill(
         whole_cluster, tmp_path, scenario="kill", size=size, queue_type="quorum", rate=sized(size, 50, 100),
         fault_at=sized(size, 1.5, 10.0), tail_s=sized(size, 2.0, 30.0), settle_s=sized(size, 60, 180),
-        fault=_kill_and_restart(whole_cluster, "provider.jobs", f"cpw-kill-{size}", down_s),
+        fault=_kill_and_restart(whole_cluster, "provider.jobs", vhost_of("kill", size), down_s),
+        api_rate=sized(size, 0, 30),  # [small] stays lean for make test: the SDK alone
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("size", [FULL])
-@pytest.mark.timeout(360)
-async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
-    """Measured, not asserted: on RabbitMQ 3.10.8 a graceful stop of the node leading the streams lost
-    about a second of confirmed stream writes in half the runs (docs/reliability.md). What is asserted:
-    the worker ran every accepted job, and a job the submitter never saw end is missing from the stream
-    altogether (its Accepted record too), so the loss is the broker's, not a reader's or the worker's."""
-    vhost = f"cpw-rolling-{size}"
+@pytest.mark.timeout(480)  # without the read-back a lost job is waited for until the settle time, twice (SDK, API)
+async def test_a_rolling_restart_of_every_node(size, run, whole_cluster, tmp_path):
+    """On RabbitMQ 3.10.8 a graceful stop of the node leading the streams lost about a second of confirmed
+    stream writes in about half the runs (docs/reliability.md). The worker and the submitter read their
+    records back (CPW_RESULTS_READBACK, on with replicated streams) and publish again what they do not
+    find, so nothing is lost: asserted. CPW_DRILL_NO_READBACK=1 turns readback off to show the loss
+    (measured then, not asserted); CPW_DRILL_NO_STREAM_SYNC=1 restarts the next node without waiting for
+    the streams to catch up, which lost writes more often."""
+    vhost = vhost_of("rolling", size, run)
     replicated = [(vhost, "provider.jobs"), (vhost, "provider.results"), (vhost, "provider.control")]
-    # Restarting the next node while the last one's stream replicas still caught up lost a range of
-    # confirmed stream writes (RabbitMQ 3.10.8, docs/reliability.md); CPW_DRILL_NO_STREAM_SYNC=1 shows it.
     streams = [] if os.environ.get("CPW_DRILL_NO_STREAM_SYNC") else replicated[1:]
+    readback = not os.environ.get("CPW_DRILL_NO_READBACK")
 
     async def fault(done: Fault) -> None:
         started = time.time()
@@ -363,24 +465,28 @@ async def test_a_rolling_restart_of_every_node(size, whole_cluster, tmp_path):
 
     account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="rolling", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=120, fault=fault, asserted=False,
+        fault_at=10.0, tail_s=20.0, settle_s=120 if readback else 45, fault=fault, asserted=readback,
+        readback=readback, api_rate=30,
+        run=run,
     )  # fmt: skip
-    unseen = account.lost
     on_stream = int(done.notes.get("unseen_by_submitter_but_on_stream", "0"))
-    account.limit = (
-        f"lost_confirmed_stream_writes={unseen - on_stream} worker_processed={done.notes.get('worker_processed')}"
+    account.limit = f"lost_confirmed_stream_writes={account.lost - on_stream} readback=off"
+    print(
+        f"  [rolling] readback={'on' if readback else 'off'} outcomes_republished="
+        f"{done.notes.get('outcomes_republished')} accepted_republished={done.notes.get('accepted_republished')} "
+        f"read_twice={done.notes.get('outcomes_read_twice')}/{done.notes.get('accepted_read_twice')}"
     )
-    print(f"  [rolling] {account.limit}")
     assert account.duplicates == 0 and on_stream == 0, account.line()
-    assert int(done.notes.get("worker_processed", "0")) >= account.accepted, "the worker must have run every job"
-    assert account.lines_per_restart < 30 and account.lost <= account.accepted // 20, account.line()
+    # A job whose ack was lost (its channel gone) is settled on its redelivery and not counted as processed.
+    ran = int(done.notes.get("worker_processed", "0")) + int(done.notes.get("worker_ack_lost", "0"))
+    assert ran >= account.accepted, "the worker must have run every job"
 
 
 @pytest.mark.parametrize("size", [FULL])
 @pytest.mark.timeout(360)
 async def test_a_classic_jobs_queue_whose_node_is_killed(size, whole_cluster, tmp_path):
     """Measured, not asserted: a classic queue lives on one node; what does the load see while it is away?"""
-    vhost = f"cpw-classic-{size}"
+    vhost = vhost_of("classic", size)
     account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="classic", size=size, queue_type="classic", rate=100,
         fault_at=10.0, tail_s=20.0, settle_s=180, fault=_kill_and_restart(whole_cluster, "provider.jobs", vhost, 10.0),
@@ -419,29 +525,47 @@ def _lose_and_replace(cluster: RabbitMQCluster, vhost: str):  # noqa: ANN202
     return fault
 
 
+@pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("size", [FULL])
 @pytest.mark.timeout(360)
-async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, whole_cluster, tmp_path):
+async def test_a_node_lost_for_good_and_replaced_by_a_fresh_one(size, run, whole_cluster, tmp_path):
     await run_drill(
-        whole_cluster, tmp_path, scenario="lost", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, f"cpw-lost-{size}"),
+        whole_cluster, tmp_path, scenario="lost", size=size, queue_type="quorum", rate=100, run=run,
+        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, vhost_of("lost", size, run)),
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("size", [FULL])
-@pytest.mark.timeout(360)
-async def test_a_node_lost_for_good_with_retries_waiting_in_its_classic_delay_queues(size, whole_cluster, tmp_path):
-    """Measured, not asserted: the delay queues (and the DLQ) are classic even beside a quorum jobs
-    queue, so a job waiting for its retry on the lost node is lost with it."""
-    account, outcomes, _ = await run_drill(
+@pytest.mark.timeout(480)  # a lost job is waited for until the settle time
+async def test_a_node_lost_for_good_with_retries_waiting_in_its_delay_queues(size, whole_cluster, tmp_path):
+    """Measured, not asserted: beside a quorum jobs queue the delay queues (and the DLQ) are quorum queues too,
+    yet on RabbitMQ 3.10.8 the jobs waiting in one at the loss were lost in two of four runs
+    (docs/reliability.md), as with the classic delay queues before. Asserted: only such jobs are lost."""
+    vhost = vhost_of("lost-retrying", size)
+    types: dict[str, str] = {}
+    lose = _lose_and_replace(whole_cluster, vhost)
+
+    async def fault(done: Fault) -> None:
+        for name in ("provider.jobs.dlq", "provider.jobs.retry.2"):
+            types[name] = whole_cluster.queue(name, vhost).get("type")
+        retry_leader = whole_cluster.queue("provider.jobs.retry.2", vhost).get("leader")
+        await lose(done)
+        done.notes["types"] = ",".join(f"{k.rsplit('.', 1)[-1]}:{v}" for k, v in types.items())
+        done.notes["retry_queue_leader_lost"] = str(retry_leader == done.notes.get("lost"))
+
+    account, outcomes, done = await run_drill(
         whole_cluster, tmp_path, scenario="lost-retrying", size=size, queue_type="quorum", rate=100,
-        fault_at=10.0, tail_s=20.0, settle_s=180, fault=_lose_and_replace(whole_cluster, f"cpw-lost-retrying-{size}"),
-        script=lambda n: "fail:1" if n % 10 == 0 else "ok", asserted=False,
+        fault_at=10.0, tail_s=20.0, settle_s=90, fault=fault, asserted=False,
+        script=lambda n: "fail:1" if n % 10 == 0 else "ok",
         worker_settings={"CPW_RETRY_BASE_DELAY": "3", "CPW_RETRY_MAX_DELAY": "3"},
     )  # fmt: skip
     lost = [j for j in outcomes.accepted if j not in outcomes.finished]
     retrying = sum(outcomes.scripts[j] != "ok" for j in lost)
-    account.limit = f"lost_while_waiting_for_a_retry={retrying} of {sum(v != 'ok' for v in outcomes.scripts.values())}"
-    print(f"  [lost-retrying] {account.limit}")
+    account.limit = (
+        f"lost_while_waiting_for_a_retry={retrying} of {sum(v != 'ok' for v in outcomes.scripts.values())} "
+        f"retry_queue_leader_lost={done.notes.get('retry_queue_leader_lost')}"
+    )
+    print(f"  [lost-retrying] {account.limit} side_queue_types={types}")
+    assert set(types.values()) == {"quorum"}, types
     assert retrying == len(lost), "only jobs waiting in a delay queue may be lost"
     assert account.duplicates == 0

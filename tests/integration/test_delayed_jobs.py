@@ -78,3 +78,13 @@ async def test_how_late_the_cascade_starts_jobs(vhost_url):
     )
     assert late[0] >= 0  # never early
     assert late[-1] < 1000  # a shared 2-core CI machine; idle, the p50 is ~10 ms
+
+
+async def test_a_delayed_job_on_a_quorum_install_starts_on_time(vhost_url):
+    """Beside a quorum job queue the delay cascade stays classic (docs/reliability.md) and delivers into it."""
+    quorum = {"queue_type": "quorum"}
+    async with running_worker(vhost_url, providers.registry, **quorum), client(vhost_url, **quorum) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("on-time"), delay=1.0)
+        result = await queue.get_job_result(job_id, timeout=20)
+    assert result.status is JobStatus.SUCCEEDED
+    assert result.not_before <= started("on-time") < result.not_before + 1.0

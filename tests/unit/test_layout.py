@@ -54,7 +54,7 @@ def test_without_the_adapter_cpw_offers_the_core_commands_only():
     result = run_core_alone("--help")
     assert result.returncode == 0, result.stderr
     commands = result.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert commands == ["worker", "config", "dlq"]
+    assert commands == ["worker", "config", "dlq", "queues"]
 
 
 def test_with_the_adapter_installed_cpw_offers_its_commands_too():

@@ -116,3 +116,21 @@ def test_json_logs_carry_job_and_worker_and_hide_passwords(monkeypatch):
     entry = json.loads(stream.getvalue())
     assert entry["worker_id"] == "w-1" and entry["job_id"] == "job-42" and entry["attempt"] == 2
     assert entry["message"] == "cannot reach amqp://admin:***@rabbit/" and entry["level"] == "WARNING"
+
+
+def test_a_burst_of_the_same_warning_is_one_line_then_one_with_the_count(caplog):
+    from controlplane_workers.logs import Bursts
+
+    now = [0.0]
+    bursts = Bursts(logging.getLogger("cpw.test.bursts"), every=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, "cpw.test.bursts"):
+        for _ in range(32):  # a node's loss hands back every job in flight at once
+            bursts.warning("job handed back")
+        bursts.warning("another kind")
+        now[0] = 10.0
+        bursts.warning("job handed back")
+    assert [r.getMessage() for r in caplog.records] == [
+        "job handed back",
+        "another kind",
+        "job handed back (31 more since the last such line)",
+    ]

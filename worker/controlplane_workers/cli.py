@@ -113,6 +113,30 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_queues(args: argparse.Namespace) -> int:
+    """`cpw queues migrate`: the DLQ and the delay queues made the job queue's type (migrate.py)."""
+    settings = _settings(args)
+    from .broker import open_broker
+    from .broker.rabbitmq import RabbitMQBroker
+    from .migrate import migrate_side_queues
+    from .topology import Topology
+
+    async def main() -> int:
+        broker = open_broker(settings.rabbitmq_url, Topology.from_settings(settings), name="cpw queues")
+        if not isinstance(broker, RabbitMQBroker):
+            print("cpw queues migrate: only RabbitMQ has queues to migrate", file=sys.stderr)
+            return 2
+        await broker.connect()
+        try:
+            done = await migrate_side_queues(broker)
+            print(f"migrated: {len(done)} (CPW_QUEUE_TYPE={settings.queue_type}); restart the workers and the API")
+            return 0
+        finally:
+            await broker.close()
+
+    return asyncio.run(main())
+
+
 def _dlq_through_api(args: argparse.Namespace) -> int:
     """`cpw dlq --api URL`: the same commands through the API's /deadLetters routes (an operator's token
     in CPW_API_TOKEN or CPW_API_TOKEN_FILE), for a shell that cannot reach the broker."""
@@ -209,6 +233,14 @@ def parser() -> argparse.ArgumentParser:
             "operator's token in CPW_API_TOKEN or CPW_API_TOKEN_FILE)",
         )
     dlq.set_defaults(func=cmd_dlq)
+
+    queues = sub.add_parser("queues", help="the queues beside the job queue")
+    queues_sub = queues.add_subparsers(dest="queues_command", required=True)
+    migrate = queues_sub.add_parser(
+        "migrate", help="make the DLQ and the delay queues the job queue's type (CPW_QUEUE_TYPE), keeping messages"
+    )
+    migrate.add_argument("--url", help="broker URL (CPW_RABBITMQ_URL)")
+    queues.set_defaults(func=cmd_queues)
     return p
 
 

@@ -4,6 +4,9 @@ While one batch is on its way to the broker, new events queue up and leave toget
 batch. An idle system sends each event alone at once; a busy one sends fewer, larger messages, so
 the broker writes and every reader parses one message per batch instead of one per job. Each
 caller still returns only once the batch holding its event was confirmed.
+
+With `readback` (CPW_RESULTS_READBACK) a confirmed batch counts once this process read it back from
+the stream (readback.py).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from collections.abc import Sequence
 import orjson
 
 from .broker import Broker
-from .broker.base import KIND
+from .broker.base import KIND, Headers, StreamMessage
+from .readback import BATCH, ReadBack, settle
 
-BATCH = "batch"  # KIND of a stream message whose body is a JSON array of events
+__all__ = ["BATCH", "EventBatcher", "accepted_record"]
+
 MAX_BATCH = 512
 MAX_IN_FLIGHT = 1  # one batch on its way at a time: bigger batches, ~7-10% less CPU per job (docs/benchmarks.md)
 
@@ -38,14 +43,44 @@ def accepted_record(
 
 
 class EventBatcher:
-    def __init__(self, broker: Broker, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        readback: float = 0.0,
+    ) -> None:
+        """`readback`: seconds before a confirmed batch not yet read back gets a probe behind it (0: off).
+        The owner must then follow the results stream from before its first publish and hand each
+        message to `read`."""
         self.broker = broker
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
+        self.readback = ReadBack(self._publish, readback) if readback else None
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._in_flight = 0
         self.batches = 0
         self.events = 0
+
+    @property
+    def republished(self) -> int:
+        """Batches published again, as they were confirmed and missing from the stream."""
+        return self.readback.republished if self.readback is not None else 0
+
+    @property
+    def read_twice(self) -> int:
+        """Batches published again whose first copy was read after all (sent again in vain)."""
+        return self.readback.read_twice if self.readback is not None else 0
+
+    @property
+    def unread(self) -> int:
+        """Batches whose callers were told they failed: never read back."""
+        return self.readback.unread if self.readback is not None else 0
+
+    def read(self, messages: Sequence[StreamMessage]) -> None:
+        if self.readback is not None:
+            self.readback.read(messages)
 
     async def publish(self, event_json: bytes) -> None:
         """Append one event (a JSON object) to the stream; returns once the broker confirmed it."""
@@ -63,6 +98,9 @@ class EventBatcher:
     async def publish_many(self, events_json: Sequence[bytes]) -> None:
         await asyncio.gather(*(self.publish(e) for e in events_json))
 
+    async def _publish(self, body: bytes, headers: Headers) -> None:
+        await self.broker.publish_events([(body, headers)])
+
     def _send_next(self) -> None:
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         if batch:
@@ -70,19 +108,23 @@ class EventBatcher:
             asyncio.ensure_future(self._send(batch))
 
     async def _send(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+        headers: Headers = {KIND: BATCH}
+        stamped = self.readback.stamp(headers) if self.readback is not None else None
+        waiters = [future for _, future in batch]
         try:
             body = b"[" + b",".join(event for event, _ in batch) + b"]"
-            await self.broker.publish_events([(body, {KIND: BATCH})])
+            await self._publish(body, headers)
         except BaseException as exc:  # every waiter learns the batch failed
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            if stamped is not None:
+                self.readback.failed(stamped)  # type: ignore[union-attr]
+            settle(waiters, exc)
         else:
             self.batches += 1
             self.events += len(batch)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+            if stamped is None:
+                settle(waiters, None)
+            else:  # out of flight now: the next batch goes while this one is read back
+                self.readback.confirmed(stamped, body, waiters)  # type: ignore[union-attr]
         finally:
             self._in_flight -= 1
             if self._pending and self._in_flight < self.max_in_flight:

@@ -6,11 +6,33 @@ import contextvars
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
 from . import tracing
 from .redact import redact_text
+
+
+class Bursts:
+    """One warning per burst of the same message: the first, then at most one every `every` seconds, which
+    says how many were held back. A broker outage hands back every job in flight at once, and a line per
+    job (64 in a cluster drill's node kill) buried the one line that mattered."""
+
+    def __init__(self, log: logging.Logger, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.log, self.every, self.clock = log, every, clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, message: str) -> None:
+        now = self.clock()
+        if now - self._last.get(message, float("-inf")) < self.every:
+            self._held[message] = self._held.get(message, 0) + 1
+            return
+        self._last[message] = now
+        held = self._held.pop(message, 0)
+        self.log.warning(message + (f" ({held} more since the last such line)" if held else ""))
+
 
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 _worker_id: str | None = None

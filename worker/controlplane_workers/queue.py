@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 
 from . import tracing
 from .broker import Broker, QueueStats, Subscription, open_broker
-from .broker.base import JOB_ID, Offset
+from .broker.base import JOB_ID, Offset, StreamMessage
 from .events import EventBatcher, accepted_record
 from .models import EventType, Job, JobError, JobEvent, JobResult, JobStatus, Operation, ResourceRequest
 from .settings import Settings, load_settings
@@ -54,7 +55,9 @@ class JobQueue:
         self.replay_from = replay_from
         self.follow_results = follow_results
         self._results: Subscription | None = None
-        self.events = EventBatcher(self.broker)
+        # Readback needs a reader of the stream: a queue that follows none cannot check its records.
+        readback = self.settings.readback_seconds if follow_results else 0.0
+        self.events = EventBatcher(self.broker, readback=readback)
         self._records: set[asyncio.Future[None]] = set()
 
     async def connect(self) -> None:
@@ -62,12 +65,20 @@ class JobQueue:
         async with self.broker.connecting():
             if self.follow_results:
                 self._results = await self.broker.follow(
-                    self.topology.results_stream, self.index.apply_batch, self.replay_from
+                    self.topology.results_stream, self._read_results, self.replay_from
                 )
 
-    async def disconnect(self) -> None:
-        if self._records:  # Accepted records still on their way
+    def _read_results(self, messages: Sequence[StreamMessage]) -> None:
+        self.index.apply_batch(messages)
+        self.events.read(messages)  # Accepted records of ours read back (CPW_RESULTS_READBACK)
+
+    async def flush_records(self) -> None:
+        """Wait for the Accepted records still on their way (read back too, with CPW_RESULTS_READBACK)."""
+        if self._records:
             await asyncio.gather(*self._records, return_exceptions=True)
+
+    async def disconnect(self) -> None:
+        await self.flush_records()
         if self._results is not None:
             await self._results.cancel()
         await self.broker.close()
@@ -140,7 +151,8 @@ class JobQueue:
         Raises BrokerUnavailable or UnroutableJob when the broker did not take the job. Once it did,
         nothing raises: a caller that retried then would submit the job twice. Returns once the job
         is confirmed; its Accepted record (with `idempotency`, the key and request fingerprint, see
-        events.accepted_record) follows in the background.
+        events.accepted_record) follows in the background, and with CPW_RESULTS_READBACK it is
+        published again if this queue does not read it back from the stream in time.
         """
         message_headers = {JOB_ID: job.id, **(headers or {})}
         # With tracing on, the job's headers carry the trace to the worker (tracing.py).

@@ -29,6 +29,11 @@ def env_alias(name: str, *seed_names: str) -> AliasChoices:
     return AliasChoices(f"CPW_{name}", *seed_names)
 
 
+# Seconds to read a record back (CPW_RESULTS_READBACK) when the streams are replicated: a confirmed batch is
+# read back within milliseconds; 5 s leaves room for a loaded node without republishing in vain.
+DEFAULT_READBACK = 5.0
+
+
 class Settings(BaseSettings):
     """Every knob of the worker, the SDK and the CLI; the API adds its own (controlplane_api.settings).
 
@@ -90,6 +95,18 @@ class Settings(BaseSettings):
         description="Nodes the results and control streams are replicated on when they are created "
         "(x-initial-cluster-size); 0 leaves it to the broker (RabbitMQ 3.10+: every node of the cluster). "
         "A stream argument: an existing stream refuses a different value.",
+    )
+    results_readback: float | None = Field(
+        None,
+        ge=0,
+        validation_alias=env_alias("RESULTS_READBACK"),
+        description="Read-your-write on the results stream: a worker acks a job only once it read its outcome "
+        "back, a submitter publishes again an Accepted record missing from it. A record is missing once a later "
+        "one of the same process was read; after this many seconds unread an empty probe follows it to tell; "
+        "after 4 times as long the job goes back to the queue. Unset: 5 when CPW_STREAM_REPLICAS is above 1 "
+        "(a cluster), else off; 0: off. Off in an API whose store is PostgreSQL (it reads no stream). A guard "
+        "against a stream that confirmed writes and lost them as its leader stopped (RabbitMQ 3.10.8 in a "
+        "rolling restart, docs/reliability.md).",
     )
     exchange: str = Field(
         "provider.exchange",
@@ -308,6 +325,13 @@ class Settings(BaseSettings):
         if "://" not in value or scheme not in {"amqp", "amqps", "memory"}:
             raise ValueError("must start with amqp://, amqps:// or memory://")
         return value
+
+    @property
+    def readback_seconds(self) -> float:
+        """CPW_RESULTS_READBACK as it applies: 0 (off) on a single stream replica, where no leader can change."""
+        if self.results_readback is not None:
+            return self.results_readback
+        return DEFAULT_READBACK if self.stream_replicas > 1 else 0.0
 
     @model_validator(mode="after")
     def _delay_within_retention(self) -> Settings:

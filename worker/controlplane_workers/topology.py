@@ -120,20 +120,49 @@ class Topology:
             args["x-max-priority"] = MAX_PRIORITY
         return args
 
-    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+    @property
+    def side_queue_type(self) -> str:
+        """The type of the DLQ and the delay queues: the job queue's. Beside a quorum job queue a classic
+        delay queue or DLQ lost its messages with its node and stalled the workers while it was away
+        (the cluster drills, docs/reliability.md)."""
+        return self.queue_type
+
+    def dead_letter_queue_arguments(self, queue_type: str | None = None) -> dict[str, Any]:
         """The DLQ's bound: a job body can be 1 MiB and any failure may end here, so an unbounded DLQ would
         let a broken provider (or a flood of poison) fill the broker's disk. At the bound the broker drops
-        the oldest dead letter (drop-head) or refuses the new one (reject-publish); past the age, it drops."""
-        return {
+        the oldest dead letter (drop-head) or refuses the new one (reject-publish); past the age, it drops.
+        `queue_type`: the arguments of that type (default: `side_queue_type`), for a queue made by an
+        earlier release."""
+        args: dict[str, Any] = {
             "x-max-length": self.dlq_max_length,
             "x-message-ttl": self.dlq_max_age * 1000,
             "x-overflow": self.dlq_overflow,
         }
+        if (queue_type or self.side_queue_type) == "quorum":
+            args["x-queue-type"] = "quorum"
+        return args
 
-    def retry_queue_arguments(self) -> dict[str, Any]:
-        # Expired messages go straight back to the job queue through the default exchange, so a
-        # retry is not copied onto the results stream a second time as a new Accepted event.
-        return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.jobs_queue}
+    def retry_queue_arguments(self, queue_type: str | None = None) -> dict[str, Any]:
+        """Expired messages go straight back to the job queue through the default exchange, so a retry is
+        not copied onto the results stream a second time as a new Accepted event. A quorum delay queue
+        (RabbitMQ 3.10+: per-message TTL and at-least-once dead-lettering) keeps an expired retry until
+        the job queue confirmed it; at-least-once needs `reject-publish` overflow."""
+        args: dict[str, Any] = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.jobs_queue}
+        if (queue_type or self.side_queue_type) == "quorum":
+            args["x-queue-type"] = "quorum"
+            args["x-dead-letter-strategy"] = "at-least-once"
+            args["x-overflow"] = "reject-publish"
+        return args
+
+    @property
+    def side_queues(self) -> list[str]:
+        """The DLQ and the delay queues: declared with the job queue's type (`side_queue_type`)."""
+        return [self.dead_letter_queue, *(self.retry_queue(a) for a in self.retry_attempts)]
+
+    def side_queue_arguments(self, name: str, queue_type: str | None = None) -> dict[str, Any]:
+        if name == self.dead_letter_queue:
+            return self.dead_letter_queue_arguments(queue_type)
+        return self.retry_queue_arguments(queue_type)
 
     def stream_arguments(self) -> dict[str, Any]:
         args: dict[str, Any] = {

@@ -32,7 +32,7 @@ from .cancels import CancelMemory
 from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError, UnroutableJob
 from .events import EventBatcher
-from .logs import job_id_var
+from .logs import Bursts, job_id_var
 from .models import EventType, Job, JobError, JobEvent
 from .providers import ProviderLookup, call_provider, is_sync, provider_method, to_jsonable
 from .redact import redact_text
@@ -83,13 +83,15 @@ class ProviderWorker(WorkerRole):
         )
         self.worker_id = settings.worker_id
         self.stats = WorkerStats()
-        self.events = EventBatcher(self.broker)
+        self._bursts = Bursts(log)
+        self.events = EventBatcher(self.broker, readback=settings.readback_seconds)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_requests = CancelMemory(grace=settings.cancel_window)
         self.draining = False
         self.consuming = False
         self._consumer: Subscription | None = None
         self._control: Subscription | None = None
+        self._results: Subscription | None = None  # with readback: this worker's outcomes read back
         self._heartbeat: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -155,6 +157,8 @@ class ProviderWorker(WorkerRole):
     async def start(self) -> None:
         """Connect and start consuming; BrokerUnavailable (retried by the caller) leaves nothing open."""
         async with self.broker.connecting():
+            if self.events.readback is not None:  # from now on: the outcomes this worker is about to publish
+                self._results = await self.broker.follow(self.topology.results_stream, self.events.read, "next")
             # A delayed job may arrive long after its cancel request: read back over the longest delay too.
             since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window + self.settings.job_max_delay)
             self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
@@ -189,8 +193,9 @@ class ProviderWorker(WorkerRole):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         await self._send_heartbeat(stopping=True)
-        if self._control is not None:
-            await self._control.cancel()
+        for subscription in (self._control, self._results):
+            if subscription is not None:
+                await subscription.cancel()
         await self.broker.close()
         self.sync_pool.shutdown()
         log.info("worker stopped", extra={"processed": self.stats.processed})
@@ -580,7 +585,7 @@ class ProviderWorker(WorkerRole):
                         retry_in=round(delay, 3),
                     )
                 )
-            except BrokerUnavailable:
+            except (BrokerUnavailable, UnroutableJob):  # unroutable: its queue is being replaced (migrate.py)
                 await self._outcome_lost(delivery)
                 return
             self.stats.retried += 1
@@ -654,7 +659,7 @@ class ProviderWorker(WorkerRole):
                         error=error or JobError(code=_reason_code(reason), message=detail),
                     )
                 )
-        except BrokerUnavailable:
+        except (BrokerUnavailable, UnroutableJob):  # unroutable: its queue is being replaced (migrate.py)
             await self._outcome_lost(delivery)
             return
         if await self._settle(delivery, ack=True):
@@ -712,7 +717,7 @@ class ProviderWorker(WorkerRole):
     def _lost(self, why: str = "broker connection lost before the job was settled; it will be redelivered") -> None:
         self.stats.ack_lost += 1
         metrics.ACK_LOST.inc()
-        log.warning(why)
+        self._bursts.warning(why)  # one line per outage, not one per job in flight
 
     def _count(self, kind: EventType) -> None:
         self.stats.processed += 1
@@ -746,6 +751,8 @@ class ProviderWorker(WorkerRole):
             "redelivered": self.stats.redelivered,
             "ack_lost": self.stats.ack_lost,
             "redeliveries_settled": self.stats.redeliveries_settled,
+            "outcomes_republished": self.events.republished,
+            "outcomes_read_twice": self.events.read_twice,
             "in_flight": len(self.running),
             "capacity": self.settings.max_concurrent_jobs,
             "started_at": self.stats.started_at,

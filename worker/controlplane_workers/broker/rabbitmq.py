@@ -272,6 +272,9 @@ class RabbitMQBroker(Broker):
         self.dlx: aio_pika.abc.AbstractExchange | None = None
         self.heartbeats: aio_pika.abc.AbstractExchange | None = None
         self.followers: list[_StreamFollower] = []
+        # side queue -> the arguments it was declared with (None: passively, as it exists); see _probe_side_queues
+        self.side_arguments: dict[str, dict[str, Any] | None] = {}
+        self.legacy_side_queues: list[str] = []  # of another type than the job queue's (an earlier release's)
         self._consume_channel: AbstractRobustChannel | None = None
         self._jobs: set[asyncio.Future[None]] = set()
         self.job_acks: AckCoalescer | None = None  # of the current consuming channel (frames vs acks)
@@ -297,7 +300,7 @@ class RabbitMQBroker(Broker):
         except Exception as exc:
             raise BrokerUnavailable(f"cannot connect to {redact_url(self.url)}: {redact_text(str(exc))}") from exc
         try:
-            await self._bound_dead_letter_queue()
+            await self._probe_side_queues()
             self.publisher = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
             await self._declare(self.publisher)
             await self.declare_delay_cascade()
@@ -322,59 +325,87 @@ class RabbitMQBroker(Broker):
         )
         jobs = await channel.declare_queue(t.jobs_queue, durable=True, arguments=t.jobs_queue_arguments())
         await jobs.bind(self.exchange, "#")
-        dlq = await self._declare_dead_letter_queue(channel)
+        dlq = await self._declare_side_queues(channel)
         await dlq.bind(self.dlx, t.dead_letter_queue)
-        await self._declare_classic_queues(channel)
         # The job queue is the only binding of the exchange, so `mandatory` tells when a job reaches
         # no queue; Accepted records go to the stream from the submitter (see queue.py).
         await channel.declare_queue(t.results_stream, durable=True, arguments=t.stream_arguments())
         await channel.declare_queue(t.control_stream, durable=True, arguments=t.stream_arguments())
 
-    async def _bound_dead_letter_queue(self) -> None:
-        """Declare the DLQ with its bound (length, age, overflow) on a channel of its own.
+    async def _probe_side_queues(self) -> None:
+        """Find the arguments each side queue (the DLQ, the delay queues) takes; each refusal closes its channel.
 
-        RabbitMQ refuses to declare an existing queue with other arguments (PRECONDITION_FAILED, and the
-        channel closes): a DLQ made by a release without the bound, or with another one, stays as it is.
-        The process then declares it passively, says how to bound it by a policy, and reports
-        `dlq_bounded = False` (the worker exports it as `cpw_worker_dlq_bounded 0`).
+        Each is declared first as `Topology.side_queue_type` asks (the job queue's type). RabbitMQ refuses
+        to declare an existing queue with other arguments (PRECONDITION_FAILED), and cannot change a queue's
+        type: a classic queue made by an earlier release beside a quorum job queue is kept as it is and
+        reported, and `cpw queues migrate` makes it quorum (docs/operations.md). A DLQ that refuses its bound
+        too (made before the bound existed) is declared passively and `dlq_bounded` is False (the worker
+        exports it as `cpw_worker_dlq_bounded 0`).
         """
         assert self.connection is not None
         t = self.topology
-        channel = await self.connection.channel(publisher_confirms=False)
+        self.side_arguments, self.legacy_side_queues = {}, []
+        channel: AbstractRobustChannel | None = None
         try:
-            await channel.declare_queue(t.dead_letter_queue, durable=True, arguments=t.dead_letter_queue_arguments())
-            self.dlq_bounded = True
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            self.dlq_bounded = False
+            for name in t.side_queues:
+                candidates = [t.side_queue_arguments(name)]
+                if t.side_queue_type != "classic":
+                    candidates.append(t.side_queue_arguments(name, "classic"))
+                taken: dict[str, Any] | None = None
+                for candidate in candidates:
+                    if channel is None:
+                        channel = await self.connection.channel(publisher_confirms=False)
+                    try:
+                        await channel.declare_queue(name, durable=True, arguments=candidate)
+                    except aiormq.exceptions.ChannelPreconditionFailed:
+                        with contextlib.suppress(Exception):
+                            await channel.close()
+                        channel = None
+                        continue
+                    taken = candidate
+                    break
+                self.side_arguments[name] = taken
+                if taken is not candidates[0]:
+                    self.legacy_side_queues.append(name)
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        self.dlq_bounded = self.side_arguments[t.dead_letter_queue] is not None
+        if not self.dlq_bounded:
             log.warning(
-                "the dead-letter queue %s exists with other arguments and stays unbounded by this process (%s); "
+                "the dead-letter queue %s exists with other arguments and stays unbounded by this process; "
                 "bound it with a policy, e.g. rabbitmqctl set_policy -p <vhost> --apply-to queues cpw-dlq "
                 '\'^%s$\' \'{"max-length":%d,"message-ttl":%d,"overflow":"%s"}\', '
                 "or delete the drained queue so it is declared again (docs/operations.md)",
                 t.dead_letter_queue,
-                redact_text(str(exc)),
                 t.dead_letter_queue.replace(".", "\\."),
                 t.dlq_max_length,
                 t.dlq_max_age * 1000,
                 t.dlq_overflow,
             )
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+        if self.legacy_side_queues:
+            log.warning(
+                "%d side queues (%s) are not %s queues like the job queue (made by an earlier release) and are "
+                "used as they are: a job waiting in one for its retry, or a dead letter, is lost with its node. "
+                "Run `cpw queues migrate`, then restart the workers and the API (docs/operations.md)",
+                len(self.legacy_side_queues),
+                ", ".join(self.legacy_side_queues),
+                t.side_queue_type,
+            )
 
-    async def _declare_dead_letter_queue(self, channel: AbstractRobustChannel) -> AbstractQueue:
-        """With the bound when the broker took it (see `_bound_dead_letter_queue`), else as it exists."""
+    async def _declare_side_queues(self, channel: AbstractRobustChannel) -> AbstractQueue:
+        """The DLQ and the delay queues with the arguments each took (`_probe_side_queues`); returns the DLQ."""
         t = self.topology
-        if self.dlq_bounded is False:
-            return await channel.declare_queue(t.dead_letter_queue, passive=True)
-        return await channel.declare_queue(t.dead_letter_queue, durable=True, arguments=t.dead_letter_queue_arguments())
-
-    async def _declare_classic_queues(self, channel: AbstractRobustChannel) -> None:
-        """The dead-letter and delay queues: classic queues, homed on the node that first declared them."""
-        t = self.topology
-        await self._declare_dead_letter_queue(channel)
-        for attempt in t.retry_attempts:
-            await channel.declare_queue(t.retry_queue(attempt), durable=True, arguments=t.retry_queue_arguments())
+        queues = {}
+        for name in t.side_queues:
+            args = self.side_arguments.get(name, t.side_queue_arguments(name))
+            queues[name] = await (
+                channel.declare_queue(name, passive=True)
+                if args is None
+                else channel.declare_queue(name, durable=True, arguments=args)
+            )
+        return queues[t.dead_letter_queue]
 
     async def declare_delay_cascade(self, *, check: bool = True) -> None:
         """The delayed jobs' levels (topology.py): durable, so jobs waiting in them outlive a broker restart.
@@ -386,8 +417,10 @@ class RabbitMQBroker(Broker):
         them: a failed one closes the channel, which fails that wait. A cascade broken later (an operator
         deleted a level) makes a delayed job unroutable, and `publish_delayed` declares it again.
 
-        Classic queues, as the retry queues: the level queues have no consumer, so a quorum queue's
-        replication would be their only gain, at the cost of a Raft log per level on every node."""
+        Classic queues whatever the job queue's type (unlike the retry queues): the level queues have no
+        consumer, so a quorum queue's replication would be their only gain, at the cost of a Raft log per
+        level on every node and a migration of 30 levels; quorum delay queues lost their waiting jobs on a
+        node loss anyway on 3.10.8 (docs/reliability.md, known limits)."""
         assert self.connection is not None
         t = self.topology
         if check:
@@ -573,10 +606,10 @@ class RabbitMQBroker(Broker):
             await channel.set_qos(prefetch_count=prefetch)
             self._consume_channel = channel
             # Declared on this channel first, so that after a reconnect aio-pika restores them before
-            # the consumer: while the node that homes these classic queues is down the restore fails
-            # there, and the worker takes no jobs it could neither retry nor dead-letter (it took a
-            # prefetch of jobs at each reconnect attempt, once a second, and handed them back).
-            await self._declare_classic_queues(channel)
+            # the consumer: while the node that homes a classic one is down the restore fails there, and
+            # the worker takes no jobs it could neither retry nor dead-letter (it took a prefetch of jobs
+            # at each reconnect attempt, once a second, and handed them back).
+            await self._declare_side_queues(channel)
             queue = await channel.declare_queue(
                 self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
             )

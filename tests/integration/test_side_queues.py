@@ -1,0 +1,151 @@
+"""The DLQ and the delay queues take the job queue's type (quorum beside quorum), and `cpw queues migrate`
+moves the classic ones an earlier release made, keeping their messages (a real RabbitMQ, one node)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+
+from controlplane_workers import JobStatus
+from controlplane_workers.broker.base import ATTEMPT, JOB_ID, REASON
+from controlplane_workers.broker.rabbitmq import RabbitMQBroker
+from controlplane_workers.cli import main as cpw
+from controlplane_workers.dlq import list_dead_letters
+from controlplane_workers.migrate import migrate_side_queues
+from controlplane_workers.models import Job
+from controlplane_workers.topology import Topology
+from tests.support import providers
+from tests.support.harness import client, eventually, request, running_worker
+
+NS, TYPE = "Test.Scripted", "things"
+QUORUM = {"queue_type": "quorum", "max_attempts": 3}
+SIDE = ["provider.jobs.dlq", "provider.jobs.retry.2", "provider.jobs.retry.3"]
+
+
+async def test_beside_a_quorum_job_queue_the_dlq_and_delay_queues_are_quorum_and_work(rabbitmq):
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
+            retried = await queue.submit_job(NS, TYPE, "create", request("r", "fail:1"))
+            doomed = await queue.submit_job(NS, TYPE, "create", request("d", "error"))
+            results = [await queue.get_job_result(j, timeout=20) for j in (retried, doomed)]
+            letters = await list_dead_letters(worker.broker)
+            legacy = worker.broker.legacy_side_queues
+        assert results[0].status is JobStatus.SUCCEEDED and results[0].attempts == 2
+        assert results[1].status is JobStatus.FAILED and [x["job_id"] for x in letters] == [doomed]
+        assert legacy == []
+        for name in SIDE:
+            assert rabbitmq.queue(vhost, name)["type"] == "quorum", name
+        retry = rabbitmq.queue(vhost, "provider.jobs.retry.2")["arguments"]
+        assert retry["x-dead-letter-strategy"] == "at-least-once" and retry["x-overflow"] == "reject-publish"
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+async def _messages(url: str, name: str) -> int:
+    """Messages ready in a queue, as the broker says at once (the management API's counts lag by seconds)."""
+    connection = await aio_pika.connect(url)
+    try:
+        queue = await (await connection.channel()).declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0
+    finally:
+        await connection.close()
+
+
+async def _an_earlier_release(url: str, retry_job: Job) -> None:
+    """Classic side queues as releases before this one declared them beside a quorum job queue, a dead
+    letter in the DLQ and a job waiting a minute for its retry."""
+    topology = Topology(queue_type="quorum", max_attempts=3)
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    for name in SIDE:
+        await channel.declare_queue(name, durable=True, arguments=topology.side_queue_arguments(name, "classic"))
+    letter = aio_pika.Message(b'{"id": "dead-1"}', message_id="dead-1", headers={REASON: "poison"})
+    await channel.default_exchange.publish(letter, "provider.jobs.dlq")
+    waiting = aio_pika.Message(
+        retry_job.model_dump_json().encode(),
+        message_id=retry_job.id,
+        headers={JOB_ID: retry_job.id, ATTEMPT: 3},
+        expiration=60,
+    )
+    await channel.default_exchange.publish(waiting, "provider.jobs.retry.3")
+    await connection.close()
+
+
+async def test_classic_side_queues_of_an_earlier_release_are_kept_then_migrated_with_their_messages(rabbitmq):
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    job = Job.model_validate(
+        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("w")}
+    )
+    try:
+        await _an_earlier_release(url, job)
+        # This release starts on them: it keeps them as they are, says so, and works.
+        async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
+            assert worker.broker.legacy_side_queues == SIDE
+            assert isinstance(worker.broker, RabbitMQBroker)
+            fresh = await queue.submit_job(NS, TYPE, "create", request("f", "fail:1"))
+            assert (await queue.get_job_result(fresh, timeout=20)).status is JobStatus.SUCCEEDED
+            assert await _messages(url, "provider.jobs.retry.3") == 1  # still waiting
+            # The migration, while the worker runs: the waiting retry goes to the job queue and runs now.
+            said: list[str] = []
+            migrated = await migrate_side_queues(worker.broker, said.append)
+            result = await queue.get_job_result(job.id, timeout=20)
+        assert migrated == SIDE, said
+        assert result is not None and result.status is JobStatus.SUCCEEDED and result.attempts == 3
+        for name in SIDE:
+            assert rabbitmq.queue(vhost, name)["type"] == "quorum", name
+        # The next process finds them as it declares them, and the dead letter kept.
+        async with running_worker(url, providers.registry, **QUORUM) as worker:
+            assert worker.broker.legacy_side_queues == []
+            letters = await list_dead_letters(worker.broker)
+        assert [x["job_id"] for x in letters] == ["dead-1"]
+        assert any("1 dead letters kept" in line for line in said), said
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+async def test_cpw_queues_migrate(rabbitmq, monkeypatch, capsys):
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    job = Job.model_validate(
+        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("c")}
+    )
+    monkeypatch.setenv("CPW_QUEUE_TYPE", "quorum")
+    monkeypatch.setenv("CPW_MAX_ATTEMPTS", "3")
+    try:
+        await _an_earlier_release(url, job)
+        assert await asyncio.to_thread(cpw, ["queues", "migrate", "--url", url]) == 0
+        out = capsys.readouterr().out
+        assert "migrated: 3" in out and "1 waiting retries sent to provider.jobs" in out, out
+        assert [rabbitmq.queue(vhost, name)["type"] for name in SIDE] == ["quorum"] * 3
+        assert await _messages(url, "provider.jobs.dlq") == 1
+        assert await _messages(url, "provider.jobs") == 1
+        assert await asyncio.to_thread(cpw, ["queues", "migrate", "--url", url]) == 0  # again: nothing to do
+        assert "migrated: 0" in capsys.readouterr().out
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+async def test_a_retry_refused_while_its_delay_queue_is_replaced_goes_back_to_the_queue(rabbitmq):
+    # What a worker sees during `cpw queues migrate`: for a moment the delay queue does not exist, its publish
+    # is unroutable, and the job must go back to the job queue, not hang unsettled.
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
+            rabbitmq._request("DELETE", f"/api/queues/{vhost}/provider.jobs.retry.2")  # noqa: SLF001
+            job_id = await queue.submit_job(NS, TYPE, "create", request("m", "fail:1"))
+            await eventually(lambda: worker.stats.ack_lost >= 1, timeout=15)
+            connection = await aio_pika.connect(url)
+            channel = await connection.channel()
+            topology = worker.broker.topology
+            args = topology.retry_queue_arguments()
+            await channel.declare_queue("provider.jobs.retry.2", durable=True, arguments=args)
+            await connection.close()
+            result = await queue.get_job_result(job_id, timeout=20)
+        assert result is not None and result.status is JobStatus.SUCCEEDED
+    finally:
+        rabbitmq.delete_vhost(vhost)
