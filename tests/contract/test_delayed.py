@@ -165,7 +165,7 @@ async def test_an_early_job_sent_back_by_a_worker_runs_when_it_comes_back_to_tha
         job = early_job("early-again", 5.0)
         await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
         await lose_a_delivery(broker_url)
-        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as worker:
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=2) as worker:
             await eventually(lambda: parked(queue))
             result = await queue.get_job_result(job.id, timeout=15)
         assert worker.stats.redelivered == 1
@@ -174,17 +174,17 @@ async def test_an_early_job_sent_back_by_a_worker_runs_when_it_comes_back_to_tha
 
 
 async def test_an_early_job_sent_back_keeps_its_delivery_count_through_the_cascade(broker_url):
-    # CPW_QUEUE_DELIVERY_LIMIT=1: a lost delivery, a trip through the cascade (a deliberate hand-back:
-    # not counted, not reset), then a second lost delivery: over the limit, dead-lettered, never run.
+    # CPW_QUEUE_DELIVERY_LIMIT=2: a lost delivery, a trip through the cascade (a deliberate hand-back:
+    # not counted, not reset), then a second lost delivery: at the limit, dead-lettered, never run.
     async with client(broker_url) as queue:
         job = early_job("lost-twice", 4.0)
         await queue.submit_encoded(job.model_dump_json().encode(), job.model_copy(update={"not_before": None}))
         await lose_a_delivery(broker_url)
-        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1):
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=2):
             await eventually(lambda: parked(queue))
         back = await lose_a_delivery(broker_url)  # out of the cascade at its not_before
         assert not back.redelivered and back.headers[DELIVERY_COUNT] == 1
-        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as worker:
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=2) as worker:
             result = await queue.get_job_result(job.id, timeout=10)
             letters = await list_dead_letters(worker.broker)
     assert result is not None and result.status is JobStatus.FAILED

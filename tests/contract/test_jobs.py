@@ -311,24 +311,45 @@ async def test_a_job_whose_accepted_record_never_reached_the_stream_still_belong
 
 
 async def test_lost_deliveries_count_toward_the_delivery_limit_and_hand_backs_do_not(broker_url):
-    """Classic queue, CPW_QUEUE_DELIVERY_LIMIT=1: a job lost with its worker once still runs; a hand-back (drain)
-    is a copy that neither counts nor looks redelivered; the second loss dead-letters the job, Failed."""
+    """Classic queue, CPW_QUEUE_DELIVERY_LIMIT=2: a job lost with its worker once still runs; a hand-back (drain)
+    is a copy that neither counts nor looks redelivered; the second loss dead-letters the job, Failed: a job is
+    delivered at most `limit` times without an outcome, as on a quorum queue (the next test)."""
     async with client(broker_url) as queue:
         job_id = await queue.submit_job(NS, TYPE, "create", request("lost", "hang"))
         first = await lose_a_delivery(broker_url)
         assert not first.redelivered and DELIVERY_COUNT not in first.headers
-        worker_cm = running_worker(broker_url, providers.registry, queue_delivery_limit=1)
+        worker_cm = running_worker(broker_url, providers.registry, queue_delivery_limit=2)
         worker = await worker_cm.__aenter__()
-        await eventually(lambda: job_id in worker.running)  # at the limit: it runs
+        await eventually(lambda: job_id in worker.running)  # below the limit: it runs
         assert worker.stats.redelivered == 1
         await worker.stop(drain_timeout=0.1)  # handed back
         await worker_cm.__aexit__(None, None, None)
         handed_back = await lose_a_delivery(broker_url)
         assert not handed_back.redelivered and handed_back.headers[DELIVERY_COUNT] == 1
-        async with running_worker(broker_url, providers.registry, queue_delivery_limit=1) as second:
+        async with running_worker(broker_url, providers.registry, queue_delivery_limit=2) as second:
             result = await queue.get_job_result(job_id, timeout=10)
             letters = await list_dead_letters(second.broker)
     assert result is not None and result.status is JobStatus.FAILED
     assert result.error is not None and result.error.code == "DeliveryLimitExceeded"
     assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(job_id, "delivery-limit")]
-    assert len(calls_for("lost")) == 1  # only the run at the limit
+    assert len(calls_for("lost")) == 1  # only the run below the limit
+
+
+async def test_a_quorum_queues_last_delivery_is_dead_lettered_with_its_terminal_event(vhost_url):
+    """Quorum queue (the broker counts, x-delivery-count), CPW_QUEUE_DELIVERY_LIMIT=2: lost twice with its
+    worker, the job's next delivery is the last the broker would make; the worker dead-letters it with the
+    job's terminal event (Failed, DeliveryLimitExceeded) instead of running it a third time. The broker's own
+    dead-lettering past x-delivery-limit tells no reader: the job would stay Accepted forever."""
+    quorum = {"queue_type": "quorum", "queue_delivery_limit": 2}
+    async with client(vhost_url, **quorum) as queue:
+        job_id = await queue.submit_job(NS, TYPE, "create", request("lost", "hang"))
+        first = await lose_a_delivery(vhost_url, **quorum)
+        second = await lose_a_delivery(vhost_url, **quorum)
+        assert "x-delivery-count" not in first.headers and second.headers["x-delivery-count"] == 1
+        async with running_worker(vhost_url, providers.registry, **quorum) as worker:
+            result = await queue.get_job_result(job_id, timeout=10)
+            letters = await list_dead_letters(worker.broker)
+    assert result is not None and result.status is JobStatus.FAILED
+    assert result.error is not None and result.error.code == "DeliveryLimitExceeded"
+    assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(job_id, "delivery-limit")]
+    assert calls_for("lost") == []  # the delivery at the limit did not run

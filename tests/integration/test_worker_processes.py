@@ -268,19 +268,29 @@ async def supervised(start, url: str, slots: int, **env: str):  # noqa: ANN001
 
 
 @pytest.mark.timeout(300)
-async def test_a_job_that_kills_its_worker_is_dead_lettered_past_the_delivery_limit(vhost_url, workers, tmp_path):
-    """Classic queue, CPW_QUEUE_DELIVERY_LIMIT=2: as on a quorum queue, a job may be lost with its worker twice;
-    the third loss dead-letters it. At the limit (two crashes, then a run that succeeds) the job still ends."""
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_a_job_that_kills_its_worker_is_dead_lettered_past_the_delivery_limit(
+    vhost_url, workers, tmp_path, queue_type
+):
+    """CPW_QUEUE_DELIVERY_LIMIT=2, on either queue type: a job runs at most twice; when both runs killed their
+    worker, the next delivery dead-letters it with its terminal event (Failed, DeliveryLimitExceeded), on a
+    quorum queue too (the broker's own dead-lettering past x-delivery-limit would leave it Running). At the
+    limit (a crash, then a run that succeeds) the job still ends."""
     limit = 2
-    async with client(vhost_url) as queue:
+    async with client(vhost_url, queue_type=queue_type, queue_delivery_limit=limit) as queue:
         at_limit = await queue.submit_job(
-            NS, TYPE, "create", request("at-limit", f"crash:{limit}", runs=str(tmp_path / "at-limit.runs"))
+            NS, TYPE, "create", request("at-limit", f"crash:{limit - 1}", runs=str(tmp_path / "at-limit.runs"))
         )
         poison = await queue.submit_job(
             NS, TYPE, "create", request("poison", "crash:1000", runs=str(tmp_path / "poison.runs"))
         )
         async with supervised(
-            workers, vhost_url, 2, CPW_QUEUE_DELIVERY_LIMIT=str(limit), CPW_MAX_CONCURRENT_JOBS="1"
+            workers,
+            vhost_url,
+            2,
+            CPW_QUEUE_DELIVERY_LIMIT=str(limit),
+            CPW_MAX_CONCURRENT_JOBS="1",
+            CPW_QUEUE_TYPE=queue_type,
         ) as started:
             succeeded, failed = await _results(queue, [at_limit, poison], timeout=240)
             letters = await list_dead_letters(queue.broker)
@@ -288,9 +298,9 @@ async def test_a_job_that_kills_its_worker_is_dead_lettered_past_the_delivery_li
         assert failed is not None and failed.status is JobStatus.FAILED
         assert failed.error is not None and failed.error.code == "DeliveryLimitExceeded"
         assert [(letter["job_id"], letter["reason"]) for letter in letters] == [(poison, "delivery-limit")]
-        # each job ran limit + 1 times, no more: every run of the poison killed its worker
-        assert (tmp_path / "at-limit.runs").read_text() == (tmp_path / "poison.runs").read_text() == str(limit + 1)
-        assert len(started) >= 2 * limit + 1 + 2  # five crashes, each followed by a new worker
+        # each job ran `limit` times, no more: every run of the poison killed its worker
+        assert (tmp_path / "at-limit.runs").read_text() == (tmp_path / "poison.runs").read_text() == str(limit)
+        assert len(started) >= 2 * limit - 1 + 2  # three crashes, each followed by a new worker
 
 
 @pytest.mark.timeout(180)

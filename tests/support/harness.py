@@ -79,9 +79,9 @@ def request(name: str, script: str = "ok", **body: Any) -> dict[str, Any]:
     }
 
 
-async def lose_a_delivery(url: str) -> Delivery:
+async def lose_a_delivery(url: str, **overrides: Any) -> Delivery:
     """A worker that takes the next job and goes away holding it: its connection closes, nothing settled."""
-    broker = open_broker(url, Topology.from_settings(fast_settings(url)))
+    broker = open_broker(url, Topology.from_settings(fast_settings(url, **overrides)))
     await broker.connect()
     taken: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
 

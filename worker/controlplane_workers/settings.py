@@ -65,9 +65,11 @@ class Settings(BaseSettings):
         20,
         ge=1,
         validation_alias=env_alias("QUEUE_DELIVERY_LIMIT"),
-        description="Times a job may be lost with its worker (a crash, a kill, a lost connection); the next loss "
-        "dead-letters it (reason `delivery-limit`). A quorum queue counts them (x-delivery-limit, a queue argument, "
-        "so every process must agree on it); on a classic queue the workers do (header `x-cpw-delivery-count`).",
+        description="Times a job may be lost with its worker (a crash, a kill, a lost connection); its next "
+        "delivery is dead-lettered instead of run (reason `delivery-limit`), and the job ends Failed "
+        "(DeliveryLimitExceeded): such a job runs at most this many times. A quorum queue counts them "
+        "(x-delivery-count; x-delivery-limit is a queue argument, so every process must agree on it, and the broker "
+        "counts the workers' hand-backs too); on a classic queue the workers do (header `x-cpw-delivery-count`).",
     )
     dlq_max_length: int = Field(
         10_000,

@@ -112,8 +112,9 @@ class Topology:
             "x-dead-letter-routing-key": self.dead_letter_queue,
         }
         if self.queue_type == "quorum":
-            # Quorum queues have no priorities before RabbitMQ 3.13 (two levels since); the delivery
-            # limit catches poison messages that crash a worker before it can dead-letter them itself.
+            # Quorum queues have no priorities before RabbitMQ 3.13 (two levels since). The broker counts
+            # deliveries (x-delivery-count): a worker dead-letters a job's delivery at the limit itself, with
+            # its terminal event (worker.py); the broker's own dead-lettering past it is the backstop.
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = self.delivery_limit
         else:

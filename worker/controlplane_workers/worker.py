@@ -27,7 +27,7 @@ from pydantic_core import to_json
 from . import metrics, tracing
 from ._version import __version__
 from .broker import Broker, Delivery, StreamMessage, Subscription, open_broker
-from .broker.base import ATTEMPT, DELIVERY_COUNT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
+from .broker.base import ATTEMPT, BROKER_DELIVERY_COUNT, DELIVERY_COUNT, DETAIL, FIRST_DEATH_QUEUE, JOB_ID, REASON
 from .cancels import CancelMemory
 from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError, UnroutableJob
@@ -104,7 +104,7 @@ class ProviderWorker(WorkerRole):
         self._attached: dict[tuple[str, int], list[Delivery]] = {}
         self._settled: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._exhausted_since: float | None = None  # when every sync thread became stuck
-        # A quorum queue counts deliveries itself (x-delivery-limit); on a classic queue the workers do.
+        # A quorum queue counts deliveries itself (x-delivery-count); on a classic queue the workers do.
         self.counts_deliveries = self.topology.queue_type != "quorum"
         self._handing_back: set[asyncio.Task[Any]] = set()
         self.sync_pool = SyncPool(
@@ -247,6 +247,11 @@ class ProviderWorker(WorkerRole):
             return
         if delivery.redelivered and self.counts_deliveries:
             await self._count_lost_delivery(delivery)
+            return
+        if not self.counts_deliveries and _broker_count(delivery) >= self.topology.delivery_limit:
+            # The last delivery the quorum queue makes: past x-delivery-limit it would dead-letter the job
+            # itself, and no reader would learn that it ended.
+            await self._past_delivery_limit(delivery, _broker_count(delivery))
             return
         if self.draining:
             await self._hand_back(delivery)
@@ -443,21 +448,25 @@ class ProviderWorker(WorkerRole):
     async def _count_lost_delivery(self, delivery: Delivery) -> None:
         """A redelivery on a classic queue: the worker that held the job stopped without settling it (it
         died, was killed or lost its channel), since every deliberate hand-back is a copy, never a
-        redelivery (`_hand_back`). The job goes back as a copy that counts it; past
-        `CPW_QUEUE_DELIVERY_LIMIT` it is dead-lettered instead, as a quorum queue does: a job that
-        kills its worker would otherwise come back forever and kill every worker it reaches."""
+        redelivery (`_hand_back`). The job goes back as a copy that counts it; once
+        `CPW_QUEUE_DELIVERY_LIMIT` deliveries were lost it is dead-lettered instead, as on a quorum queue
+        (`handle`): a job that kills its worker would otherwise come back forever and kill every worker
+        it reaches. So a job runs at most that many times on either queue type."""
         lost = _lost_deliveries(delivery)
-        limit = self.topology.delivery_limit
-        if lost <= limit:
+        if lost < self.topology.delivery_limit:
             await self._hand_back(delivery)
             return
+        await self._past_delivery_limit(delivery, lost)
+
+    async def _past_delivery_limit(self, delivery: Delivery, lost: int) -> None:
+        """Dead-letter a job whose `lost` earlier deliveries ended without an outcome, with its terminal event."""
         try:
             job: Job | None = Job.model_validate_json(delivery.body)
         except ValidationError:
             job = None
         detail = (
             f"delivered {lost} times and each time its worker stopped before settling it (a crash, a kill "
-            f"or a lost connection); CPW_QUEUE_DELIVERY_LIMIT is {limit}"
+            f"or a lost connection); CPW_QUEUE_DELIVERY_LIMIT is {self.topology.delivery_limit}"
         )
         error = JobError(
             code="DeliveryLimitExceeded",
@@ -788,6 +797,14 @@ def _lost_deliveries(delivery: Delivery) -> int:
     except (TypeError, ValueError):
         counted = 0
     return counted + (1 if delivery.redelivered else 0)
+
+
+def _broker_count(delivery: Delivery) -> int:
+    """A quorum queue's count of the earlier deliveries of this message (`x-delivery-count`; 0 on the first)."""
+    try:
+        return max(0, int(delivery.headers.get(BROKER_DELIVERY_COUNT, 0)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _without(headers: dict[str, Any], name: str) -> dict[str, Any]:

@@ -32,6 +32,8 @@ REDRIVE = "x-cpw-redrive"  # a dead-lettered job sent round again: readers start
 # On a classic job queue: deliveries of this attempt that ended without a settle (the worker died or lost its
 # channel), counted by the workers as a quorum queue counts them in `x-delivery-count` (see worker.py).
 DELIVERY_COUNT = "x-cpw-delivery-count"
+# On a quorum job queue: the broker's count of this message's earlier deliveries that went back to the queue.
+BROKER_DELIVERY_COUNT = "x-delivery-count"
 
 # What RabbitMQ adds to a dead-lettered message: the delay cascade and the retry queues dead-letter.
 _DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange")
