@@ -7,6 +7,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -321,3 +322,19 @@ async def test_jobs_handed_back_at_shutdown_do_not_count_as_lost_deliveries(vhos
         result = await queue.get_job_result(job_id, timeout=30)
     assert result is not None and result.status is JobStatus.SUCCEEDED and result.worker_id == "drained3"
     assert runs.read_text() == "4"
+
+
+async def test_a_worker_whose_broker_is_gone_still_exits_promptly_on_sigterm(rabbitmq, workers):
+    """Its vhost deleted under it (the broker gone for good, as for a node down): SIGTERM must end the process
+    well within a pod's grace period. It used to wait forever on the consumer's cancel and was SIGKILLed."""
+    vhost = rabbitmq.new_vhost()
+    worker = workers(rabbitmq.url_for(vhost), "orphan")
+    await asyncio.to_thread(worker.wait_ready)
+    rabbitmq.delete_vhost(vhost)
+    assert worker.process is not None
+    started = time.monotonic()
+    worker.process.terminate()
+    code = await asyncio.to_thread(worker.process.wait, 25)  # TimeoutExpired fails the test
+    took = time.monotonic() - started
+    assert code == 0, worker.tail()
+    print(f"exited {code} {took:.1f}s after SIGTERM with its broker gone")

@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -173,9 +173,9 @@ class ProviderWorker(WorkerRole):
         """Stop consuming, let running jobs finish within the drain timeout, requeue the rest."""
         drain = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         self.draining = True
+        loop = asyncio.get_running_loop()
         if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.cancel()
+            await _bounded(self._consumer.cancel(), loop.time() + min(self.settings.publish_timeout, 5.0))
         self.consuming = False
         log.info("draining", extra={"in_flight": len(self.running), "drain_timeout": drain})
         if self.running:
@@ -192,11 +192,14 @@ class ProviderWorker(WorkerRole):
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        await self._send_heartbeat(stopping=True)
+        # What is left talks to the broker: one budget for all of it, so a broker that is gone (a deleted
+        # vhost, a node down) cannot hold the process past its grace period.
+        until = loop.time() + self.settings.publish_timeout
+        await _bounded(self._send_heartbeat(stopping=True), until)
         for subscription in (self._control, self._results):
             if subscription is not None:
-                await subscription.cancel()
-        await self.broker.close()
+                await _bounded(subscription.cancel(), until)
+        await _bounded(self.broker.close(), until)
         self.sync_pool.shutdown()
         log.info("worker stopped", extra={"processed": self.stats.processed})
 
@@ -781,6 +784,13 @@ class ProviderWorker(WorkerRole):
         metrics.LAST_HEARTBEAT.set(beat["at"])
         metrics.BROKER_UP.set(1 if self.broker.connected.is_set() else 0)
         metrics.READY.set(1 if self.ready else 0)
+
+
+async def _bounded(step: Awaitable[object], until: float) -> None:
+    """One broker step of a shutdown, given up at `until` (loop time) or on any error: the process exits anyway."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout_at(until):
+            await step
 
 
 def _key(delivery: Delivery) -> tuple[str, int] | None:
