@@ -8,6 +8,10 @@ lock and the writes go together; a standby polls for the lock and takes over onc
 connection is gone (PostgreSQL frees the lock with it). The active one also keeps the daily
 partitions (pgpartitions.py `Upkeep`): made ahead, dropped past CPW_OPERATION_RETENTION.
 
+Bounded: the stream is followed with a window of CPW_INDEXER_BACKLOG_MESSAGES, each message released after the
+transaction that wrote it committed, so while PostgreSQL is slow or blocked RabbitMQ stops delivering once the
+projector holds that many (`backlog`); the rest wait in the stream, not in this process's memory.
+
 Ready (`Projector.ready`, the ops port's /health/ready: indexer.py) means "a sound member of the pair": the
 active one once it follows the stream, a standby while its PostgreSQL connection is open and it waits for the
 lock. A standby is Ready so that rollouts and PodDisruptionBudgets count it; which one leads is
@@ -54,6 +58,8 @@ class Projector:
         self.dsn = settings.postgres_url
         self.stream = settings.results_stream
         self.max_messages = settings.indexer_batch_messages
+        self.max_backlog = settings.indexer_backlog_messages
+        self.backlog = 0  # messages received and not yet committed (pending + the batch being written)
         self.standby_poll = standby_poll
         self.pending: list[StreamMessage] = []
         self.arrivals: deque[list[float]] = deque()  # [monotonic time, messages] per delivery still pending
@@ -68,6 +74,7 @@ class Projector:
         metrics.LEADER.set_function(lambda: 1.0 if self.role == "leader" else 0.0)
         metrics.POSTGRES_CONNECTED.set_function(lambda: 1.0 if self._connected() else 0.0)
         metrics.APPLIED_OFFSET.set_function(lambda: float(self.applied))
+        metrics.BACKLOG.set_function(lambda: float(self.backlog))
 
     def _connected(self) -> bool:
         return self.conn is not None and not self.conn.is_closed()
@@ -88,6 +95,8 @@ class Projector:
             "stream": self.stream,
             "applied_offset": self.applied,
             "pending_messages": len(self.pending),
+            "backlog_messages": self.backlog,
+            "backlog_limit": self.max_backlog,
             "lag_seconds": round(self.lag(), 3),
             "events": self.events,
             "transactions": self.transactions,
@@ -98,11 +107,13 @@ class Projector:
     def _received(self, messages: Sequence[StreamMessage]) -> None:
         if messages:
             self.pending.extend(messages)
+            self.backlog += len(messages)
             self.arrivals.append([time.monotonic(), len(messages)])
             self.arrived.set()
 
     def _taken(self, count: int) -> None:
         """`count` pending messages were committed: drop their arrival times."""
+        self.backlog -= count
         while count and self.arrivals:
             first = self.arrivals[0]
             if first[1] <= count:
@@ -161,7 +172,7 @@ class Projector:
             await conn.close()
 
     async def _follow(self, broker: Broker, conn: Any, stop: asyncio.Event) -> None:
-        subscription = await broker.follow(self.stream, self._received, self.applied + 1)
+        subscription = await broker.follow(self.stream, self._received, self.applied + 1, window=self.max_backlog)
         self.following = True
         stopping = asyncio.ensure_future(stop.wait())
         conn.add_termination_listener(lambda _: self.arrived.set())  # wake up to notice, even when idle
@@ -181,6 +192,7 @@ class Projector:
                 batch, self.pending = self.pending[: self.max_messages], self.pending[self.max_messages :]
                 await self.apply(conn, batch)
                 self._taken(len(batch))
+                subscription.release(batch[-1].offset)  # committed: RabbitMQ may deliver as many more
         finally:
             stopping.cancel()
             await subscription.cancel()
@@ -189,7 +201,7 @@ class Projector:
         """One transaction: the rows of `messages` not applied yet, and the offset of the last one."""
         fold, events, malformed, last = BatchFold(), 0, 0, self.applied
         for message in messages:
-            if message.offset <= self.applied:  # delivered again after a resubscribe: applied already
+            if message.offset <= last:  # delivered again (after a resubscribe): applied already
                 continue
             last = message.offset
             try:

@@ -51,6 +51,12 @@ APPLIED_OFFSET = Gauge(
     "Stream offset of the last message committed; -1 before the first.",
     registry=REGISTRY,
 )
+BACKLOG = Gauge(
+    "cpw_projector_backlog_messages",
+    "Stream messages received and not yet committed; at CPW_INDEXER_BACKLOG_MESSAGES RabbitMQ stops delivering until "
+    "PostgreSQL catches up.",
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "cpw_projector_leader", "1 while this projector holds the lock and writes; 0 on standby.", registry=REGISTRY
 )

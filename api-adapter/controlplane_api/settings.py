@@ -137,6 +137,14 @@ class ApiSettings(Settings):
         validation_alias=env_alias("INDEXER_BATCH_MESSAGES"),
         description="Stream messages `cpw indexer` writes per PostgreSQL transaction (one carries up to 512 events).",
     )
+    indexer_backlog_messages: int = Field(
+        512,
+        ge=1,
+        validation_alias=env_alias("INDEXER_BACKLOG_MESSAGES"),
+        description="Most stream messages `cpw indexer` holds received and not yet committed: at this many it stops "
+        "reading the stream until PostgreSQL catches up (the rest wait in RabbitMQ). Bounds its memory while "
+        "PostgreSQL is slow or down: a message of 512 events is ~90 KB, so 512 hold ~45 MB at most.",
+    )
     operation_retention: int = Field(
         30,
         ge=1,

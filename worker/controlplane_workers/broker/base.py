@@ -110,6 +110,10 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def cancel(self) -> None: ...
 
+    def release(self, offset: int) -> None:  # noqa: B027 - a no-op but for a stream follower with a window
+        """A stream follower with a window: the reader is done with the messages up to `offset` (it wrote them
+        somewhere), so as many more may come. Nothing for other subscriptions."""
+
 
 JobHandler = Callable[[Delivery], Coroutine[Any, Any, None]]
 StreamHandler = Callable[[Sequence[StreamMessage]], None]
@@ -189,8 +193,15 @@ class Broker(abc.ABC):
     async def consume_jobs(self, handler: JobHandler, prefetch: int) -> Subscription: ...
 
     @abc.abstractmethod
-    async def follow(self, stream: str, handler: StreamHandler, offset: Offset = "first") -> Subscription:
-        """Read a stream from `offset` on, in batches, and keep following it; resumes after reconnects."""
+    async def follow(
+        self, stream: str, handler: StreamHandler, offset: Offset = "first", window: int | None = None
+    ) -> Subscription:
+        """Read a stream from `offset` on, in batches, and keep following it; resumes after reconnects.
+
+        With a `window`, at most that many messages are handed over and not yet released
+        (`Subscription.release`) at a time; the broker holds back the rest. Backpressure for a reader
+        that writes what it reads somewhere that may be slow, and each message is handed over once,
+        across reconnects too."""
 
     @abc.abstractmethod
     async def subscribe_heartbeats(self, handler: HeartbeatHandler) -> Subscription: ...

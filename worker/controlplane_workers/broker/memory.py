@@ -75,10 +75,17 @@ class _Follower(Subscription):
     handler: StreamHandler
     position: int
     owner: MemoryBroker
+    window: int | None = None
+    released: int = -1  # with a window: the last offset the reader released
     active: bool = True
 
     async def cancel(self) -> None:
         self.active = False
+
+    def release(self, offset: int) -> None:
+        if self.window is not None and offset > self.released:
+            self.released = offset
+            self.node.wake()
 
 
 @dataclass
@@ -207,6 +214,10 @@ class _Node:
             drop = len(messages) - STREAM_LIMIT
             del messages[:drop]
             self.stream_base[stream] = base + drop
+        self.wake()
+
+    def wake(self) -> None:
+        """Hand the followers what they may take, on the next loop turn."""
         if not self.notify_scheduled:
             self.notify_scheduled = True
             asyncio.get_running_loop().call_soon(self.notify)
@@ -220,9 +231,12 @@ class _Node:
             messages = self.streams.get(follower.stream, [])
             base = self.stream_base.get(follower.stream, 0)
             start = max(follower.position - base, 0)
-            if start < len(messages):
-                batch = messages[start:]
-                follower.position = base + len(messages)
+            end = len(messages)
+            if follower.window is not None:  # at most a window past what the reader released
+                end = min(end, max(follower.released + 1, base) + follower.window - base)
+            if start < end:
+                batch = messages[start:end]
+                follower.position = base + end
                 follower.handler(batch)
 
     def start_position(self, stream: str, offset: Offset) -> int:
@@ -331,9 +345,12 @@ class MemoryBroker(Broker):
         self.node.dispatch()
         return consumer
 
-    async def follow(self, stream: str, handler: StreamHandler, offset: Offset = "first") -> Subscription:
+    async def follow(
+        self, stream: str, handler: StreamHandler, offset: Offset = "first", window: int | None = None
+    ) -> Subscription:
         self._check()
-        follower = _Follower(self.node, stream, handler, self.node.start_position(stream, offset), self)
+        position = self.node.start_position(stream, offset)
+        follower = _Follower(self.node, stream, handler, position, self, window, position - 1)
         self.node.followers.append(follower)
         self.subscriptions.append(follower)
         self.node.notify()
