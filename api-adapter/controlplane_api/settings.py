@@ -143,7 +143,7 @@ class ApiSettings(Settings):
         validation_alias=env_alias("INDEXER_BACKLOG_MESSAGES"),
         description="Most stream messages `cpw indexer` holds received and not yet committed: at this many it stops "
         "reading the stream until PostgreSQL catches up (the rest wait in RabbitMQ). Bounds its memory while "
-        "PostgreSQL is slow or down: a message of 512 events is ~90 KB, so 512 hold ~45 MB at most.",
+        "PostgreSQL is slow or down: a message of 512 small events is ~90 KB, so 512 hold ~45 MB.",
     )
     operation_retention: int = Field(
         30,

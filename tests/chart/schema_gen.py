@@ -197,6 +197,7 @@ PROJECTOR = obj(
     {
         "replicaCount": i("pods: one writes, the rest stand by", minimum=1),
         "batchMessages": i("stream messages per transaction", minimum=1),
+        "backlogMessages": i("stream messages held received and not yet committed", minimum=1),
         "retentionDays": i("days a job's row is kept", minimum=1, maximum=3650),
         **{
             key: _POD[key]

@@ -165,6 +165,12 @@ def test_a_managed_database_without_a_cidr_is_reached_only_with_an_opt_in() -> N
             id="a retention over ten years",
         ),
         pytest.param(
+            {**POSTGRESQL, "api": {"projector": {"backlogMessages": 0}}},
+            helm_python.HelmValuesError,
+            ["/projector/backlogMessages"],
+            id="no backlog",
+        ),
+        pytest.param(
             {**POSTGRESQL, "api": {"projector": {"retentionDays": 0}}},
             helm_python.HelmValuesError,
             ["/projector/retentionDays"],
@@ -189,6 +195,7 @@ def test_bad_store_values_fail_with_the_value_to_fix(values: dict, error: type, 
         ),
         pytest.param({**POSTGRESQL, "api": {"projector": {"replicaCount": 1}}}, id="one projector"),
         pytest.param({**POSTGRESQL, "api": {"projector": {"retentionDays": 1}}}, id="a retention of one day"),
+        pytest.param({**POSTGRESQL, "api": {"projector": {"backlogMessages": 1}}}, id="a backlog of one message"),
         pytest.param({**POSTGRESQL, "api": {"projector": {"retentionDays": 3650}}}, id="a retention of ten years"),
         pytest.param(
             {**POSTGRESQL, "api": {"projector": {"podDisruptionBudget": {"minAvailable": 1}}}},
@@ -210,3 +217,5 @@ def test_good_store_values_render(values: dict) -> None:
     if postgresql:
         projector, _ = _containers(docs)["projector"]
         assert env_of(projector)["CPW_OPERATION_RETENTION"] == str(retention), "the active projector drops past it"
+        backlog = values.get("api", {}).get("projector", {}).get("backlogMessages", 512)
+        assert env_of(projector)["CPW_INDEXER_BACKLOG_MESSAGES"] == str(backlog)

@@ -40,3 +40,15 @@ def test_the_operation_retention_is_days_from_one_to_ten_years():
     for bad in ("0d", "3651d", "-1", "30h", "d", ""):
         with pytest.raises(SettingsError, match="OPERATION_RETENTION"):
             load_api_settings(operation_retention=bad)
+
+
+def test_the_projector_backlog_is_at_least_one_message():
+    import pytest
+
+    from controlplane_workers.settings import SettingsError
+
+    assert load_api_settings().indexer_backlog_messages == 512
+    assert load_api_settings(indexer_backlog_messages=1).indexer_backlog_messages == 1
+    for bad in (0, -1, "many"):
+        with pytest.raises(SettingsError, match="INDEXER_BACKLOG_MESSAGES"):
+            load_api_settings(indexer_backlog_messages=bad)
