@@ -284,9 +284,12 @@ class _StreamFollower(Subscription):
 
     async def _pause(self) -> None:
         """Cancel the consumer that overran the window, and ack what it sent: it is gone, its credit with it."""
-        if self.queue is not None and self.tag is not None:
+        tag = self.tag
+        if self.queue is not None and tag is not None:
             with contextlib.suppress(*_UNAVAILABLE):
-                await self.queue.cancel(self.tag)
+                await self.queue.cancel(tag)
+        if self.tag != tag:  # the channel was reopened meanwhile: resubscribe() started afresh
+            return
         self.tag = None
         self.held.clear()
         last, self.last = self.last, None
