@@ -280,7 +280,8 @@ class Settings(BaseSettings):
         description="Most cancel requests a worker keeps of each kind: the latest N for queued or running jobs, "
         "and N for delayed jobs still waiting (past it, the one that starts last is dropped, counted in "
         "cpw_worker_cancel_requests_dropped_total, and such a job is looked up on the control stream before it "
-        "runs). About 300 bytes each.",
+        "runs). About 250 bytes per request of a queued or running job and 420 per waiting one (~65 MiB with both "
+        "kinds full at the default).",
     )
 
     # -- ops port and logs
