@@ -317,7 +317,8 @@ class ProviderWorker(WorkerRole):
         except (BrokerUnavailable, TimeoutError):
             return False
         finally:
-            await _bounded(subscription.cancel(), asyncio.get_running_loop().time() + self.settings.publish_timeout)
+            if not self.draining:  # else closed with the broker, within stop's one budget
+                await _bounded(subscription.cancel(), asyncio.get_running_loop().time() + self.settings.publish_timeout)
 
     def _cancel_dropped(self, kind: str) -> None:
         metrics.CANCELS_DROPPED.labels(kind).inc()
