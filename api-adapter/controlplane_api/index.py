@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from controlplane_workers.broker.base import KIND, StreamMessage
+from controlplane_workers.broker.base import Headers
 from controlplane_workers.models import Job
-from controlplane_workers.status import MARKER, Entry, StatusIndex
+from controlplane_workers.status import Entry, Key, StatusIndex
 
 from . import metrics
 from .slots import Reservations
@@ -51,9 +51,9 @@ class ApiIndex(StatusIndex):
         """Give back `job_id`'s slot (publish failed, or its record now counts it); idempotent."""
         self.reserved.release(job_id)
 
-    def _insert(self, job_id: str, entry: Entry) -> None:
+    def _insert(self, job_id: str, key: Key, entry: Entry) -> None:
         self.release(job_id)  # counted from now on as the record itself: not twice
-        super()._insert(job_id, entry)
+        super()._insert(job_id, key, entry)
 
     def idempotent(self, key: str) -> tuple[str, str, float] | None:
         """(job id, request fingerprint, submitted at) of the job last submitted with `key`."""
@@ -73,14 +73,11 @@ class ApiIndex(StatusIndex):
         while len(self.idempotency) > self.max_jobs:
             self.idempotency.popitem(last=False)
 
-    def apply_batch(self, messages: Sequence[StreamMessage]) -> None:
-        apply = self.apply
-        for message in messages:
-            apply(message)
-            if message.headers.get(KIND) == MARKER and message.headers.get(MARKER_ID) == self.marker:
-                self.marker_seen = True
-                for callback in self.on_marker:
-                    callback()
+    def read_marker(self, headers: Headers) -> None:
+        if headers.get(MARKER_ID) == self.marker:
+            self.marker_seen = True
+            for callback in self.on_marker:
+                callback()
 
 
 class Unindexed(ApiIndex):

@@ -6,14 +6,17 @@ not_before), never by sleeping: every wait here awaits the job's status.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
 import pytest
 
-from controlplane_workers import JobStatus
+from controlplane_workers import JobResult, JobStatus
+from controlplane_workers import worker as worker_module
 from controlplane_workers.broker.base import DELIVERY_COUNT
 from controlplane_workers.dlq import list_dead_letters
+from controlplane_workers.metrics import REGISTRY
 from controlplane_workers.models import Job
 from tests.support import providers
 from tests.support.harness import client, eventually, lose_a_delivery, request, running_worker
@@ -95,6 +98,69 @@ async def test_a_worker_started_after_the_cancel_still_skips_the_waiting_job(bro
         async with running_worker(broker_url, providers.registry, cancel_window=0.001) as worker:
             await eventually(lambda: worker.stats.canceled == 1, timeout=15)
     assert providers.CALLS == []
+
+
+async def test_a_starting_worker_keeps_only_the_cancel_requests_that_can_still_matter(broker_url):
+    # Before consuming it reads the cancel window only; older requests count only for a delayed job still
+    # waiting, and those it reads from further back in the background: not the rest of a day of requests.
+    async with client(broker_url) as queue:
+        waiting = await queue.submit_job(NS, TYPE, "create", request("waits"), delay=60)
+        await queue.cancel_job(waiting)
+        await queue.cancel_job("an-old-queued-job")
+        await queue.cancel_job("a-long-done-delayed-job", job=_waiting_until(time.time() + 0.5))
+        await asyncio.sleep(2.0)  # ages them out of the window below (RabbitMQ's stream offsets are in seconds)
+        await queue.cancel_job("a-recent-one")
+        async with running_worker(broker_url, providers.registry, cancel_window=1.0) as worker:
+            assert "a-recent-one" in worker.cancel_requests
+            await asyncio.wait_for(worker.backfilled.wait(), 10)
+            assert waiting in worker.cancel_requests.waiting
+            assert "an-old-queued-job" not in worker.cancel_requests
+            assert "a-long-done-delayed-job" not in worker.cancel_requests
+
+
+def _waiting_until(not_before: float) -> JobResult:
+    """The caller's view of a job that is Accepted and waits until `not_before`."""
+    return JobResult(job_id="x", status=JobStatus.ACCEPTED, not_before=not_before, submitted_at=not_before - 10)
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize("limit", [2, 1], ids=["at-the-limit", "over-the-limit"])
+async def test_waiting_cancel_requests_past_the_memory_limit_are_looked_up_on_the_stream(broker_url, limit):
+    # Two delayed jobs canceled while they wait, one not. At CPW_CANCEL_MEMORY=2 the worker keeps both
+    # requests; at 1 it drops the one whose job starts last, says so, and looks that job up on the control
+    # stream when it arrives: neither canceled job runs, and the other does.
+    dropped = _sample("cpw_worker_cancel_requests_dropped_total", kind="waiting")
+    lookups = {o: _sample("cpw_worker_cancel_lookups_total", outcome=o) for o in ("canceled", "not-canceled")}
+    async with client(broker_url) as queue:
+        ids = [await queue.submit_job(NS, TYPE, "create", request(f"w{i}"), delay=1.0 + 0.5 * i) for i in range(3)]
+        for job_id in ids[:2]:
+            await queue.cancel_job(job_id, reason="not today")
+        async with running_worker(broker_url, providers.registry, cancel_memory=limit) as worker:
+            results = [await queue.get_job_result(job_id, timeout=15) for job_id in ids]
+            await eventually(lambda: worker.stats.canceled == 2, timeout=15)
+    assert [r.status for r in results] == [JobStatus.CANCELED, JobStatus.CANCELED, JobStatus.SUCCEEDED]
+    assert [c["name"] for c in providers.CALLS] == ["w2"]
+    over = 2 - limit
+    assert _sample("cpw_worker_cancel_requests_dropped_total", kind="waiting") - dropped == over
+    assert _sample("cpw_worker_cancel_lookups_total", outcome="canceled") - lookups["canceled"] == over
+    assert _sample("cpw_worker_cancel_lookups_total", outcome="not-canceled") - lookups["not-canceled"] == over
+
+
+async def test_a_delayed_job_due_before_the_older_cancel_requests_are_read_waits_for_them(broker_url, monkeypatch):
+    monkeypatch.setattr(worker_module, "BACKFILL_WAIT", 0.2)
+    async with running_worker(broker_url, providers.registry) as worker, client(broker_url) as queue:
+        await asyncio.wait_for(worker.backfilled.wait(), 10)
+        worker.backfilled.clear()  # as if it still read them
+        job_id = await queue.submit_job(NS, TYPE, "create", request("patient"), delay=0.2)
+        await eventually(lambda: worker.stats.cancel_waits >= 2, timeout=15)  # it came, went back, came again
+        assert providers.CALLS == []
+        read_at = time.time()
+        worker.backfilled.set()
+        result = await queue.get_job_result(job_id, timeout=15)
+    assert result.status is JobStatus.SUCCEEDED and started("patient") >= read_at
 
 
 async def test_a_job_that_arrives_early_waits_for_its_time(broker_url):

@@ -40,3 +40,45 @@ def test_a_waiting_jobs_request_is_forgotten_once_its_start_and_grace_have_passe
     now[0] = 1161.0
     memory.add("and-another", "z")
     assert "waiting" not in memory and not memory._expiry
+
+
+@pytest.mark.parametrize("over", [0, 1, 5])
+def test_waiting_requests_at_and_over_their_limit(monkeypatch, over):
+    # At the limit every request is kept; past it the ones whose jobs start last are dropped, each reported,
+    # and the memory says which waiting jobs it can no longer answer for.
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    drops: list[str] = []
+    memory = CancelMemory(limit=3, grace=60, waiting_limit=3, on_drop=drops.append)
+    starts = [2000.0 + 100 * i for i in range(3 + over)]
+    for i, start in reversed(list(enumerate(starts))):  # the latest first: each later one evicts one of them
+        memory.add(f"w{i}", "x", not_before=start)
+    assert len(memory.waiting) == 3 and drops == ["waiting"] * over
+    assert all(f"w{i}" in memory for i in range(3))  # the three that start soonest
+    assert not memory.may_have_dropped(starts[2])
+    if over:
+        assert memory.may_have_dropped(starts[3]) and memory.may_have_dropped(starts[-1] + 500)
+        assert memory.horizon == starts[3] + 60
+    # once every dropped request has expired, the memory answers for every waiting job again
+    now[0] = starts[-1] + 61
+    assert not memory.may_have_dropped(now[0] + 10)
+
+
+def test_recent_requests_dropped_past_the_limit_are_reported():
+    drops: list[str] = []
+    memory = CancelMemory(limit=2, on_drop=drops.append)
+    for i in range(2):
+        memory.add(f"j{i}", "x")
+    assert drops == []
+    memory.add("j2", "x")
+    assert drops == ["recent"] and "j0" not in memory
+
+
+def test_replaced_and_expired_waiting_requests_leave_no_garbage(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    memory = CancelMemory(grace=1, waiting_limit=10)
+    for i in range(10_000):
+        now[0] += 1
+        memory.add(f"w{i}", "x", not_before=now[0] + 0.5)  # each expires before the next arrives
+    assert len(memory.waiting) <= 2 and len(memory._latest) < 100 and len(memory._expiry) < 100

@@ -71,6 +71,20 @@ DLQ_BOUNDED = Gauge(
     registry=REGISTRY,
 )
 CANCELED = Counter("cpw_worker_canceled", "Jobs canceled on request (running or queued).", registry=REGISTRY)
+CANCELS_DROPPED = Counter(
+    "cpw_worker_cancel_requests_dropped",
+    "Cancel requests dropped past CPW_CANCEL_MEMORY, by kind: recent (queued or running jobs') or waiting "
+    "(delayed jobs'; such a job is looked up on the control stream before it runs).",
+    ("kind",),
+    registry=REGISTRY,
+)
+CANCEL_LOOKUPS = Counter(
+    "cpw_worker_cancel_lookups",
+    "Delayed jobs whose cancel request was looked up on the control stream, by outcome: canceled, "
+    "not-canceled, unknown (sent back to the delay cascade to try again).",
+    ("outcome",),
+    registry=REGISTRY,
+)
 REDELIVERED = Counter("cpw_worker_redelivered", "Deliveries flagged as redelivered by the broker.", registry=REGISTRY)
 ACK_LOST = Counter(
     "cpw_worker_ack_lost", "Jobs whose ack failed on a lost channel; the broker will redeliver them.", registry=REGISTRY
@@ -83,5 +97,7 @@ LAST_HEARTBEAT = Gauge(
 )
 STARTED = time.time()
 UPTIME.set_function(lambda: time.time() - STARTED)
+for _kind in ("recent", "waiting"):
+    CANCELS_DROPPED.labels(_kind)
 for _reason in DEAD_LETTER_REASONS:  # present at 0 from the start, so increase() sees the first one
     DEAD_LETTERED.labels(_reason)

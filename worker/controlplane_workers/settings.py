@@ -269,7 +269,19 @@ class Settings(BaseSettings):
         3600.0,
         gt=0,
         validation_alias=env_alias("CANCEL_WINDOW"),
-        description="How far back a starting worker reads cancel requests.",
+        description="How far back a starting worker reads cancel requests of jobs that are not waiting (their "
+        "requests count only while the job is queued or running), and how long after a delayed job's start time "
+        "its request is kept.",
+    )
+    cancel_memory: int = Field(
+        100_000,
+        ge=1,
+        validation_alias=env_alias("CANCEL_MEMORY"),
+        description="Most cancel requests a worker keeps of each kind: the latest N for queued or running jobs, "
+        "and N for delayed jobs still waiting (past it, the one that starts last is dropped, counted in "
+        "cpw_worker_cancel_requests_dropped_total, and such a job is looked up on the control stream before it "
+        "runs). About 250 bytes per request of a queued or running job and 420 per waiting one (~65 MiB with both "
+        "kinds full at the default).",
     )
 
     # -- ops port and logs

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .broker.base import StreamMessage
+from .broker.base import KIND, Headers, StreamMessage
 from .models import Job, JobError, JobResult, JobStatus, Operation
 from .records import MALFORMED, read_message
 from .records import MARKER as MARKER  # where readers of the index import it from
@@ -365,17 +365,25 @@ class StatusIndex:
         (frozen) jobs never reach it."""
 
     def apply_batch(self, messages: Sequence[StreamMessage]) -> None:
+        apply = self.apply
         for message in messages:
-            self.apply(message)
+            apply(message)
 
     def apply(self, message: StreamMessage) -> None:
         self.events += 1
         self.last_offset = message.offset
         try:
-            self.events += read_message(message, self) - 1  # count events, not stream messages
+            held = read_message(message, self)
+            self.events += held - 1  # count events, not stream messages
         except MALFORMED:
             self.malformed += 1
+            held = -1
         self._evict()  # once per stream message: a bound is exceeded by one batch at most, briefly
+        if held == 0 and message.headers.get(KIND) == MARKER:  # 0: a marker, or an empty batch
+            self.read_marker(message.headers)
+
+    def read_marker(self, headers: Headers) -> None:
+        """Hook: a reader's position marker was read (the API is ready once it reads its own)."""
 
     def _evicted_one(self) -> None:
         """Hook: a finished job was evicted to stay within a bound (the API counts it in a metric)."""
@@ -422,7 +430,7 @@ class StatusIndex:
         if item is None:
             current = Entry(JobStatus.ACCEPTED)
             current.tenant = _name(tenant)
-            self._insert(job_id, current)
+            self._insert(job_id, key, current)
         elif type(item) is Entry:
             current = item
             self._adopt_tenant(current, tenant)  # an event came before the job
@@ -461,7 +469,7 @@ class StatusIndex:
         item = self.jobs.get(key)
         if item is None:
             entry = Entry(JobStatus.ACCEPTED)
-            self._insert(job_id, entry)
+            self._insert(job_id, key, entry)
         elif type(item) is not Entry:  # it has ended: the first terminal event won
             if status.terminal:
                 self.duplicates += 1
@@ -516,8 +524,10 @@ class StatusIndex:
         entry.nbytes += nbytes
         self.nbytes += nbytes
 
-    def _insert(self, job_id: str, entry: Entry) -> None:
-        entry.key = _key(job_id)
+    def _insert(self, job_id: str, key: Key, entry: Entry) -> None:
+        """Add a job the index did not hold; `key` is `_key(job_id)`, which the caller looked it up by
+        (computed once per record: the hex round trip is on the hot path of a replay)."""
+        entry.key = key
         self.jobs[entry.key] = entry
         self.nbytes += entry.nbytes
         self._count(entry, 1)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +53,13 @@ SETTLED_MEMORY = 10_000
 REPARK_AFTER = 1.0
 # Seconds before a job whose outcome could not be published is handed back to the broker.
 OUTCOME_LOST_BACKOFF = 1.0
+# A delayed job that arrives while the worker still reads the older waiting jobs' cancel requests waits this
+# long for them, then goes back into the delay cascade for as long again.
+BACKFILL_WAIT = 5.0
+# Seconds a look-up of one delayed job's cancel request on the control stream may take (past the memory's
+# limit only), and how much earlier than the job's submission it starts reading (clocks differ).
+LOOKUP_TIMEOUT = 60.0
+CLOCK_MARGIN = 60.0
 
 
 @dataclass
@@ -65,6 +73,7 @@ class WorkerStats:
     redelivered: int = 0
     ack_lost: int = 0
     redeliveries_settled: int = 0
+    cancel_waits: int = 0  # delayed jobs sent back to wait until the older cancel requests are read
     started_at: float = field(default_factory=time.time)
 
 
@@ -86,7 +95,16 @@ class ProviderWorker(WorkerRole):
         self._bursts = Bursts(log)
         self.events = EventBatcher(self.broker, readback=settings.readback_seconds)
         self.running: dict[str, asyncio.Task[Any]] = {}
-        self.cancel_requests = CancelMemory(grace=settings.cancel_window)
+        self.cancel_requests = CancelMemory(
+            settings.cancel_memory,
+            grace=settings.cancel_window,
+            waiting_limit=settings.cancel_memory,
+            on_drop=self._cancel_dropped,
+        )
+        # Set once the waiting jobs' cancel requests from before the cancel window are read (`_backfill`).
+        self.backfilled = asyncio.Event()
+        self._control_from: int | None = None  # the first offset the control stream's reader got
+        self._backfill: asyncio.Task[None] | None = None
         self.draining = False
         self.consuming = False
         self._consumer: Subscription | None = None
@@ -159,12 +177,17 @@ class ProviderWorker(WorkerRole):
         async with self.broker.connecting():
             if self.events.readback is not None:  # from now on: the outcomes this worker is about to publish
                 self._results = await self.broker.follow(self.topology.results_stream, self.events.read, "next")
-            # A delayed job may arrive long after its cancel request: read back over the longest delay too.
-            since = datetime.now(UTC) - timedelta(seconds=self.settings.cancel_window + self.settings.job_max_delay)
-            self._control = await self.broker.follow(self.topology.control_stream, self._on_control, since)
+            # Only the cancel window before consuming: a request older than that counts only for a delayed
+            # job still waiting, and those are read from further back in the background (`_read_waiting_cancels`).
+            now = datetime.now(UTC)
+            window = timedelta(seconds=self.settings.cancel_window)
+            self._control = await self.broker.follow(self.topology.control_stream, self._on_control, now - window)
             await self._read_cancel_backlog()
             self._consumer = await self.broker.consume_jobs(self.handle, self.settings.max_concurrent_jobs)
         self.consuming = True
+        self._backfill = asyncio.create_task(
+            self._read_waiting_cancels(now - window - timedelta(seconds=self.settings.job_max_delay))
+        )
         metrics.DLQ_BOUNDED.set(0 if self.broker.dlq_bounded is False else 1)
         self._heartbeat = asyncio.create_task(self._heartbeats())
         log.info("worker ready", extra={"capacity": self.settings.max_concurrent_jobs})
@@ -188,10 +211,11 @@ class ProviderWorker(WorkerRole):
         handing_back = self._handing_back - {asyncio.current_task()}
         if handing_back:  # copies being put back: closing now would leave a copy and requeue the original too
             await asyncio.wait(handing_back, timeout=self.settings.publish_timeout)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for background in (self._heartbeat, self._backfill):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         # What is left talks to the broker: one budget for all of it, so a broker that is gone (a deleted
         # vhost, a node down) cannot hold the process past its grace period.
         until = loop.time() + self.settings.publish_timeout
@@ -217,26 +241,95 @@ class ProviderWorker(WorkerRole):
             log.warning("cancel requests not caught up in %.0fs; consuming anyway", timeout)
 
     def _on_control(self, messages: Sequence[StreamMessage]) -> None:
+        if self._control_from is None and messages:
+            self._control_from = messages[0].offset
         for message in messages:
-            try:
-                request = orjson.loads(message.body)
-                if request.get("type") == "marker":
-                    if request.get("marker") == self._marker:
-                        self._caught_up.set()
-                    continue
-                job_id = str(request["job_id"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            request = _control_request(message.body)
+            if isinstance(request, str):
+                if request == self._marker:
+                    self._caught_up.set()
                 continue
-            not_before = request.get("not_before")
-            self.cancel_requests.add(
-                job_id,
-                str(request.get("reason") or "canceled by request"),
-                not_before if isinstance(not_before, int | float) else None,
-            )
+            if request is None:
+                continue
+            job_id, reason, not_before = request
+            self.cancel_requests.add(job_id, reason, not_before)
             task = self.running.get(job_id)
             if task is not None:
                 self._canceled_by_request.add(job_id)
                 task.cancel(msg="cancel requested")
+
+    async def _read_waiting_cancels(self, since: datetime) -> None:
+        """Read the cancel requests of delayed jobs still waiting from `since` on, the longest delay back,
+        in the background: the start reads only the cancel window, so it takes as long whatever the delay.
+        A delayed job that arrives before this ends waits for it (`_not_canceled_while_waiting`)."""
+        began, kept = time.monotonic(), len(self.cancel_requests.waiting)
+
+        def keep(job_id: str, reason: str, not_before: float | None) -> None:
+            if not_before is not None and not_before + self.cancel_requests.grace > time.time():
+                self.cancel_requests.add(job_id, reason, not_before)
+
+        while True:
+            try:  # up to where the window's reader began (each request once), or the end if it got nothing
+                if await self._scan_control(since, keep, None, end=self._control_from):
+                    break
+            except Exception:  # a bug here must not leave delayed jobs waiting for ever unseen
+                log.exception("reading the waiting jobs' cancel requests failed; reading them again")
+            await asyncio.sleep(OUTCOME_LOST_BACKOFF)  # the broker is away: the scan starts again from `since`
+        self.backfilled.set()
+        log.info(
+            "cancel requests of waiting jobs read in %.1fs",
+            time.monotonic() - began,
+            extra={"waiting_cancels": len(self.cancel_requests.waiting) - kept},
+        )
+
+    async def _scan_control(
+        self,
+        since: datetime,
+        keep: Callable[[str, str, float | None], None],
+        timeout: float | None,
+        end: int | None = None,
+    ) -> bool:
+        """Hand every cancel request on the control stream from `since` up to offset `end` or else now to
+        `keep`; False if the end (or a marker of our own, appended now) was not reached within `timeout`
+        or the broker failed."""
+        marker = f"{self.worker_id}:{time.time_ns()}:{secrets.token_hex(4)}"
+        reached = asyncio.Event()
+
+        def on_messages(messages: Sequence[StreamMessage]) -> None:
+            for message in messages:
+                if reached.is_set() or (end is not None and message.offset >= end):
+                    reached.set()
+                    return
+                request = _control_request(message.body)
+                if isinstance(request, tuple):
+                    keep(*request)
+                elif request == marker:
+                    reached.set()
+
+        try:
+            subscription = await self.broker.follow(self.topology.control_stream, on_messages, since)
+        except BrokerUnavailable:
+            return False
+        try:
+            await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker}), {})
+            await asyncio.wait_for(reached.wait(), timeout)
+            return True
+        except (BrokerUnavailable, TimeoutError):
+            return False
+        finally:
+            if not self.draining:  # else closed with the broker, within stop's one budget
+                await _bounded(subscription.cancel(), asyncio.get_running_loop().time() + self.settings.publish_timeout)
+
+    def _cancel_dropped(self, kind: str) -> None:
+        metrics.CANCELS_DROPPED.labels(kind).inc()
+        self._bursts.warning(
+            f"cancel requests of {kind} jobs past CPW_CANCEL_MEMORY ({self.settings.cancel_memory}): "
+            + (
+                "the oldest dropped"
+                if kind == "recent"
+                else "the one whose job starts last dropped; looked up on the control stream when its job arrives"
+            )
+        )
 
     # -- one delivery
     async def handle(self, delivery: Delivery) -> None:
@@ -295,7 +388,9 @@ class ProviderWorker(WorkerRole):
         if job.id in self.cancel_requests:
             await self._finish(delivery, job, attempt, EventType.CANCELED, error=self._cancel_error(job.id))
             return
-        if job.not_before is not None and not await self._due(delivery, job):
+        if job.not_before is not None and not (
+            await self._due(delivery, job) and await self._not_canceled_while_waiting(delivery, job)
+        ):
             return
         provider = self.providers.get_provider(job.provider_namespace, job.resource_type)
         if provider is None:
@@ -415,20 +510,64 @@ class ProviderWorker(WorkerRole):
         if early <= REPARK_AFTER:
             await asyncio.sleep(early)  # the wait itself, not a synchronisation
             return job.id not in self.cancel_requests or await self._run_canceled(delivery, job)
+        await self._repark(delivery, job, early)
+        return False
+
+    async def _repark(self, delivery: Delivery, job: Job, delay: float) -> None:
+        """Send a job back into the delay cascade for `delay` seconds, as a hand-back (see `_due`)."""
         with self._handing(delivery):
             try:
                 await self.broker.publish_delayed(
-                    delivery.body, message_id=job.id, priority=delivery.priority, headers=delivery.headers, delay=early
+                    delivery.body, message_id=job.id, priority=delivery.priority, headers=delivery.headers, delay=delay
                 )
                 await self._settle(delivery, ack=True, copied=True)
-                return False
+                return
             except (BrokerUnavailable, UnroutableJob):  # the cascade refused it: back to the queue, never lost
                 pass
         await self._outcome_lost(delivery)
+
+    async def _not_canceled_while_waiting(self, delivery: Delivery, job: Job) -> bool:
+        """Whether a delayed job that is due may run: False once it was found canceled (its Canceled
+        outcome published) or sent back until that is known.
+
+        Its cancel request may be older than the cancel window this worker read before consuming: it is
+        known once the older waiting jobs' requests are read (`_read_waiting_cancels`), and a request
+        dropped past CPW_CANCEL_MEMORY is looked up on the control stream. Not past `not_before +
+        CPW_CANCEL_WINDOW`: the memory keeps no request that long (docs/reliability.md, "Known limits")."""
+        assert job.not_before is not None
+        if job.not_before + self.cancel_requests.grace <= time.time():
+            return True
+        if not self.backfilled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.backfilled.wait(), BACKFILL_WAIT)
+            if not self.backfilled.is_set():
+                self.stats.cancel_waits += 1
+                await self._repark(delivery, job, BACKFILL_WAIT)
+                return False
+        reason = self.cancel_requests.get(job.id)
+        if reason is None and self.cancel_requests.may_have_dropped(job.not_before):
+            found: list[str] = []
+
+            def keep(job_id: str, why: str, not_before: float | None) -> None:
+                if job_id == job.id:
+                    found.append(why)
+
+            since = datetime.fromtimestamp(job.submitted_at - CLOCK_MARGIN, UTC)
+            if not await self._scan_control(since, keep, LOOKUP_TIMEOUT):
+                metrics.CANCEL_LOOKUPS.labels("unknown").inc()
+                log.warning("cancel request of a waiting job not looked up in time; the job goes back to wait")
+                await self._repark(delivery, job, BACKFILL_WAIT)
+                return False
+            metrics.CANCEL_LOOKUPS.labels("canceled" if found else "not-canceled").inc()
+            reason = found[0] if found else None
+        if reason is None:
+            return True
+        await self._run_canceled(delivery, job, reason)
         return False
 
-    async def _run_canceled(self, delivery: Delivery, job: Job) -> bool:
-        await self._finish(delivery, job, delivery.attempt, EventType.CANCELED, error=self._cancel_error(job.id))
+    async def _run_canceled(self, delivery: Delivery, job: Job, reason: str | None = None) -> bool:
+        error = self._cancel_error(job.id) if reason is None else JobError(code="Canceled", message=reason)
+        await self._finish(delivery, job, delivery.attempt, EventType.CANCELED, error=error)
         return False
 
     async def _redelivery_of_own_attempt(self, delivery: Delivery) -> bool:
@@ -791,6 +930,20 @@ async def _bounded(step: Awaitable[object], until: float) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout_at(until):
             await step
+
+
+def _control_request(body: bytes) -> tuple[str, str, float | None] | str | None:
+    """A control stream message: a cancel request's (job id, reason, not_before), a marker's text, or None."""
+    try:
+        request = orjson.loads(body)
+        if request.get("type") == "marker":
+            return str(request.get("marker"))
+        job_id = str(request["job_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    not_before = request.get("not_before")
+    valid = isinstance(not_before, int | float) and not isinstance(not_before, bool) and math.isfinite(not_before)
+    return job_id, str(request.get("reason") or "canceled by request"), not_before if valid else None
 
 
 def _key(delivery: Delivery) -> tuple[str, int] | None:
