@@ -35,10 +35,12 @@ path's completed jobs/s (docs/benchmarks.md, 1,838) in events; lag p99 <= 250 ms
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -57,7 +59,7 @@ from tests.api.bench_index import fill
 from tests.api.support import start_api, start_worker, wait_ready
 from tests.postgres.test_projector import start_indexer
 from tests.support.postgres import PostgresServer
-from tests.support.proc import rss_bytes
+from tests.support.proc import cpu_seconds, rss_bytes
 
 pytestmark = [pytest.mark.bench, pytest.mark.rabbitmq, pytest.mark.timeout(3600)]
 JOBS = int(os.environ.get("CPW_BENCH_PG_JOBS", "1000000"))
@@ -242,35 +244,61 @@ async def deep_token(dsn: str) -> str:
         await conn.close()
 
 
-async def http_rate(vhost_url: str, tmp_path, n: int = 3000, **env) -> float:  # noqa: ANN001, ANN003
+def charged_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes, their live descendants and their reaped ones (PostgreSQL's ended
+    backends: the postmaster's cutime and cstime)."""
+    total = 0.0
+    for pid in pids:
+        total += cpu_seconds(pid)
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def http_rate(vhost_url: str, tmp_path, servers: list[int], n: int = 3000, **env) -> tuple[float, float]:  # noqa: ANN001, ANN003
+    """(jobs/s, CPU seconds per job of the API, the worker, the `servers`: broker, PostgreSQL, projector)."""
     api = await start_api(vhost_url, tmp_path, **QUIET, **env)
     worker = await start_worker(vhost_url, tmp_path, CPW_MAX_CONCURRENT_JOBS=200, CPW_LOG_LEVEL="ERROR")
+    pids = [api.proc.pid, worker.proc.pid, *servers]
     try:
+        before = charged_cpu_s(pids)
         seconds, _ = await end_to_end(api.url, n)
+        used = charged_cpu_s(pids) - before
     finally:
         worker.stop()
         api.stop()
-    return n / seconds
+    return n / seconds, used / n
 
 
 async def http_rounds(rabbitmq, postgres, tmp_path, rounds: int = HTTP_ROUNDS) -> dict[str, list[float]]:  # noqa: ANN001
     """End-to-end HTTP jobs/s of the stream-index mode and of the PostgreSQL mode (+ its projector), in
     alternating rounds (stream, pg, then pg, stream, ...), each on a fresh vhost (and database): the two
     modes meet the same background load on average, where one run of each after the other compared
-    whatever else the machine ran in each half."""
-    found: dict[str, list[float]] = {"stream": [], "postgresql": [], "cpu_wait_stream": [], "cpu_wait_postgresql": []}
+    whatever else the machine ran in each half. And the CPU each job cost the processes that serve it
+    (API, worker, broker, and in the PostgreSQL mode PostgreSQL and the projector): what a round gets of
+    a shared machine's cores moves its jobs/s, hardly its CPU per job."""
+    server = rabbitmq.server  # None for an external broker: its CPU is not charged
+    broker = [server.process.pid] if server is not None and server.process else []
+    postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
+    found: dict[str, list[float]] = {}
     for n in range(rounds):
         for mode in ("stream", "postgresql") if n % 2 == 0 else ("postgresql", "stream"):
             vhost = rabbitmq.new_vhost()
-            url, indexer, env = rabbitmq.url_for(vhost), None, {}
+            url, indexer, env, servers = rabbitmq.url_for(vhost), None, {}, list(broker)
             try:
                 if mode == "postgresql":
                     dsn = await new_database(postgres)
                     indexer = start_indexer(url, dsn, tmp_path, f"e2e-{n}", batch=32)
                     env = {"CPW_API_STORE": "postgresql", "CPW_POSTGRES_URL": dsn}
+                    servers += [postmaster, indexer.proc.pid]
                 waited, started = cpu_wait_s(), time.perf_counter()
-                found[mode].append(await http_rate(url, tmp_path, **env))
-                found[f"cpu_wait_{mode}"].append((cpu_wait_s() - waited) / (time.perf_counter() - started))
+                rate, cpu = await http_rate(url, tmp_path, servers, **env)
+                found.setdefault(mode, []).append(rate)
+                found.setdefault(f"cpu_ms_{mode}", []).append(1000 * cpu)
+                found.setdefault(f"cpu_wait_{mode}", []).append(
+                    (cpu_wait_s() - waited) / (time.perf_counter() - started)
+                )
             finally:
                 if indexer is not None:
                     indexer.stop()
@@ -321,6 +349,7 @@ async def test_pgstore_benchmark(rabbitmq, postgres, tmp_path):
     list_first, list_deep, list_small = median(lists["first"]), median(lists["deep"]), median(lists["small"])
     list_ms = max(list_first, list_deep)
     pg_rate, stream_rate = median(http["postgresql"]), median(http["stream"])
+    pg_cpu, stream_cpu = median(http["cpu_ms_postgresql"]), median(http["cpu_ms_stream"])
     print(
         f"\npgstore: jobs={JOBS} api_ready_s={ready_s:.2f} api_rss_mib={rss:.0f} "
         f"projector_events_per_s={events_per_s:.0f} lag_p99_ms={lag_ms:.0f} list_p99_ms={list_ms:.1f} "
@@ -332,7 +361,8 @@ async def test_pgstore_benchmark(rabbitmq, postgres, tmp_path):
         f"list_first_p99_ms={list_first:.1f} list_deep_p99_ms={list_deep:.1f} list_small_table_p99_ms={list_small:.1f} "
         f"list_req_per_s={median(lists['rate']):.0f} copy_s={load_s:.0f} projected_events={2 * PROJECTED} "
         f"lag_jobs={lag_jobs} projector_vs_sdk={events_per_s / SDK_JOBS_PER_S:.1f}x cpus={os.cpu_count()} "
-        f"load_avg={os.getloadavg()[0]:.1f}"
+        f"load_avg={os.getloadavg()[0]:.1f} http_cpu_ms_per_job={pg_cpu:.2f} "
+        f"stream_http_cpu_ms_per_job={stream_cpu:.2f} http_cpu_ratio={stream_cpu / pg_cpu:.2f}"
     )
     pairs = [p / s for p, s in zip(http["postgresql"], http["stream"], strict=True)]
     print(  # every round's raw number: the medians above are of these
@@ -341,5 +371,6 @@ async def test_pgstore_benchmark(rabbitmq, postgres, tmp_path):
         f"/{listed(lists['warmup_deep'], 1)} list_cpu_wait={listed(lists['cpu_wait'], 2)} "
         f"http_jobs_per_s={listed(http['postgresql'])} stream_http_jobs_per_s={listed(http['stream'])} "
         f"http_ratio={listed(pairs, 2)} http_cpu_wait={listed(http['cpu_wait_postgresql'], 2)} "
-        f"stream_http_cpu_wait={listed(http['cpu_wait_stream'], 2)}"
+        f"stream_http_cpu_wait={listed(http['cpu_wait_stream'], 2)} http_cpu_ms_per_job={listed(http['cpu_ms_postgresql'], 2)} "
+        f"stream_http_cpu_ms_per_job={listed(http['cpu_ms_stream'], 2)}"
     )
