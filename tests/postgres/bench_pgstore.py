@@ -26,7 +26,9 @@ CPW_BENCH_PG_JOBS, default 1000000). How each number is taken:
   Succeeded) with one API and one worker, on PostgreSQL (+ one projector, a fresh database), and
   stream_http_jobs_per_s the same in stream-index mode: HTTP_ROUNDS rounds of each, alternating (stream
   first, then PostgreSQL first, ...), the medians compared. One run of each, one after the other,
-  compared whatever else the machine ran in each half (0.69 in one run, 1.12 in another).
+  compared whatever else the machine ran in each half (0.69 in one run, 1.12 in another). Beside them,
+  the CPU per job of the processes serving the jobs (http_cpu_ratio: stream's / PostgreSQL's), which
+  what a round gets of the shared cores hardly moves.
 Goals: ready <= 2 s and RSS within 20 MiB of the empty store's at 1,000,000 jobs; projector >= 3x the SDK
 path's completed jobs/s (docs/benchmarks.md, 1,838) in events; lag p99 <= 250 ms at 500 jobs/s; list p99
 <= 50 ms; HTTP jobs/s >= 0.8x the stream mode's.
