@@ -31,6 +31,7 @@ from controlplane_workers.redact import redact_text, redact_url
 from .errors import unavailable
 from .pgaccept import Accepts
 from .pglisten import EndedJobs
+from .pgpages import page_queries
 from .pgschema import migrate
 from .settings import ApiSettings
 from .slots import Reservations
@@ -190,18 +191,11 @@ class PostgresStore:
     async def page(
         self, tenant: str | None, status: JobStatus | None, limit: int, after: str | None
     ) -> tuple[list[JobResult], str | None]:
-        # Only the tenant's own job starts a page: another tenant's id must not tell that it exists.
-        if after is not None and await self.get(after, tenant) is None:
-            after = None
-        where, args = ["true"], list[object]()
-        for clause, value in (("tenant = ", tenant), ("status = ", status and status.value), ("job_id < ", after)):
-            if value is not None:
-                args.append(value)
-                where.append(f"{clause}${len(args)}")
-        args.append(limit + 1)
-        query = f"SELECT * FROM cpw_jobs WHERE {' AND '.join(where)} ORDER BY job_id DESC LIMIT ${len(args)}"
+        query, unless_own, args = page_queries(tenant, status, limit, after)
         async with self._conn() as conn:
             rows = await conn.fetch(query, *args)
+            if not rows and unless_own is not None:  # rare: a token not the tenant's own, or nothing after it
+                rows = await conn.fetch(unless_own, *args)
         records = [_record(row) for row in rows[:limit]]
         return records, (records[-1].job_id if len(rows) > limit else None)
 

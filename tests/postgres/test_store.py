@@ -3,18 +3,24 @@ tenants, the cap, idempotency keys, pages; and PostgresStore's 503 when its data
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from controlplane_api.errors import ApiError
+from controlplane_api.pgpages import page_queries
 from controlplane_api.pgstore import PostgresStore
 from controlplane_api.settings import load_api_settings
 from controlplane_api.store import IndexStore, OperationStore
 from controlplane_workers.ids import new_job_id
 from controlplane_workers.models import Job, JobStatus
+from tests.postgres.bench_pgstore import load_rows
+from tests.unit.test_status_index import batch, ended
 
 
 def job(tenant: str, name: str) -> Job:
@@ -129,3 +135,109 @@ async def test_a_delayed_jobs_start_time_is_kept_by_both_stores(store):
     for _ in range(2):  # PostgresStore: the submission's own first answer (from memory), then its group-committed row
         assert (await store.get(delayed.id, "a")).not_before == delayed.not_before
         assert (await store.get(plain.id, "a")).not_before is None
+
+
+async def ended_since(store: OperationStore, job_id: str) -> None:
+    """The job ends in the store's view, as the stream (or the projector) would tell it."""
+    if isinstance(store, IndexStore):
+        store.index.apply(batch([ended(job_id)]))
+        return
+    async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
+        await conn.execute("UPDATE cpw_jobs SET status = 'Succeeded', terminal = true WHERE job_id = $1", job_id)
+
+
+async def test_a_job_that_ended_since_its_page_still_continues_a_listing_by_status(store):
+    """The skipToken is found by id, not among the jobs that still match the filter: a page's last job
+    that ended before the next page is asked for must not end the listing (the bug fixed in StatusIndex,
+    held here for both stores)."""
+    jobs = [job("a", f"r{i}") for i in range(3)]
+    for made in jobs:
+        await publish(store, made, None)
+        await store.get(made.id, "a")  # PostgresStore: past the submission's own first answer, to the row
+    first, after = await store.page("a", JobStatus.ACCEPTED, 1, None)
+    assert [r.job_id for r in first] == [jobs[2].id] and after == jobs[2].id
+    await ended_since(store, jobs[2].id)
+    rest, after = await store.page("a", JobStatus.ACCEPTED, 1, after)
+    assert [r.job_id for r in rest] == [jobs[1].id] and after == jobs[1].id
+    # the tenant's own token with nothing after it: an empty last page, not the listing from the top again
+    assert await store.page("a", JobStatus.ACCEPTED, 5, jobs[0].id) == ([], None)
+
+
+class Counted:
+    """The store's pool, counting its checkouts and the statements run on them (a round trip each)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.checkouts, self.statements = pool, 0, list[str]()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        self.checkouts += 1
+        async with self.pool.acquire(timeout=timeout) as conn:
+            yield Statements(conn, self.statements)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+
+class Statements:
+    def __init__(self, conn: Any, into: list[str]) -> None:
+        self.conn, self.into = conn, into
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.conn, name)
+        if name not in ("execute", "fetch", "fetchrow", "fetchval"):
+            return method
+
+        async def counted(query: str, *args: object, **kwargs: object) -> Any:
+            self.into.append(query)
+            return await method(query, *args, **kwargs)
+
+        return counted
+
+
+def scanned(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from scanned(child)
+
+
+async def test_postgres_pages_on_from_a_skip_token_in_one_statement_on_the_indexes(pg_url):
+    """A deep page (skipToken) was a lookup of the token's row and then the page: two checkouts, two
+    statements (each checkout also costs asyncpg's reset round trip). It is one statement now, planned
+    on a populated table as index scans of the token's partition and older ones only."""
+    await load_rows(pg_url, 20_000)
+    store = PostgresStore(load_api_settings(postgres_url=pg_url))
+    await store.open()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        token, day = await conn.fetchrow(
+            "SELECT job_id, tableoid::regclass::text FROM cpw_jobs WHERE tenant = 'tenant-a' "
+            "ORDER BY job_id DESC OFFSET 9000 LIMIT 1"
+        )
+        expected = await conn.fetch(
+            "SELECT job_id FROM cpw_jobs WHERE tenant = 'tenant-a' AND status = 'Succeeded' AND job_id < $1 "
+            "ORDER BY job_id DESC LIMIT 100",
+            token,
+        )
+        store.pool = counted = Counted(store.pool)
+        records, after = await store.page("tenant-a", JobStatus.SUCCEEDED, 100, token)
+        assert [r.job_id for r in records] == [row["job_id"] for row in expected] and after == records[-1].job_id
+        assert (counted.checkouts, len(counted.statements)) == (1, 1), counted.statements
+
+        # the tenant's token, not another's: tenant-b's starts from the top (a second statement, rarely run)
+        theirs = await conn.fetchval("SELECT job_id FROM cpw_jobs WHERE tenant = 'tenant-b' LIMIT 1")
+        top, _ = await store.page("tenant-a", JobStatus.SUCCEEDED, 100, None)
+        assert (await store.page("tenant-a", JobStatus.SUCCEEDED, 100, theirs))[0] == top
+
+        query, _, args = page_queries("tenant-a", JobStatus.SUCCEEDED, 100, token)
+        plan = orjson.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}", *args))[0]["Plan"]
+        nodes = list(scanned(plan))
+        assert not [n for n in nodes if n["Node Type"] in ("Seq Scan", "Sort")], plan  # keyset: no scan, no sort
+        partitions = {n["Relation Name"] for n in nodes if "Relation Name" in n}
+        newer = {p for p in partitions if p != "cpw_jobs_default" and p > day}
+        assert day in partitions and not newer, partitions  # the days after the token's are pruned
+        probe = [n for n in nodes if n.get("Subplan Name") or n.get("Parent Relationship") == "InitPlan"]
+        assert probe and probe[0]["Node Type"] in ("Index Scan", "Index Only Scan"), plan  # the token's row
+    finally:
+        await conn.close()
+        await store.close()
