@@ -37,9 +37,10 @@ class BrokerEndpoint:
         """One management API call as the broker's administrator (fixtures that set up users and vhosts)."""
         return self._request(method, path, body)
 
-    def new_vhost(self) -> str:
-        """A fresh virtual host: each test gets its own topology and nothing left over."""
-        name = f"t-{uuid.uuid4().hex[:10]}"
+    def new_vhost(self, name: str | None = None) -> str:
+        """A fresh virtual host: each test gets its own topology and nothing left over (`name`: one deleted
+        before, made again)."""
+        name = name or f"t-{uuid.uuid4().hex[:10]}"
         self._request("PUT", f"/api/vhosts/{name}", {})
         user = urllib.parse.urlsplit(self.amqp_url).username or "guest"
         self._request("PUT", f"/api/permissions/{name}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})

@@ -156,7 +156,10 @@ class Projector:
             )
             self.applied = await conn.fetchval("SELECT last_offset FROM cpw_projector WHERE stream = $1", self.stream)
             log.warning("indexer: resuming %s after offset %d", self.stream, self.applied)
-            broker = open_broker(self.settings.rabbitmq_url, Topology.from_settings(self.settings), name=name)
+            topology = Topology.from_settings(self.settings)
+            broker = open_broker(
+                self.settings.rabbitmq_url, topology, name=name, publish_timeout=self.settings.publish_timeout
+            )
             if not await connect_with_backoff(broker.connect, "indexer", stop):
                 return
             try:

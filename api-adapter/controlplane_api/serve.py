@@ -160,8 +160,7 @@ class ApiProcess:
             await self.store.close()  # type: ignore[attr-defined]
         self.store.ready = False
         self.rebuilt.clear()
-        await self.fleet.stop()
-        await self.queue.disconnect()
+        await self.queue.disconnect()  # bounded, and it ends the fleet view's subscription with the connection
 
 
 def dev_banner(settings: ApiSettings, process: ApiProcess) -> str:

@@ -39,7 +39,7 @@ async def publish(url: str, messages: list) -> None:
         await broker.close()
 
 
-def start_indexer(broker_url: str, pg: str, tmp: Path, name: str, batch: int = 1) -> Proc:
+def start_indexer(broker_url: str, pg: str, tmp: Path, name: str, batch: int = 1, **settings: object) -> Proc:
     ops_port = free_port()
     env = _env(
         broker_url,
@@ -48,6 +48,7 @@ def start_indexer(broker_url: str, pg: str, tmp: Path, name: str, batch: int = 1
             "CPW_INDEXER_BATCH_MESSAGES": batch,
             "CPW_WORKER_ID": name,
             "CPW_HEALTH_PORT": ops_port,
+            **settings,
         },
     )
     log = tmp / f"indexer-{name}.log"

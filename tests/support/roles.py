@@ -1,4 +1,4 @@
-"""A WorkerRole of a team's own, for the tests: it reconciles on a timer instead of consuming the job queue."""
+"""WorkerRoles of a team's own, for the tests: one reconciles on a timer, one watches the fleet through a broker."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from controlplane_workers import Job, WorkerRole
+from controlplane_workers.broker import open_broker
+from controlplane_workers.topology import Topology
 
 
 class Ticker(WorkerRole):
@@ -34,3 +36,34 @@ class Ticker(WorkerRole):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "ticks": Ticker.ticks}
+
+
+class FleetWatcher(WorkerRole):
+    """Watches the fleet's heartbeats through a broker of its own: a role that holds a subscription, as a team's
+    reconciler or listener would. Ready while the broker is connected."""
+
+    heard = 0
+
+    async def start(self) -> None:
+        self.broker = open_broker(
+            self.settings.rabbitmq_url,
+            Topology.from_settings(self.settings),
+            name=f"fleet-watcher {self.worker_id}",
+            publish_timeout=self.settings.publish_timeout,
+        )
+        async with self.broker.connecting():
+            self._subscription = await self.broker.subscribe_heartbeats(self._heard)
+
+    def _heard(self, _: bytes) -> None:
+        FleetWatcher.heard += 1
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        await self._subscription.cancel()
+        await self.broker.close()
+
+    @property
+    def ready(self) -> bool:
+        return hasattr(self, "_subscription") and self.broker.connected.is_set()
+
+    async def process_job(self, job: Job) -> Any:
+        return {"heard": FleetWatcher.heard}

@@ -77,11 +77,15 @@ class JobQueue:
         if self._records:
             await asyncio.gather(*self._records, return_exceptions=True)
 
-    async def disconnect(self) -> None:
-        await self.flush_records()
-        if self._results is not None:
-            await self._results.cancel()
-        await self.broker.close()
+    async def disconnect(self, timeout: float | None = None) -> None:
+        """Let the Accepted records on their way go out, then close (which ends the results stream's
+        subscription): all within `timeout` seconds (default CPW_PUBLISH_TIMEOUT), so a broker that is gone or
+        answers no more cannot hold a stopping process past its grace period."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (self.settings.publish_timeout if timeout is None else timeout)
+        if self._records:
+            await asyncio.wait(set(self._records), timeout=until - loop.time())
+        await self.broker.close(timeout=max(0.0, until - loop.time()))
 
     async def __aenter__(self) -> JobQueue:
         await self.connect()

@@ -157,7 +157,8 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         validation_alias=env_alias("PUBLISH_TIMEOUT"),
-        description="Seconds to wait for the broker to confirm a message before giving up.",
+        description="Seconds to wait for the broker to confirm a message before giving up; also how long a "
+        "cancel or close waits for an answer before a stopping process goes on without it.",
     )
 
     # -- worker

@@ -16,7 +16,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,37 +193,40 @@ class ProviderWorker(WorkerRole):
         log.info("worker ready", extra={"capacity": self.settings.max_concurrent_jobs})
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop consuming, let running jobs finish within the drain timeout, requeue the rest."""
+        """Stop consuming, let running jobs finish within the drain timeout, requeue the rest.
+
+        The broker bounds each of its steps (CPW_PUBLISH_TIMEOUT, none when the connection is gone), and the
+        steps after the drain share one such budget: with the drain window counted from here, a broker that
+        is gone or answers no more cannot hold the process past drain + one publish timeout."""
         drain = self.settings.drain_timeout if drain_timeout is None else drain_timeout
-        self.draining = True
         loop = asyncio.get_running_loop()
+        drained_by = loop.time() + drain
+        self.draining = True
         if self._consumer is not None:
-            await _bounded(self._consumer.cancel(), loop.time() + min(self.settings.publish_timeout, 5.0))
+            await self._consumer.cancel()
         self.consuming = False
         log.info("draining", extra={"in_flight": len(self.running), "drain_timeout": drain})
         if self.running:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), drain)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(drained_by):
+                    await self._idle.wait()
         for task in list(self.running.values()):
             task.cancel(msg="drain timeout")
         if self.running:
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+        until = loop.time() + self.settings.publish_timeout
         handing_back = self._handing_back - {asyncio.current_task()}
         if handing_back:  # copies being put back: closing now would leave a copy and requeue the original too
-            await asyncio.wait(handing_back, timeout=self.settings.publish_timeout)
+            await asyncio.wait(handing_back, timeout=until - loop.time())
         for background in (self._heartbeat, self._backfill):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        # What is left talks to the broker: one budget for all of it, so a broker that is gone (a deleted
-        # vhost, a node down) cannot hold the process past its grace period.
-        until = loop.time() + self.settings.publish_timeout
-        await _bounded(self._send_heartbeat(stopping=True), until)
-        for subscription in (self._control, self._results):
-            if subscription is not None:
-                await _bounded(subscription.cancel(), until)
-        await _bounded(self.broker.close(), until)
+        with contextlib.suppress(TimeoutError):  # confirmed like any publish: it waits as long as one
+            async with asyncio.timeout_at(until):
+                await self._send_heartbeat(stopping=True)
+        await self.broker.close(timeout=max(0.0, until - loop.time()))  # the stream subscriptions end with it
         self.sync_pool.shutdown()
         log.info("worker stopped", extra={"processed": self.stats.processed})
 
@@ -318,7 +321,7 @@ class ProviderWorker(WorkerRole):
             return False
         finally:
             if not self.draining:  # else closed with the broker, within stop's one budget
-                await _bounded(subscription.cancel(), asyncio.get_running_loop().time() + self.settings.publish_timeout)
+                await subscription.cancel()  # bounded by the broker
 
     def _cancel_dropped(self, kind: str) -> None:
         metrics.CANCELS_DROPPED.labels(kind).inc()
@@ -923,13 +926,6 @@ class ProviderWorker(WorkerRole):
         metrics.LAST_HEARTBEAT.set(beat["at"])
         metrics.BROKER_UP.set(1 if self.broker.connected.is_set() else 0)
         metrics.READY.set(1 if self.ready else 0)
-
-
-async def _bounded(step: Awaitable[object], until: float) -> None:
-    """One broker step of a shutdown, given up at `until` (loop time) or on any error: the process exits anyway."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout_at(until):
-            await step
 
 
 def _control_request(body: bytes) -> tuple[str, str, float | None] | str | None:

@@ -108,7 +108,9 @@ class QueueStats:
 
 class Subscription(abc.ABC):
     @abc.abstractmethod
-    async def cancel(self) -> None: ...
+    async def cancel(self) -> None:
+        """Stop the deliveries. Returns within the broker's publish timeout even when the connection is gone
+        (then at once: the subscription went with it) and never raises: whoever cancels is on its way out."""
 
     def release(self, offset: int) -> None:  # noqa: B027 - a no-op but for a stream follower with a window
         """A stream follower with a window: the reader is done with the messages up to `offset` (it wrote them
@@ -138,7 +140,11 @@ class Broker(abc.ABC):
         """Connect and declare the topology."""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self, timeout: float | None = None) -> None:
+        """End the connection and every subscription made through it (none needs a cancel first). Returns
+        within `timeout` seconds (default: the publish timeout) even when the broker answers no more, and
+        never raises: a process's shutdown must not wait on a broker that is gone (a deleted vhost, a node
+        down or cut off), and RabbitMQ requeues what was unacked once it sees the connection die."""
 
     @contextlib.asynccontextmanager
     async def connecting(self) -> AsyncIterator[None]:

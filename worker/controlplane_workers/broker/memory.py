@@ -273,7 +273,8 @@ class MemoryBroker(Broker):
         self.dlq_bounded = True  # by length only: memory:// keeps no message ages
         self.connected.set()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
+        """Never waits (nothing here can stop answering): `timeout` is the contract's, for parity."""
         self.connected.clear()
         for subscription in self.subscriptions:
             if isinstance(subscription, _Consumer):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, cast
 
 import aio_pika
@@ -139,12 +139,16 @@ class _RabbitDeadLetterWalk(DeadLetterWalk):
 
 
 class _Consumer(Subscription):
-    def __init__(self, queue: AbstractQueue, tag: str) -> None:
-        self.queue, self.tag = queue, tag
+    def __init__(self, broker: RabbitMQBroker, queue: AbstractQueue, tag: str) -> None:
+        self.broker, self.queue, self.tag = broker, queue, tag
 
     async def cancel(self) -> None:
-        with contextlib.suppress(*_UNAVAILABLE):
-            await self.queue.cancel(self.tag)
+        # aio-pika forgets the consumer at once (a reconnect no longer restores it), then waits for a live
+        # connection to send Basic.Cancel on: forever when the broker is gone (a worker was SIGKILLed at the end of
+        # its grace period). A lost connection took the consumer with it, so there is nothing to wait for then.
+        connection = self.broker.connection
+        live = connection is not None and connection.connected.is_set()
+        await self.broker.quietly("cancelling a consumer", self.queue.cancel(self.tag), None if live else 0.0)
 
 
 class _StreamFollower(Subscription):
@@ -356,11 +360,16 @@ class _StreamFollower(Subscription):
         with contextlib.suppress(*_UNAVAILABLE):
             await message.ack(multiple=True)
 
-    async def cancel(self) -> None:
+    def stop(self) -> None:
+        """Follow no more: no resubscribe after a reopen, and no resume loop waiting for a connection."""
         self.cancelled = True
+        if self._resume is not None:
+            self._resume.cancel()
+
+    async def cancel(self) -> None:
+        self.stop()
         if self.channel is not None:
-            with contextlib.suppress(*_UNAVAILABLE):
-                await self.channel.close()
+            await self.broker.quietly("closing a stream's channel", self.channel.close())
 
 
 class RabbitMQBroker(Broker):
@@ -385,6 +394,7 @@ class RabbitMQBroker(Broker):
         # backoff after each failed attempt (close callbacks) and reset it once reconnected.
         self.reconnect_backoff = Backoff()
         self._closing = False
+        self._gave_up = False  # a cancel or close given up on a broker that did not answer: logged once
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker({redact_url(self.url)})"
@@ -578,14 +588,31 @@ class RabbitMQBroker(Broker):
         except Exception as exc:  # a delayed job is then refused (unroutable), never lost
             log.warning("delay cascade not declared after the reconnect: %s", redact_text(repr(exc)))
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
         self._closing = True
         self.connected.clear()
         for follower in self.followers:
-            follower.cancelled = True
+            follower.stop()  # their channels close with the connection
         if self.connection is not None:
-            with contextlib.suppress(Exception):
-                await self.connection.close()
+            await self.quietly("closing the connection", self.connection.close(), timeout)
+
+    async def quietly(self, what: str, step: Awaitable[object], timeout: float | None = None) -> None:
+        """Await one step of a cancel or close for at most `timeout` seconds (default: the publish timeout; 0
+        runs it up to its first wait), and never raise: a broker that is gone answers nothing, and whoever
+        cancels or closes is on its way out. The first give-up is logged, once per broker."""
+        limit = self.publish_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                await step
+        except Exception as exc:  # TimeoutError, or whatever a dead connection raised
+            if self._gave_up:
+                return
+            self._gave_up = True
+            if not isinstance(exc, TimeoutError):
+                why = redact_text(repr(exc))
+            else:
+                why = f"no answer in {limit:g}s" if limit else "the connection is gone"
+            log.warning("broker: gave up %s (%s); later give-ups are not logged", what, why)
 
     async def _publish(self, exchange: str | None, body: bytes, properties: Properties, key: str) -> None:
         """Publish on the confirmed channel and return once the broker confirmed the message.
@@ -698,8 +725,11 @@ class RabbitMQBroker(Broker):
     async def publish_heartbeat(self, body: bytes) -> None:
         if self.heartbeats is None or not self.connected.is_set():
             return
-        with contextlib.suppress(*_UNAVAILABLE, DeliveryError):
-            await self.heartbeats.publish(aio_pika.Message(body, content_type="application/json"), "", mandatory=False)
+        message = aio_pika.Message(body, content_type="application/json")
+        # Fire and forget, yet bounded: a connection that stopped answering held a stopping worker here.
+        with contextlib.suppress(*_UNAVAILABLE, DeliveryError):  # TimeoutError included
+            async with asyncio.timeout(self.publish_timeout):
+                await self.heartbeats.publish(message, "", mandatory=False)
 
     async def consume_jobs(self, handler: JobHandler, prefetch: int) -> Subscription:
         assert self.connection is not None
@@ -739,7 +769,7 @@ class RabbitMQBroker(Broker):
 
         with _unavailable("cannot consume jobs"):
             tag = await queue.consume(on_message)
-        return _Consumer(queue, tag)
+        return _Consumer(self, queue, tag)
 
     async def _when_connected(self, handler: JobHandler, delivery: Delivery) -> None:
         """Run a delivery that came before the connection counts as restored: aio-pika restores the
@@ -776,7 +806,7 @@ class RabbitMQBroker(Broker):
             )
             await queue.bind(exchange)
             tag = await queue.consume(on_message, no_ack=True)
-        return _Consumer(queue, tag)
+        return _Consumer(self, queue, tag)
 
     async def queue_stats(self) -> QueueStats:
         assert self.connection is not None
