@@ -689,6 +689,10 @@ class RabbitMQBroker(Broker):
             tag = await queue.consume(on_message, no_ack=True)
         return _Consumer(queue, tag)
 
+    @property
+    def retries_held(self) -> int:
+        return len(self.retry_mover.moves) if self.retry_mover is not None else 0
+
     async def queue_stats(self) -> QueueStats:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=False)
