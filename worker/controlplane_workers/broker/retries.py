@@ -5,13 +5,14 @@ its `x-cpw-due` header. Every worker consumes the delay queues: it holds each re
 publishes it to the job queue (confirmed), and only then acks it. So a retry leaves its delay queue only once
 the job queue has it: at least once by construction, whatever the broker does. A worker that dies or loses
 its connection while it holds retries hands them back unacked, and the next one holds them until the same due
-time (a copy may reach the job queue twice; readers keep the first outcome).
+time (a copy may reach the job queue twice; readers keep the first outcome). The due time is the publishing
+worker's wall clock: workers whose clocks disagree move a retry that much early or late.
 
 Before, the broker expired a retry (per-message TTL) and dead-lettered it to the job queue, at least once
-between quorum queues. On RabbitMQ 3.10.8 that lost every retry waiting in a delay queue in some runs of
-the `lost-retrying` drill (a node lost for good; docs/reliability.md). The delay queues keep their
-dead-letter arguments (RabbitMQ refuses a redeclaration with other ones), but a retry carries no expiration
-now, so the broker never dead-letters it.
+between quorum queues. On RabbitMQ 3.10.8 that kept every retry waiting in a delay queue whose leader was lost
+for good in the queue's dead-letter state, never handed on (`lost-retrying` drill; docs/reliability.md). The
+delay queues keep their dead-letter arguments (RabbitMQ refuses a redeclaration with other ones), but a retry
+carries no expiration now, so the broker never dead-letters it.
 
 A worker holds at most `HOLD` retries per delay queue (their bodies are in memory). A queue is FIFO and its
 retries share one delay up to the jitter, so the head is about the earliest due: a retry behind a held one
