@@ -4,6 +4,7 @@ moves the classic ones an earlier release made, keeping their messages (a real R
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aio_pika
 
@@ -40,6 +41,54 @@ async def test_beside_a_quorum_job_queue_the_dlq_and_delay_queues_are_quorum_and
             assert rabbitmq.queue(vhost, name)["type"] == "quorum", name
         retry = rabbitmq.queue(vhost, "provider.jobs.retry.2")["arguments"]
         assert retry["x-dead-letter-strategy"] == "at-least-once" and retry["x-overflow"] == "reject-publish"
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+SLOW = {**QUORUM, "retry_base_delay": 3.0, "retry_max_delay": 3.0}
+
+
+async def test_a_worker_holds_a_retry_until_due_then_moves_it_to_the_job_queue(rabbitmq):
+    """The retry leaves its delay queue only once the job queue has it (broker/retries.py): a worker holds it
+    unacked until due, so it is not ready in the queue meanwhile, and /stats counts it through the fleet."""
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        async with running_worker(url, providers.registry, **SLOW) as worker, client(url, **SLOW) as queue:
+            submitted = time.time()
+            job_id = await queue.submit_job(NS, TYPE, "create", request("h", "fail:1"))
+            await eventually(lambda: worker.broker.retries_held == 1, timeout=10)
+            ready = await _messages(url, "provider.jobs.retry.2")
+            held = worker.status()["retries_held"]
+            result = await queue.get_job_result(job_id, timeout=20)
+            ran = time.time()
+            mover = getattr(worker.broker, "retry_mover", None)
+            moved = mover.moved if mover is not None else 0
+        assert result is not None and result.status is JobStatus.SUCCEEDED and result.attempts == 2
+        assert ready == 0 and held == 1 and moved == 1
+        assert ran >= submitted + 3.0, "a retry never runs before its delay"
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+async def test_a_retry_held_by_a_worker_that_stops_is_moved_by_the_next_one_when_due(rabbitmq):
+    """At least once across workers: a worker that stops (or dies) hands the retries it holds back unacked,
+    and the next one holds each until the same due time (its header), not a new delay."""
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    try:
+        async with client(url, **SLOW) as queue:
+            async with running_worker(url, providers.registry, **SLOW) as first:
+                submitted = time.time()
+                job_id = await queue.submit_job(NS, TYPE, "create", request("s", "fail:1"))
+                await eventually(lambda: first.broker.retries_held == 1, timeout=10)
+            back = await _messages(url, "provider.jobs.retry.2")  # handed back with the first's connection
+            async with running_worker(url, providers.registry, **SLOW):
+                result = await queue.get_job_result(job_id, timeout=20)
+                ran = time.time()
+        assert back == 1
+        assert result is not None and result.status is JobStatus.SUCCEEDED and result.attempts == 2
+        assert submitted + 3.0 <= ran < submitted + 3.0 + 5.0, ran - submitted
     finally:
         rabbitmq.delete_vhost(vhost)
 

@@ -59,6 +59,7 @@ class WorkerRegistry:
             "total_workers": len(workers),
             "ready_workers": sum(1 for w in workers if w.get("ready")),
             "in_flight": sum(int(w.get("in_flight", 0)) for w in workers),
+            "retries_held": sum(int(w.get("retries_held", 0)) for w in workers),
             "capacity": sum(int(w.get("capacity", 0)) for w in workers),
             "jobs_processed": sum(int(w.get("jobs_processed", 0)) for w in workers),
             "workers": workers,

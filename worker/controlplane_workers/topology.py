@@ -144,10 +144,11 @@ class Topology:
         return args
 
     def retry_queue_arguments(self, queue_type: str | None = None) -> dict[str, Any]:
-        """Expired messages go straight back to the job queue through the default exchange, so a retry is
-        not copied onto the results stream a second time as a new Accepted event. A quorum delay queue
-        (RabbitMQ 3.10+: per-message TTL and at-least-once dead-lettering) keeps an expired retry until
-        the job queue confirmed it; at-least-once needs `reject-publish` overflow."""
+        """A worker moves a retry back to the job queue when it is due (broker/retries.py), straight, not
+        through the exchange, so a retry is not copied onto the results stream a second time as a new
+        Accepted event. The dead-letter arguments stay as earlier releases declared them (RabbitMQ refuses
+        a redeclaration with other ones): they move the retries of a release that set an expiration on
+        them (per-message TTL; between quorum queues at least once, which needs `reject-publish`)."""
         args: dict[str, Any] = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.jobs_queue}
         if (queue_type or self.side_queue_type) == "quorum":
             args["x-queue-type"] = "quorum"

@@ -908,6 +908,7 @@ class ProviderWorker(WorkerRole):
             "outcomes_republished": self.events.republished,
             "outcomes_read_twice": self.events.read_twice,
             "in_flight": len(self.running),
+            "retries_held": self.broker.retries_held,
             "capacity": self.settings.max_concurrent_jobs,
             "started_at": self.stats.started_at,
             "uptime_seconds": round(time.time() - self.stats.started_at, 3),

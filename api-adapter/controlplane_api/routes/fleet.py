@@ -24,7 +24,7 @@ async def stats(request: Request, ctx: ApiContext, caller: Caller) -> Response:
             "ready": q.ready,
             "unacked": max(q.unacked, int(fleet["in_flight"])),
             "deadLetters": q.dead_letters,
-            "retrying": q.retrying,
+            "retrying": q.retrying + int(fleet["retries_held"]),  # the queues count no retry a worker holds
             "delayed": q.delayed,
             "consumers": q.consumers,
             "inFlight": int(fleet["in_flight"]),

@@ -215,6 +215,11 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def queue_stats(self) -> QueueStats: ...
 
+    @property
+    def retries_held(self) -> int:
+        """Retries this process holds until they are due (RabbitMQ: retries.py); `queue_stats` counts the others."""
+        return 0
+
     @contextlib.asynccontextmanager
     async def dead_letters(self, wait: float = 10.0) -> AsyncIterator[DeadLetterWalk]:
         """Walk the dead-letter queue alone: no other walk, in this process or another, runs meanwhile.

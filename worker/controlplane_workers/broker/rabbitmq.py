@@ -46,6 +46,7 @@ from .base import (
     without_deaths,
 )
 from .recovery import Backoff, Outage, cause_of, quiet_library_loops
+from .retries import RetryMover, due_header
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,7 @@ class RabbitMQBroker(Broker):
         self._consume_channel: AbstractRobustChannel | None = None
         self._jobs: set[asyncio.Future[None]] = set()
         self.job_acks: AckCoalescer | None = None  # of the current consuming channel (frames vs acks)
+        self.retry_mover: RetryMover | None = None  # started with the job consumer
         self.outage = Outage("broker connection", "connection", log)
         # aio-pika's reconnect loop waits `reconnect_interval` between attempts; we set it from this
         # backoff after each failed attempt (close callbacks) and reset it once reconnected.
@@ -437,7 +439,7 @@ class RabbitMQBroker(Broker):
         )
         jobs = await channel.declare_queue(t.jobs_queue, durable=True, arguments=t.jobs_queue_arguments())
         await jobs.bind(self.exchange, "#")
-        dlq = await self._declare_side_queues(channel)
+        dlq = (await self.declare_side_queues(channel))[t.dead_letter_queue]
         await dlq.bind(self.dlx, t.dead_letter_queue)
         # The job queue is the only binding of the exchange, so `mandatory` tells when a job reaches
         # no queue; Accepted records go to the stream from the submitter (see queue.py).
@@ -506,10 +508,10 @@ class RabbitMQBroker(Broker):
                 t.side_queue_type,
             )
 
-    async def _declare_side_queues(self, channel: AbstractRobustChannel) -> AbstractQueue:
-        """The DLQ and the delay queues with the arguments each took (`_probe_side_queues`); returns the DLQ."""
+    async def declare_side_queues(self, channel: AbstractRobustChannel) -> dict[str, AbstractQueue]:
+        """The DLQ and the delay queues with the arguments each took (`_probe_side_queues`), by name."""
         t = self.topology
-        queues = {}
+        queues: dict[str, AbstractQueue] = {}
         for name in t.side_queues:
             args = self.side_arguments.get(name, t.side_queue_arguments(name))
             queues[name] = await (
@@ -517,7 +519,7 @@ class RabbitMQBroker(Broker):
                 if args is None
                 else channel.declare_queue(name, durable=True, arguments=args)
             )
-        return queues[t.dead_letter_queue]
+        return queues
 
     async def declare_delay_cascade(self, *, check: bool = True) -> None:
         """The delayed jobs' levels (topology.py): durable, so jobs waiting in them outlive a broker restart.
@@ -593,6 +595,9 @@ class RabbitMQBroker(Broker):
         self.connected.clear()
         for follower in self.followers:
             follower.stop()  # their channels close with the connection
+        if self.retry_mover is not None:  # the retries it holds go back to their queues with the connection
+            mover, self.retry_mover = self.retry_mover, None
+            mover.stop()
         if self.connection is not None:
             await self.quietly("closing the connection", self.connection.close(), timeout)
 
@@ -661,15 +666,21 @@ class RabbitMQBroker(Broker):
     async def publish_retry(
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, attempt: int, delay: float
     ) -> None:
+        queue = self.topology.retry_queue(attempt)
+        # Moved back to the job queue when due by a worker (retries.py), not by the broker's dead-lettering:
+        # no expiration (the broker's at-least-once dead-lettering on RabbitMQ 3.10.8 kept expired retries
+        # from the job queue for good after a node loss), unless the queue is an earlier release's, which
+        # the workers do not consume (until `cpw queues migrate`).
+        held = queue not in self.legacy_side_queues
         properties = Properties(
-            headers=headers,
+            headers={**headers, **due_header(delay)},
             message_id=message_id,
             priority=priority,
             delivery_mode=PERSISTENT,
             content_type=JSON,
-            expiration=str(int(max(delay, 0.001) * 1000)),  # milliseconds, as aio-pika encoded it
+            expiration=None if held else str(int(max(delay, 0.001) * 1000)),  # milliseconds
         )
-        await self._publish(DEFAULT_EXCHANGE, body, properties, self.topology.retry_queue(attempt))
+        await self._publish(DEFAULT_EXCHANGE, body, properties, queue)
 
     async def publish_delayed(
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, delay: float
@@ -741,7 +752,7 @@ class RabbitMQBroker(Broker):
             # the consumer: while the node that homes a classic one is down the restore fails there, and
             # the worker takes no jobs it could neither retry nor dead-letter (it took a prefetch of jobs
             # at each reconnect attempt, once a second, and handed them back).
-            await self._declare_side_queues(channel)
+            await self.declare_side_queues(channel)
             queue = await channel.declare_queue(
                 self.topology.jobs_queue, durable=True, arguments=self.topology.jobs_queue_arguments()
             )
@@ -769,6 +780,10 @@ class RabbitMQBroker(Broker):
 
         with _unavailable("cannot consume jobs"):
             tag = await queue.consume(on_message)
+            if self.retry_mover is None:  # the retries this worker publishes, and others', back when due
+                mover = RetryMover(self)
+                await mover.start()
+                self.retry_mover = mover
         return _Consumer(self, queue, tag)
 
     async def _when_connected(self, handler: JobHandler, delivery: Delivery) -> None:
@@ -807,6 +822,10 @@ class RabbitMQBroker(Broker):
             await queue.bind(exchange)
             tag = await queue.consume(on_message, no_ack=True)
         return _Consumer(self, queue, tag)
+
+    @property
+    def retries_held(self) -> int:
+        return len(self.retry_mover.moves) if self.retry_mover is not None else 0
 
     async def queue_stats(self) -> QueueStats:
         assert self.connection is not None
