@@ -124,11 +124,15 @@ async def test_a_consumer_cancelled_while_its_connection_is_lost_returns_at_once
             delivered.append(delivery.message_id)
 
         consumer = await broker.consume_jobs(handler, 4)
-        endpoint.delete_vhost(vhost)  # the connection is closed by the broker; reconnects are refused
+        # The broker application stops: connections closed, reconnects refused, durable queues kept. (Deleting
+        # the vhost instead also cancels every consumer first, and aio-pika 10.2's consumer recovery can then
+        # stall the reconnect for good: seen with the retry mover's four consumers on one channel.)
+        assert endpoint.server is not None
+        await asyncio.to_thread(endpoint.server.stop_app)
         await eventually(lambda: not broker.connected.is_set())
         took = await timed(consumer.cancel(), 5)
         assert took < 1, took
-        endpoint.new_vhost(vhost)  # back: the robust connection reconnects and restores its channels
+        await asyncio.to_thread(endpoint.server.start_app)  # back: the robust connection reconnects
         await asyncio.wait_for(broker.connected.wait(), 30)
         assert broker.connection is not None
         channel = await broker.connection.channel(publisher_confirms=False)

@@ -147,8 +147,10 @@ class _Consumer(Subscription):
         # aio-pika forgets the consumer at once (a reconnect no longer restores it), then waits for a live
         # connection to send Basic.Cancel on: forever when the broker is gone (a worker was SIGKILLed at the end of
         # its grace period). A lost connection took the consumer with it, so there is nothing to wait for then.
+        # Live only if both say so: aio-pika sets its event before its channels are restored, and a restore that
+        # fails (the vhost or a queue is gone) tells only our close callback.
         connection = self.broker.connection
-        live = connection is not None and connection.connected.is_set()
+        live = self.broker.connected.is_set() and connection is not None and connection.connected.is_set()
         await self.broker.quietly("cancelling a consumer", self.queue.cancel(self.tag), None if live else 0.0)
 
 
