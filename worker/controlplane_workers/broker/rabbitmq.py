@@ -184,6 +184,7 @@ class _StreamFollower(Subscription):
         self.flush_scheduled = False
         self.cancelled = False
         self._resume: asyncio.Future[None] | None = None
+        self._acks: set[asyncio.Future[None]] = set()  # acks not yet written: a cancel waits for them
         self.outage = Outage(f"stream {stream}", "stream", log)
 
     async def start(self) -> None:
@@ -338,7 +339,7 @@ class _StreamFollower(Subscription):
                 log.exception("stream handler failed", extra={"stream": self.stream})
         if self.window is None and self.last is not None and (self.unacked >= STREAM_ACK_EVERY or not self.batch):
             last, self.last, self.unacked = self.last, None, 0
-            asyncio.ensure_future(self._ack(last))
+            self._ack_later(last)
 
     def release(self, offset: int) -> None:
         if self.window is None:
@@ -356,10 +357,19 @@ class _StreamFollower(Subscription):
         tag = message.delivery_tag or 0
         if tag > self.acked:
             self.acked = tag
-            asyncio.ensure_future(self._ack(message))
+            self._ack_later(message)
 
-    @staticmethod
-    async def _ack(message: AbstractIncomingMessage) -> None:
+    def _ack_later(self, message: AbstractIncomingMessage) -> None:
+        ack = asyncio.ensure_future(self._ack(message))
+        self._acks.add(ack)
+        ack.add_done_callback(self._acks.discard)
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        # Never on a channel being closed: a frame that reaches the broker after the channel's close-ok ends the
+        # whole connection ("CHANNEL_ERROR - expected 'channel.open'"), seen when a worker's start-up scan of the
+        # control stream closed its follower at once.
+        if self.cancelled:
+            return
         with contextlib.suppress(*_UNAVAILABLE):
             await message.ack(multiple=True)
 
@@ -371,6 +381,8 @@ class _StreamFollower(Subscription):
 
     async def cancel(self) -> None:
         self.stop()
+        if self._acks:  # those already writing finish before the close
+            await self.broker.quietly("finishing a stream's acks", asyncio.wait(set(self._acks)))
         if self.channel is not None:
             await self.broker.quietly("closing a stream's channel", self.channel.close())
 
