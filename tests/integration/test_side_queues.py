@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import aio_pika
-import pytest
 
 from controlplane_workers import JobStatus
 from controlplane_workers.broker.base import ATTEMPT, JOB_ID, REASON
@@ -104,6 +103,15 @@ async def _messages(url: str, name: str) -> int:
         await connection.close()
 
 
+async def _consumers(url: str, name: str) -> int:
+    connection = await aio_pika.connect(url)
+    try:
+        queue = await (await connection.channel()).declare_queue(name, passive=True)
+        return queue.declaration_result.consumer_count or 0
+    finally:
+        await connection.close()
+
+
 async def _an_earlier_release(url: str, retry_job: Job) -> None:
     """Classic side queues as releases before this one declared them beside a quorum job queue, a dead
     letter in the DLQ and a job waiting a minute for its retry."""
@@ -179,29 +187,59 @@ async def test_cpw_queues_migrate(rabbitmq, monkeypatch, capsys):
         rabbitmq.delete_vhost(vhost)
 
 
-@pytest.mark.xfail(
-    reason="open regression since the retry mover met the bounded start-up (2026-12-05): the retry lands in the "
-    "redeclared delay queue, whose consumer the deletion took without a basic.cancel, and no worker moves it "
-    "(stats: retried=1, mover moved=0); passes on either branch alone. See docs/reliability.md, known limits",
-    strict=False,
-)
-async def test_a_retry_refused_while_its_delay_queue_is_replaced_goes_back_to_the_queue(rabbitmq):
-    # What a worker sees during `cpw queues migrate`: for a moment the delay queue does not exist, its publish
-    # is unroutable, and the job must go back to the job queue, not hang unsettled.
+async def test_a_delay_queue_deleted_under_the_workers_is_declared_again_and_its_retries_moved(rabbitmq):
+    """A delay queue the retry mover consumes, deleted by hand: the first retry it refuses (unroutable) makes the
+    worker declare it again and consume it afresh on a new channel (retries.py, `renew`), and the retry is
+    published once more instead of its job going back to the queue. Concurrent refusals share one renewal.
+    Before, the job went back, its retry landed in the queue once something declared it again, and no worker
+    moved it: RabbitMQ 3.10 kept the deleted queue's consumer registered on the new one without serving it."""
     vhost = rabbitmq.new_vhost()
     url = rabbitmq.url_for(vhost)
     try:
         async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
+            first = worker.broker.retry_mover
+            rabbitmq._request("DELETE", f"/api/queues/{vhost}/provider.jobs.retry.2")  # noqa: SLF001
+            jobs = await asyncio.gather(
+                *(queue.submit_job(NS, TYPE, "create", request(f"m{i}", "fail:1")) for i in range(4))
+            )
+            results = [await queue.get_job_result(job_id, timeout=20) for job_id in jobs]
+            mover = worker.broker.retry_mover
+            renewals, moved, handed_back = mover.renewals, mover.moved, worker.stats.ack_lost
+            consumers = await _consumers(url, "provider.jobs.retry.2")
+        assert [r.status if r else None for r in results] == [JobStatus.SUCCEEDED] * 4
+        assert [r.attempts for r in results] == [2] * 4
+        assert mover is first and renewals == 1 and moved == 4
+        assert handed_back == 0, "each refused retry was published again, not handed back"
+        assert consumers == 1
+    finally:
+        rabbitmq.delete_vhost(vhost)
+
+
+async def test_a_retry_refused_by_an_earlier_releases_delay_queue_being_replaced_goes_back_to_the_queue(rabbitmq):
+    """What a worker sees during `cpw queues migrate`: a classic delay queue of an earlier release (which the
+    broker's TTL moves, no worker consumes) does not exist for a moment, its retry is unroutable, and the job goes
+    back to the job queue rather than hang unsettled; once the queue is back the retry goes through it."""
+    vhost = rabbitmq.new_vhost()
+    url = rabbitmq.url_for(vhost)
+    job = Job.model_validate(
+        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("w")}
+    )
+    try:
+        await _an_earlier_release(url, job)
+        async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
+            assert "provider.jobs.retry.2" in worker.broker.legacy_side_queues
             rabbitmq._request("DELETE", f"/api/queues/{vhost}/provider.jobs.retry.2")  # noqa: SLF001
             job_id = await queue.submit_job(NS, TYPE, "create", request("m", "fail:1"))
             await eventually(lambda: worker.stats.ack_lost >= 1, timeout=15)
+            topology = Topology(queue_type="quorum", max_attempts=3)
             connection = await aio_pika.connect(url)
             channel = await connection.channel()
-            topology = worker.broker.topology
-            args = topology.retry_queue_arguments()
+            args = topology.side_queue_arguments("provider.jobs.retry.2", "classic")
             await channel.declare_queue("provider.jobs.retry.2", durable=True, arguments=args)
             await connection.close()
             result = await queue.get_job_result(job_id, timeout=20)
+            renewals = worker.broker.retry_mover.renewals
         assert result is not None and result.status is JobStatus.SUCCEEDED
+        assert renewals == 0, "no worker consumes an earlier release's delay queue: nothing to renew"
     finally:
         rabbitmq.delete_vhost(vhost)

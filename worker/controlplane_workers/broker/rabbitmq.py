@@ -694,7 +694,17 @@ class RabbitMQBroker(Broker):
             content_type=JSON,
             expiration=None if held else str(int(max(delay, 0.001) * 1000)),  # milliseconds
         )
-        await self._publish(DEFAULT_EXCHANGE, body, properties, queue)
+        try:
+            await self._publish(DEFAULT_EXCHANGE, body, properties, queue)
+        except UnroutableJob as exc:
+            # The queue is gone. An earlier release's is being replaced (`cpw queues migrate`): the job goes back to
+            # its queue. One the workers consume was deleted: declared again and consumed afresh (retries.py).
+            mover = self.retry_mover
+            if not held or mover is None:
+                raise
+            with _unavailable(f"cannot declare {queue} again"):
+                await mover.renew(queue, exc, self.publish_timeout)
+            await self._publish(DEFAULT_EXCHANGE, body, properties, queue)
 
     async def publish_delayed(
         self, body: bytes, *, message_id: str, priority: int, headers: Headers, delay: float

@@ -20,11 +20,21 @@ import aiormq
 from aio_pika.exceptions import ChannelInvalidStateError
 from prometheus_client import Counter
 
+from ..errors import UnroutableJob
+
 BASE_DELAY = 0.1
 MAX_DELAY = 5.0
 
-WHATS = ("connection", "stream")
-CAUSES = ("connection-lost", "node-down", "channel-closed", "stream-member-starting", "consumer-cancelled", "timeout")
+WHATS = ("connection", "stream", "retries")
+CAUSES = (
+    "connection-lost",
+    "node-down",
+    "channel-closed",
+    "stream-member-starting",
+    "consumer-cancelled",
+    "queue-deleted",
+    "timeout",
+)
 # In prometheus-client's default registry, like looplag's histogram: the API and the workers both
 # hold broker connections, and every process's ops port serves that registry.
 RECONNECTS = Counter(
@@ -40,6 +50,8 @@ for _what in WHATS:  # present at 0 from the start, so increase() sees the first
 def cause_of(exc: BaseException | None) -> str:
     """A small, fixed vocabulary for the metric's label and the log line."""
     text = str(exc)
+    if isinstance(exc, UnroutableJob):  # a queue we publish to and consume from is gone (deleted by hand)
+        return "queue-deleted"
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and "down or inaccessible" in text:
         return "node-down"
     if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed) and "replica on the local node" in text:

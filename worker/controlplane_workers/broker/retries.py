@@ -20,6 +20,12 @@ is late by at most the jitter's spread, as with a TTL, which the broker too expi
 RabbitMQ's `consumer_timeout` (30 min by default) must exceed the longest retry delay
 (`CPW_RETRY_MAX_DELAY` x (1 + `CPW_RETRY_JITTER`)): past it the broker closes the channel and the retries
 go back to their queue, to be held again (late, not lost).
+
+A delay queue deleted under the mover (by hand) is declared again by the first worker whose retry it
+refused (`renew`). RabbitMQ tells the consumers of a deleted queue with a basic.cancel, and aio-pika consumes
+again once the queue exists; but a quorum queue deleted and declared again at once (RabbitMQ 3.10) keeps the
+old consumer registered without telling it anything: what reaches the new queue is delivered to nobody and
+waits, unacked, until that consumer's channel closes. So `renew` consumes afresh on a new channel.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ import time
 from typing import TYPE_CHECKING
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from ..errors import BrokerUnavailable, UnroutableJob
 from .base import Headers, Subscription
-from .recovery import Backoff
+from .recovery import Backoff, Outage, cause_of
 
 if TYPE_CHECKING:
     from .rabbitmq import RabbitMQBroker
@@ -71,6 +78,9 @@ class RetryMover(Subscription):
         self.moves: set[asyncio.Task[None]] = set()
         self.moved = 0
         self.queues: set[str] = set()  # the delay queues it consumes
+        self.renewals = 0
+        self._renewal: asyncio.Future[None] | None = None
+        self.outage = Outage("retry mover", "retries", log)
 
     async def start(self) -> None:
         connection = self.broker.connection
@@ -116,10 +126,65 @@ class RetryMover(Subscription):
             await message.ack()
         self.moved += 1
 
-    def stop(self) -> None:
-        """Move no more: the retries held go back to their queues, unacked, when the channel closes."""
+    async def renew(self, name: str, why: UnroutableJob, timeout: float) -> None:
+        """Consume every delay queue afresh on a new channel, declaring again `name`, which refused a retry (`why`).
+
+        The retries held on the old channel go back to their queues as it closes, and are held again until the
+        same due time. Concurrent callers share one renewal; it retries with backoff until it succeeds, and a
+        caller waits for it at most `timeout` seconds (then BrokerUnavailable: its job goes back to the queue).
+        A classic queue whose node is down refuses retries too: then `why` is raised and nothing is renewed."""
+        if self._renewal is None or self._renewal.done():
+            deleted = await self._deleted(name)
+            if not deleted:
+                raise why
+            if self._renewal is None or self._renewal.done():  # no other caller started one meanwhile
+                self.outage.lost(why)
+                self._renewal = asyncio.ensure_future(self._renew())
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._renewal)
+        except TimeoutError:
+            raise BrokerUnavailable(f"the delay queues are not consumed again after {timeout:g}s") from why
+
+    async def _deleted(self, name: str) -> bool:
+        """Whether `name` was deleted (it may exist again already), rather than away with its node."""
+        connection = self.broker.connection
+        assert connection is not None
+        probe = await connection.channel(publisher_confirms=False)
+        try:
+            await probe.declare_queue(name, passive=True)
+            return True  # declared again since it refused the retry: our consumer of the old one may be stale
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:  # the broker closed the probe channel
+            return cause_of(exc) != "node-down"
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.close()
+
+    async def _renew(self) -> None:
+        while True:
+            self._drop_moves()
+            old, self.channel = self.channel, None
+            self.queues.clear()
+            if old is not None:
+                await self.broker.quietly("closing the retry mover's channel", old.close())
+            try:
+                await self.start()
+                break
+            except Exception as exc:  # the connection or the queue's node is away: logged once, by the outage
+                delay = self.outage.delay(exc)
+            await asyncio.sleep(delay)  # a backoff, not a synchronisation
+        self.renewals += 1
+        self.outage.recovered()
+
+    def _drop_moves(self) -> None:
         for move in list(self.moves):
             move.cancel()
+
+    def stop(self) -> None:
+        """Move no more: the retries held go back to their queues, unacked, when the channel closes."""
+        self._drop_moves()
+        if self._renewal is not None:
+            self._renewal.cancel()
 
     async def cancel(self) -> None:
         self.stop()
