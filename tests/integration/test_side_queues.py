@@ -93,23 +93,18 @@ async def test_a_retry_held_by_a_worker_that_stops_is_moved_by_the_next_one_when
         rabbitmq.delete_vhost(vhost)
 
 
+async def _declared(url: str, name: str) -> tuple[int, int]:
+    """Messages ready in a queue and its consumers, as the broker says at once (the management API lags by seconds)."""
+    connection = await aio_pika.connect(url)
+    try:
+        result = (await (await connection.channel()).declare_queue(name, passive=True)).declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+    finally:
+        await connection.close()
+
+
 async def _messages(url: str, name: str) -> int:
-    """Messages ready in a queue, as the broker says at once (the management API's counts lag by seconds)."""
-    connection = await aio_pika.connect(url)
-    try:
-        queue = await (await connection.channel()).declare_queue(name, passive=True)
-        return queue.declaration_result.message_count or 0
-    finally:
-        await connection.close()
-
-
-async def _consumers(url: str, name: str) -> int:
-    connection = await aio_pika.connect(url)
-    try:
-        queue = await (await connection.channel()).declare_queue(name, passive=True)
-        return queue.declaration_result.consumer_count or 0
-    finally:
-        await connection.close()
+    return (await _declared(url, name))[0]
 
 
 async def _an_earlier_release(url: str, retry_job: Job) -> None:
@@ -205,7 +200,7 @@ async def test_a_delay_queue_deleted_under_the_workers_is_declared_again_and_its
             results = [await queue.get_job_result(job_id, timeout=20) for job_id in jobs]
             mover = worker.broker.retry_mover
             renewals, moved, handed_back = mover.renewals, mover.moved, worker.stats.ack_lost
-            consumers = await _consumers(url, "provider.jobs.retry.2")
+            _, consumers = await _declared(url, "provider.jobs.retry.2")
         assert [r.status if r else None for r in results] == [JobStatus.SUCCEEDED] * 4
         assert [r.attempts for r in results] == [2] * 4
         assert mover is first and renewals == 1 and moved == 4
