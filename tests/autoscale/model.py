@@ -26,7 +26,8 @@ What is modelled, and from where:
   nothing while the target has 0 replicas.
 
 Not modelled: the cpu trigger (no CPU offline; `ScaledObjectSpec.other_triggers` names what was ignored),
-MessageRate mode, useRegex, scalingModifiers, idleReplicaCount, pod readiness in the HPA's pod metrics
+a useRegex trigger (the chart's activation-only one on the retry delay queues, named there as well; its target
+never asks for more than one replica, and tests/pods/keda.py models its activation), MessageRate mode, scalingModifiers, idleReplicaCount, pod readiness in the HPA's pod metrics
 (external metrics do not use it)."""
 
 from __future__ import annotations
@@ -192,6 +193,11 @@ class Fallback:
     replicas: int
 
 
+def _regex(trigger: Mapping[str, Any]) -> bool:
+    """A rabbitmq trigger over the queues its regex matches (the chart's activation-only retry trigger)."""
+    return str((trigger.get("metadata") or {}).get("useRegex", "false")).lower() == "true"
+
+
 @dataclass(frozen=True)
 class ScaledObjectSpec:
     """What the model needs from a rendered ScaledObject, KEDA's defaults filled in."""
@@ -224,9 +230,9 @@ class ScaledObjectSpec:
             raise ValueError(f"not a ScaledObject: {doc.get('kind')}")
         spec = doc["spec"]
         triggers = spec.get("triggers") or []
-        rabbit = [t for t in triggers if t.get("type") == "rabbitmq"]
+        rabbit = [t for t in triggers if t.get("type") == "rabbitmq" and not _regex(t)]
         if len(rabbit) != 1:
-            raise ValueError(f"expected one rabbitmq trigger, found {len(rabbit)}")
+            raise ValueError(f"expected one rabbitmq trigger on a queue name, found {len(rabbit)}")
         behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior") or {}
         fb = spec.get("fallback")
         return cls(
@@ -243,7 +249,11 @@ class ScaledObjectSpec:
                 downscale_stabilization=downscale_stabilization,
                 tolerance=tolerance,
             ),
-            other_triggers=tuple(str(t.get("type")) for t in triggers if t.get("type") != "rabbitmq"),
+            other_triggers=tuple(
+                f"{t.get('type')} (useRegex)" if _regex(t) else str(t.get("type"))
+                for t in triggers
+                if t.get("type") != "rabbitmq" or _regex(t)
+            ),
             name=str((doc.get("metadata") or {}).get("name", "")),
         )
 

@@ -76,7 +76,7 @@ def test_a_custom_jobs_queue_is_the_one_keda_watches():
 
 def test_cpu_trigger_is_named_as_not_modelled():
     r = render(autoscaling_values(AMQP, MGMT, {"targetCPUUtilizationPercentage": 70}))
-    assert r.spec.other_triggers == ("cpu",) and r.spec.fallback is None
+    assert r.spec.other_triggers == ("rabbitmq (useRegex)", "cpu") and r.spec.fallback is None
 
 
 def test_cluster_mode_sets_host_and_vhost_name_in_the_trigger():

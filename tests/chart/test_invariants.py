@@ -1,16 +1,20 @@
 """Cross-object invariants on every value set: selectors match pod labels, probes and Services hit declared
 ports, NetworkPolicies admit the scrapers', the API clients' and the workers' broker traffic (and little else),
-the ScaledObject targets the worker Deployment and the queue the workers consume, PDBs never block drains,
+the ScaledObject targets the worker Deployment, the queue the workers consume and (activation only) their retry
+delay queues, PDBs never block drains,
 terminationGracePeriodSeconds exceeds the drain timeout."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import pytest
 
+from controlplane_workers.settings import Settings
+from controlplane_workers.topology import DELAY_LEVELS, Topology
 from tests.chart.chartlib import (
     NAMESPACE,
     RELEASE,
@@ -164,12 +168,14 @@ def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> Non
     assert "replicas" not in dep["spec"], "with KEDA the Deployment must not fight the HPA over replicas"
     worker_env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
     rabbit = [t for t in so["spec"]["triggers"] if t["type"] == "rabbitmq"]
-    assert len(rabbit) == 1
-    meta = rabbit[0]["metadata"]
+    jobs, retries = _jobs_and_retry_triggers(rabbit)
+    assert retries is not None, "the fleet at zero would never wake for a waiting retry"
+    meta = jobs["metadata"]
     assert all(isinstance(v, str) for t in so["spec"]["triggers"] for v in t["metadata"].values()), (
         "metadata are strings"
     )
     assert meta["queueName"] == worker_env["CPW_JOBS_QUEUE"]
+    _check_retry_trigger(jobs, retries, worker_env)
     api = deployments(docs).get(f"{RELEASE}-api")
     if api:
         assert env_of(api["spec"]["template"]["spec"]["containers"][0])["CPW_JOBS_QUEUE"] == meta["queueName"]
@@ -179,7 +185,7 @@ def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> Non
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
     # the TriggerAuthentication exists and reads the broker Secret the workers mount
-    ta = one(docs, "TriggerAuthentication", rabbit[0]["authenticationRef"]["name"])
+    ta = one(docs, "TriggerAuthentication", jobs["authenticationRef"]["name"])
     vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "rabbitmq")
     mounted = {s["secret"]["name"] for s in vol["projected"]["sources"]}
     assert {r["name"] for r in ta["spec"]["secretTargetRef"]} <= mounted
@@ -187,6 +193,87 @@ def test_scaledobject_targets_the_workers_and_their_queue(value_set: str) -> Non
         host_ref = next(r for r in ta["spec"]["secretTargetRef"] if r["parameter"] == "host")
         mgmt = [i for s in vol["projected"]["sources"] for i in s["secret"]["items"] if i["path"] == "management-url"]
         assert mgmt and mgmt[0]["key"] == host_ref["key"], "KEDA and the workers read the same management URL"
+
+
+def _jobs_and_retry_triggers(rabbit: list[dict]) -> tuple[dict, dict | None]:
+    """The jobs queue's trigger (a queue name) and the delay queues' one (a regex), and no other rabbitmq trigger."""
+    jobs = [t for t in rabbit if t["metadata"].get("useRegex", "false") != "true"]
+    retries = [t for t in rabbit if t["metadata"].get("useRegex") == "true"]
+    assert len(jobs) == 1 and len(retries) <= 1 and len(rabbit) == len(jobs) + len(retries), rabbit
+    return jobs[0], (retries[0] if retries else None)
+
+
+def _retry_topology(worker_env: dict) -> Topology:
+    """The names the worker derives from its own settings (Topology.from_settings), from its rendered env."""
+    return Topology.from_settings(Settings(**{k: v for k, v in worker_env.items() if isinstance(v, str)}))
+
+
+def _check_retry_trigger(jobs: dict, retries: dict, worker_env: dict) -> None:
+    """Activation only, on exactly the delay queues the worker moves retries from, over the jobs trigger's broker."""
+    meta = retries["metadata"]
+    assert (meta["protocol"], meta["mode"], meta["useRegex"], meta["operation"]) == (
+        "http",
+        "QueueLength",
+        "true",
+        "sum",
+    )
+    # any waiting retry activates, ready or held unacked by a worker (KEDA: active when messages > activationValue)
+    assert float(meta["activationValue"]) == 0 and meta.get("excludeUnacknowledged", "false") == "false"
+    # desired = ceil(retries / value) is 1 for up to a billion retries: never more than the HPA's own minimum of 1
+    assert float(meta["value"]) >= 1e9
+    # the same broker, vhost and credentials as the jobs trigger
+    assert retries["authenticationRef"] == jobs["authenticationRef"]
+    assert {k: meta.get(k) for k in ("vhostName", "host")} == {
+        k: jobs["metadata"].get(k) for k in ("vhostName", "host")
+    }
+    topology = _retry_topology(worker_env)
+    regex = re.compile(meta["queueName"])  # RabbitMQ matches the name anywhere: the regex anchors itself
+    expected = [topology.retry_queue(n) for n in topology.retry_attempts]
+    assert expected and all(regex.search(q) for q in expected), (meta["queueName"], expected)
+    others = [
+        topology.jobs_queue,
+        topology.dead_letter_queue,
+        topology.delay_entry,
+        *(topology.delay_queue(k) for k in range(DELAY_LEVELS)),
+        topology.retry_queue(1),
+        topology.retry_queue(topology.max_attempts + 1),
+        topology.retry_queue(20),
+        *(q + s for q in expected for s in ("0", ".x", "x")),
+        *("x" + q for q in expected),
+        topology.retry_queue(2).replace(".", "x"),
+    ]
+    assert not [q for q in others if q not in expected and regex.search(q)], meta["queueName"]
+
+
+@pytest.mark.parametrize(
+    ("jobs_queue", "max_attempts"), [("provider.jobs", 5), ("team-a.jobs", 2), ("a+b.(jobs)[1]^$", 12), ("q", 100)]
+)
+def test_the_retry_trigger_matches_exactly_the_delay_queues(jobs_queue: str, max_attempts: int) -> None:
+    """Any jobs queue name (regex characters quoted) and any maxAttempts: the worker's retry queues, nothing else."""
+    from tests.chart.chartlib import render_values
+
+    values = {
+        "global": {"rabbitmq": {"existingSecret": "s"}, "broker": {"jobsQueue": jobs_queue}},
+        "workers": {"autoscaling": {"enabled": True, "minReplicas": 0}, "maxAttempts": max_attempts},
+    }
+    docs = render_values(values)
+    env = env_of(one(docs, "Deployment", f"{RELEASE}-worker")["spec"]["template"]["spec"]["containers"][0])
+    jobs, retries = _jobs_and_retry_triggers(one(docs, "ScaledObject")["spec"]["triggers"])
+    assert retries is not None and jobs["metadata"]["queueName"] == jobs_queue
+    _check_retry_trigger(jobs, retries, env)
+    assert len(_retry_topology(env).retry_attempts) == max_attempts - 1
+
+
+def test_no_retry_trigger_without_retries() -> None:
+    """maxAttempts 1: a failed job is dead-lettered at once, no delay queue exists, so none is watched."""
+    from tests.chart.chartlib import render_values
+
+    values = {
+        "global": {"rabbitmq": {"existingSecret": "s"}},
+        "workers": {"autoscaling": {"enabled": True}, "maxAttempts": 1},
+    }
+    jobs, retries = _jobs_and_retry_triggers(one(render_values(values), "ScaledObject")["spec"]["triggers"])
+    assert retries is None and jobs["metadata"]["queueName"] == "provider.jobs"
 
 
 def test_keda_value_defaults_to_max_concurrent_jobs() -> None:

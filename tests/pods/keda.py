@@ -4,19 +4,26 @@ KEDA's rabbitmq scaler (kedacore/keda pkg/scalers/rabbitmq_scaler.go) takes `hos
 metadata, else from the TriggerAuthentication's parameters (read from Secrets); `username`/`password`
 parameters replace the URL's credentials and `vhostName` replaces the vhost of the URL's path. With protocol
 http it GETs `<host>[/<sub path>]/api/queues/<vhost>/<queue>` and takes `messages` (ready + unacknowledged);
-the scaler is active when that is above `activationValue`. KEDA then keeps the Deployment at
-`minReplicaCount` while inactive and at `max(minReplicaCount, 1)` when active. Anything of a ScaledObject,
+with `useRegex: "true"` it GETs `/api/queues/<vhost>?page=1&use_regex=true&pagination=false&name=<regex>&page_size=100`
+instead (an error when the matches fill more than one page) and sums `messages` over the matched queues
+(`operation: sum`). A trigger is active when its count is above its `activationValue`, the ScaledObject when
+any trigger is. KEDA then keeps the Deployment at `minReplicaCount` while inactive and at
+`max(minReplicaCount, 1)` when active. Anything of a ScaledObject,
 trigger or TriggerAuthentication this module does not model fails, like a pod field kube.py does not know.
 """
 
 from __future__ import annotations
 
+import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from controlplane_workers.settings import Settings
+from controlplane_workers.topology import DELAY_LEVELS, Topology
 from tests.pods import kube
 from tests.pods.cluster import Cluster
 from tests.pods.runner import PodRun
@@ -46,12 +53,15 @@ SCALED_OBJECT: dict[str, Any] = {
             "vhostName": True,
             "host": True,
             "excludeUnacknowledged": True,
+            "useRegex": True,
+            "operation": True,
         },
     },
 }
 TRIGGER_AUTHENTICATION: dict[str, Any] = {"secretTargetRef": {"parameter": True, "name": True, "key": True}}
 PARAMETERS = {"host", "username", "password", "vhostName", "protocol"}  # the rabbitmq scaler's authParams we model
 ROOT_VHOST_PATH = "/%2F"
+PAGE_SIZE = 100  # KEDA's default pageSize (the chart leaves it)
 
 
 @dataclass
@@ -65,6 +75,7 @@ class RabbitTrigger:
     password: str
     activation: float
     exclude_unacked: bool
+    regex: bool = False  # useRegex: `queue` is a regex over the vhost's queue names (operation sum)
 
     def _split(self) -> tuple[str, str]:
         """(scheme://host[/sub path], /vhost) as getVhostAndPathFromURL: the vhost is the URL's last path segment
@@ -82,6 +93,9 @@ class RabbitTrigger:
     def management_uri(self) -> str:
         """The URI KEDA's getQueueInfoViaHTTP requests (credentials travel as basic auth)."""
         base, vhost_path = self._split()
+        if self.regex:
+            query = f"page=1&use_regex=true&pagination=false&name={urllib.parse.quote_plus(self.queue)}"
+            return f"{base}/api/queues{vhost_path}?{query}&page_size={PAGE_SIZE}"
         return f"{base}/api/queues{vhost_path}/{urllib.parse.quote_plus(self.queue)}"
 
     def vhost(self) -> str:
@@ -95,16 +109,34 @@ class RabbitTrigger:
         parts = urllib.parse.urlsplit(self.host)
         return urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
 
-    def queue_length(self, cluster: Cluster) -> int:
-        """The metric, read from the broker the host names (through the cluster's DNS), as the scaler reads it."""
+    def queues(self, cluster: Cluster) -> list[dict[str, Any]]:
+        """The queue (or, with useRegex, every queue matched) as the management API reports it to the scaler, read
+        from the broker the host names (through the cluster's DNS)."""
         uri = self.management_uri()
         parts = urllib.parse.urlsplit(uri)
         socket = cluster.broker_socket(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=10) as client:
             response = client.get(uri, auth=self.credentials())
         assert response.status_code == 200, f"KEDA's GET {uri} answered {response.status_code}: {response.text[:300]}"
-        info = response.json()  # a count the broker has not collected yet is missing: 0 for Go's decoder too
-        return int(info.get("messages_ready" if self.exclude_unacked else "messages", 0))
+        info = response.json()
+        if not self.regex:
+            return [info]
+        assert info.get("page_count", 1) <= 1, f"KEDA: regex {self.queue} matches more queues than one page holds"
+        return list(info["items"])
+
+    def queue_length(self, cluster: Cluster) -> int:
+        """The metric, as the scaler computes it (summed over the matched queues with useRegex). A count the broker
+        has not collected yet is missing: 0 for Go's decoder too."""
+        key = "messages_ready" if self.exclude_unacked else "messages"
+        return sum(int(q.get(key, 0)) for q in self.queues(cluster))
+
+    def wait_reading(self, cluster: Cluster, expected: int, budget: float) -> int:
+        """What the trigger reads once it reads `expected`, or when `budget` seconds have passed: KEDA polls, and the
+        management API refreshes its counts every 5 s (collect_statistics_interval)."""
+        deadline = time.monotonic() + budget
+        while (seen := self.queue_length(cluster)) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)  # KEDA's next poll, not a synchronisation: the counts lag the broker by design
+        return seen
 
 
 def scaled_objects(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -159,6 +191,8 @@ def rabbit_triggers(cluster: Cluster, so: dict[str, Any], target: PodRun) -> lis
         assert protocol == "http", f"protocol {protocol}: only KEDA's http protocol (management API) is modelled"
         assert meta.get("mode", "QueueLength") == "QueueLength", f"mode {meta['mode']} is not modelled"
         assert bool(params.get("username")) == bool(params.get("password")), "username and password go together"
+        regex = meta.get("useRegex", "false") == "true"
+        assert meta.get("operation", "sum") == "sum", f"operation {meta['operation']} is not modelled"
         out.append(
             RabbitTrigger(
                 host=host,
@@ -168,6 +202,7 @@ def rabbit_triggers(cluster: Cluster, so: dict[str, Any], target: PodRun) -> lis
                 password=params.get("password", ""),
                 activation=float(meta.get("activationValue", "0")),
                 exclude_unacked=meta.get("excludeUnacknowledged", "false") == "true",
+                regex=regex,
             )
         )
     return out
@@ -177,17 +212,44 @@ def _canonical(host: str) -> str:
     return host.removesuffix(".cluster.local")
 
 
+def worker_url(target: PodRun) -> urllib.parse.SplitResult:
+    """The broker URL the target's process reads from its own url file."""
+    return urllib.parse.urlsplit(target.file(target.env()["CPW_RABBITMQ_URL_FILE"]).decode().strip())
+
+
+def worker_topology(target: PodRun) -> Topology:
+    """The queue names the target's worker derives from its settings (Topology.from_settings), from its env."""
+    return Topology.from_settings(Settings(**target.env()))
+
+
 def check_consumed_by(trigger: RabbitTrigger, target: PodRun) -> None:
-    """KEDA watches the queue, vhost and broker the target's process consumes (read from its own url file)."""
+    """KEDA watches the queue, vhost and broker the target's process consumes (read from its own url file); a
+    useRegex trigger, exactly the delay queues its worker moves retries from (broker/retries.py)."""
     env = target.env()
-    url = urllib.parse.urlsplit(target.file(env["CPW_RABBITMQ_URL_FILE"]).decode().strip())
+    url = worker_url(target)
     vhost = urllib.parse.unquote(url.path[1:]) or "/"
-    assert trigger.queue == env["CPW_JOBS_QUEUE"], (
-        f"KEDA watches {trigger.queue}, the worker consumes {env['CPW_JOBS_QUEUE']}"
-    )
+    if trigger.regex:
+        topology = worker_topology(target)
+        retries = {topology.retry_queue(n) for n in topology.retry_attempts}
+        others = {topology.jobs_queue, topology.dead_letter_queue, topology.delay_entry}
+        others |= {topology.delay_queue(k) for k in range(DELAY_LEVELS)}
+        pattern = re.compile(trigger.queue)  # RabbitMQ matches anywhere in the name, as re.search
+        matched = {q for q in retries | others if pattern.search(q)}
+        assert matched == retries, (
+            f"KEDA's {trigger.queue} matches {sorted(matched)}, the worker moves retries from {sorted(retries)}"
+        )
+    else:
+        assert trigger.queue == env["CPW_JOBS_QUEUE"], (
+            f"KEDA watches {trigger.queue}, the worker consumes {env['CPW_JOBS_QUEUE']}"
+        )
     assert trigger.vhost() == vhost, f"KEDA watches vhost {trigger.vhost()!r}, the worker consumes in {vhost!r}"
     keda_host = urllib.parse.urlsplit(trigger.host).hostname or ""
     assert _canonical(keda_host) == _canonical(url.hostname or ""), f"KEDA asks {keda_host}, the worker {url.hostname}"
+
+
+def is_active(triggers: list[RabbitTrigger], cluster: Cluster) -> bool:
+    """KEDA's activation of the ScaledObject: any trigger whose count is above its activationValue."""
+    return any(t.queue_length(cluster) > t.activation for t in triggers)
 
 
 def replicas(so: dict[str, Any], active: bool) -> int:

@@ -64,6 +64,14 @@ def test_keda_watching_another_queue_is_caught(make_cluster) -> None:  # noqa: A
     _keda_breakage(make_cluster, docs, "KEDA watches provider.job, the worker consumes provider.jobs")
 
 
+def test_keda_missing_a_delay_queue_is_caught(make_cluster) -> None:  # noqa: ANN001
+    """The retry trigger's regex without the last attempt: a retry waiting there would not wake the fleet."""
+    docs = render_set("keda-on")
+    (retries,) = [t for t in find(docs, "ScaledObject")[0]["spec"]["triggers"] if t["name"] == "retry-queues"]
+    retries["metadata"]["queueName"] = r"^provider\.jobs\.retry\.(2|3|4)$"
+    _keda_breakage(make_cluster, docs, r"the worker moves retries from \[.*'provider\.jobs\.retry\.5'\]")
+
+
 def test_keda_reading_a_missing_secret_key_is_caught(make_cluster) -> None:  # noqa: ANN001
     """The TriggerAuthentication names a key the broker Secret does not hold: KEDA cannot build its scaler."""
     docs = render_set("keda-on")

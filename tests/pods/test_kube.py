@@ -221,6 +221,17 @@ def test_keda_builds_the_management_uri_as_its_scaler(host: str, vhost_name: str
     assert RabbitTrigger(host, "q", "", "user", "pass", 0.0, False).credentials() == ("user", "pass")
 
 
+def test_keda_builds_the_regex_uri_as_its_scaler() -> None:
+    """useRegex: the vhost's queue list filtered by the query-escaped regex, one page of KEDA's default size."""
+    from tests.pods.keda import RabbitTrigger
+
+    trigger = RabbitTrigger("http://u:p@h:15672/", r"^provider\.jobs\.retry\.(2|3)$", "/", "", "", 0.0, False, True)
+    assert trigger.management_uri() == (
+        "http://h:15672/api/queues/%2F?page=1&use_regex=true&pagination=false"
+        "&name=%5Eprovider%5C.jobs%5C.retry%5C.%282%7C3%29%24&page_size=100"
+    )
+
+
 def test_keda_fields_it_does_not_model_are_refused() -> None:
     from tests.pods.keda import SCALED_OBJECT, replicas
 

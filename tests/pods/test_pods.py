@@ -10,12 +10,17 @@ while a job runs: that job must still Succeed).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+import urllib.parse
 from collections import Counter
 
 import httpx
 import pytest
 
+from controlplane_workers.broker.base import Delivery
+from controlplane_workers.broker.rabbitmq import RabbitMQBroker
 from tests.pods import keda, kube, monitor
 from tests.pods.cluster import Cluster
 from tests.pods.conftest import HELM_TEST
@@ -101,23 +106,72 @@ def scale_as_keda(cluster: Cluster, token: str, so: dict, target: PodRun) -> Non
     KEDA's scaler does, reads a backlog above its activation value; then the target starts with the replicas
     KEDA would set (one pod stands for them) and the waiting jobs must Succeed."""
     triggers = keda.rabbit_triggers(cluster, so, target)
-    assert triggers, "a ScaledObject without a rabbitmq trigger: the worker would never scale from the queue"
     for trigger in triggers:
         keda.check_consumed_by(trigger, target)
-    backlog = int(max(t.activation for t in triggers)) + 1
+    queue_triggers = [t for t in triggers if not t.regex]
+    assert queue_triggers, "a ScaledObject without a rabbitmq trigger on the jobs queue: the worker would never scale"
+    backlog = int(max(t.activation for t in queue_triggers)) + 1
     with api_client(cluster, token) as http:
         jobs = [put_vm(http, f"keda{i}") for i in range(backlog)]
-        for trigger in triggers:
-            deadline = time.monotonic() + float(so["spec"].get("pollingInterval", 30)) + 10
-            while (seen := trigger.queue_length(cluster)) < backlog and time.monotonic() < deadline:
-                time.sleep(0.5)  # KEDA polls; the management API refreshes its counts every 5 s
+        for trigger in queue_triggers:
+            seen = trigger.wait_reading(cluster, backlog, float(so["spec"].get("pollingInterval", 30)) + 10)
             assert seen == backlog, f"KEDA reads {seen} messages in {trigger.queue}, {backlog} jobs wait"
             assert seen > trigger.activation, "the jobs do not activate the scaler"
-        assert keda.replicas(so, active=True) >= 1
+        assert keda.replicas(so, keda.is_active(triggers, cluster)) >= 1
         target.start()
         wait_up(target)
         for job_id in jobs:
             assert wait_status(http, job_id, ()) == "Succeeded", f"job {job_id} did not Succeed once KEDA scaled up"
+
+
+def test_keda_wakes_the_fleet_for_a_waiting_retry(make_cluster, rabbitmq) -> None:  # noqa: ANN001
+    """keda-on (minReplicas 0), no worker running, the jobs queue empty: no retry leaves the fleet at zero; one
+    retry waiting in its delay queue, published as a worker publishes it, activates it; and so does that retry
+    held unacked by a worker's retry mover until it is due (KEDA with excludeUnacknowledged would read 0 then).
+    The delay queues the trigger reads are the broker's own answer to its regex: the worker's retry queues."""
+    cluster, _ = make_cluster("keda-on")
+    so = keda.scaled_objects(cluster)["cpw-worker"]
+    assert so["spec"]["minReplicaCount"] == 0
+    (worker,) = [r for r in cluster.of_kind("Deployment") if r.pod.name.startswith("cpw-worker-")]
+    triggers = keda.rabbit_triggers(cluster, so, worker)
+    for trigger in triggers:
+        keda.check_consumed_by(trigger, worker)
+    (jobs,) = [t for t in triggers if not t.regex]
+    delay_triggers = [t for t in triggers if t.regex]  # one; none before the chart watched the delay queues
+    topology = keda.worker_topology(worker)
+    vhost = urllib.parse.unquote(keda.worker_url(worker).path[1:]) or "/"
+    budget = float(so["spec"].get("pollingInterval", 30)) + 10
+
+    def fleet(retries_seen: int) -> int:
+        """The replicas KEDA sets once the retry trigger reads `retries_seen` and the jobs trigger 0."""
+        for retries in delay_triggers:
+            assert retries.wait_reading(cluster, retries_seen, budget) == retries_seen
+        assert jobs.wait_reading(cluster, 0, budget) == 0
+        return keda.replicas(so, keda.is_active(triggers, cluster))
+
+    async def never(delivery: Delivery) -> None:
+        raise AssertionError("the jobs queue is empty")
+
+    async def scenario() -> None:
+        broker = RabbitMQBroker(rabbitmq.url_for(vhost), topology)
+        await broker.connect()  # declares the job queue, the DLQ and the delay queues, as every process does
+        try:
+            assert await asyncio.to_thread(fleet, 0) == 0
+            await broker.publish_retry(b"{}", message_id="r1", priority=0, headers={}, attempt=2, delay=3600)
+            assert await asyncio.to_thread(fleet, 1) >= 1, "a waiting retry leaves the fleet at zero"
+            (retries,) = delay_triggers
+            matched = {q["name"] for q in await asyncio.to_thread(retries.queues, cluster)}
+            assert matched == {topology.retry_queue(n) for n in topology.retry_attempts}
+            held = await broker.consume_jobs(never, prefetch=1)  # starts the worker's retry mover
+            ready_only = dataclasses.replace(retries, exclude_unacked=True)
+            assert await asyncio.to_thread(ready_only.wait_reading, cluster, 0, budget) == 0, "never held"
+            assert broker.retries_held == 1
+            assert await asyncio.to_thread(fleet, 1) >= 1
+            await held.cancel()
+        finally:
+            await broker.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
 
 
 @pytest.mark.parametrize("value_set", list(SECRETS))
