@@ -125,8 +125,7 @@ async def test_a_consumer_cancelled_while_its_connection_is_lost_returns_at_once
 
         consumer = await broker.consume_jobs(handler, 4)
         # The broker application stops: connections closed, reconnects refused, durable queues kept. (Deleting
-        # the vhost instead also cancels every consumer first, and aio-pika 10.2's consumer recovery can then
-        # stall the reconnect for good: seen with the retry mover's four consumers on one channel.)
+        # the vhost instead also cancels every consumer first: test_regressions_connect.py.)
         assert endpoint.server is not None
         await asyncio.to_thread(endpoint.server.stop_app)
         await eventually(lambda: not broker.connected.is_set())

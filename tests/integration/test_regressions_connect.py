@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import aiormq
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from controlplane_workers.broker.rabbitmq import RabbitMQBroker
 from controlplane_workers.lifecycle import connect_with_backoff
 from controlplane_workers.topology import Topology
+from tests.support.harness import eventually
 
 
 @pytest.mark.timeout(60)
@@ -112,3 +114,36 @@ async def until(predicate, timeout: float = 15.0) -> None:  # noqa: ANN001
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(150)
+async def test_a_broker_whose_vhost_is_deleted_and_made_again_reconnects_every_time(rabbitmq):
+    # Deleting a vhost cancels every consumer, then closes the connection. aio-pika 10.2 restores cancelled
+    # consumers from its reconnect loop, and that restore could wait for the connection that same loop would make:
+    # the broker never reconnected (broker/recovery.py, RobustChannel). A race: it took 1 try in 5 to 10 on a
+    # loaded machine, so this tries six times; on a quiet one the old code mostly passes.
+    waited: list[float | None] = []
+    for _ in range(6):
+        vhost = rabbitmq.new_vhost()
+        broker = RabbitMQBroker(rabbitmq.url_for(vhost), Topology(queue_type="quorum", max_attempts=5))
+        await broker.connect()
+
+        async def nothing(_) -> None:  # noqa: ANN001
+            return None
+
+        try:
+            await broker.consume_jobs(nothing, 4)
+            await asyncio.to_thread(rabbitmq.delete_vhost, vhost)
+            await eventually(lambda: not broker.connected.is_set(), timeout=10)  # noqa: B023
+            await asyncio.to_thread(rabbitmq.new_vhost, vhost)
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(broker.connected.wait(), 15)
+                waited.append(round(time.monotonic() - started, 1))
+            except TimeoutError:
+                waited.append(None)
+        finally:
+            await broker.close(timeout=1)
+            await asyncio.to_thread(rabbitmq.delete_vhost, vhost)
+    print(f"reconnected after a vhost's deletion and return in {waited} s")
+    assert None not in waited, waited

@@ -45,7 +45,7 @@ from .base import (
     delay_ms,
     without_deaths,
 )
-from .recovery import Backoff, Outage, cause_of, quiet_library_loops
+from .recovery import Backoff, Outage, RobustConnection, cause_of, quiet_library_loops
 from .retries import RetryMover, due_header
 
 log = logging.getLogger(__name__)
@@ -424,6 +424,7 @@ class RabbitMQBroker(Broker):
                 client_properties={"connection_name": self.name},
                 reconnect_interval=self.reconnect_backoff.base,
                 fail_fast=True,
+                connection_class=RobustConnection,
             )
         except Exception as exc:
             raise BrokerUnavailable(f"cannot connect to {redact_url(self.url)}: {redact_text(str(exc))}") from exc

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 
+import aio_pika
 import aiormq
 from aio_pika.exceptions import ChannelInvalidStateError
 from prometheus_client import Counter
@@ -24,6 +25,7 @@ from ..errors import UnroutableJob
 
 BASE_DELAY = 0.1
 MAX_DELAY = 5.0
+CONSUMER_RESTORE_TIMEOUT = 5.0
 
 WHATS = ("connection", "stream", "retries")
 CAUSES = (
@@ -165,3 +167,24 @@ def quiet_library_loops() -> None:
         logger = logging.getLogger(name)
         if _filter not in logger.filters:
             logger.addFilter(_filter)
+
+
+class RobustChannel(aio_pika.RobustChannel):
+    """aio-pika's robust channel, whose restore of consumers the broker cancelled is bounded in time.
+
+    aio-pika 10.2 restores them from the connection's reconnect loop, and the restore first waits for the
+    channel, hence for the connection, to be ready: when the connection is lost meanwhile (a deleted vhost
+    cancels every consumer, then closes the connection) it waits for a reconnect that only that same loop
+    would make, for good. A vhost deleted and declared again left 2 of 5 brokers never reconnected. Past
+    the bound the loop goes on, reconnects, and tries the consumers again."""
+
+    async def _restore_consumers(self) -> bool:
+        try:
+            async with asyncio.timeout(CONSUMER_RESTORE_TIMEOUT):
+                return await super()._restore_consumers()
+        except TimeoutError:
+            return True  # "retry": the loop runs again after its reconnect interval
+
+
+class RobustConnection(aio_pika.RobustConnection):
+    CHANNEL_CLASS = RobustChannel
