@@ -107,9 +107,12 @@ async def _messages(url: str, name: str) -> int:
     return (await _declared(url, name))[0]
 
 
-async def _an_earlier_release(url: str, retry_job: Job) -> None:
+async def _an_earlier_release(url: str) -> Job:
     """Classic side queues as releases before this one declared them beside a quorum job queue, a dead
-    letter in the DLQ and a job waiting a minute for its retry."""
+    letter in the DLQ and a job waiting a minute for its retry (returned)."""
+    retry_job = Job.model_validate(
+        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("w")}
+    )
     topology = Topology(queue_type="quorum", max_attempts=3)
     connection = await aio_pika.connect(url)
     channel = await connection.channel()
@@ -125,16 +128,14 @@ async def _an_earlier_release(url: str, retry_job: Job) -> None:
     )
     await channel.default_exchange.publish(waiting, "provider.jobs.retry.3")
     await connection.close()
+    return retry_job
 
 
 async def test_classic_side_queues_of_an_earlier_release_are_kept_then_migrated_with_their_messages(rabbitmq):
     vhost = rabbitmq.new_vhost()
     url = rabbitmq.url_for(vhost)
-    job = Job.model_validate(
-        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("w")}
-    )
     try:
-        await _an_earlier_release(url, job)
+        job = await _an_earlier_release(url)
         # This release starts on them: it keeps them as they are, says so, and works.
         async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
             assert worker.broker.legacy_side_queues == SIDE
@@ -163,13 +164,10 @@ async def test_classic_side_queues_of_an_earlier_release_are_kept_then_migrated_
 async def test_cpw_queues_migrate(rabbitmq, monkeypatch, capsys):
     vhost = rabbitmq.new_vhost()
     url = rabbitmq.url_for(vhost)
-    job = Job.model_validate(
-        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("c")}
-    )
     monkeypatch.setenv("CPW_QUEUE_TYPE", "quorum")
     monkeypatch.setenv("CPW_MAX_ATTEMPTS", "3")
     try:
-        await _an_earlier_release(url, job)
+        await _an_earlier_release(url)
         assert await asyncio.to_thread(cpw, ["queues", "migrate", "--url", url]) == 0
         out = capsys.readouterr().out
         assert "migrated: 3" in out and "1 waiting retries sent to provider.jobs" in out, out
@@ -216,11 +214,8 @@ async def test_a_retry_refused_by_an_earlier_releases_delay_queue_being_replaced
     back to the job queue rather than hang unsettled; once the queue is back the retry goes through it."""
     vhost = rabbitmq.new_vhost()
     url = rabbitmq.url_for(vhost)
-    job = Job.model_validate(
-        {"provider_namespace": NS, "resource_type": TYPE, "operation": "create", "request": request("w")}
-    )
     try:
-        await _an_earlier_release(url, job)
+        await _an_earlier_release(url)
         async with running_worker(url, providers.registry, **QUORUM) as worker, client(url, **QUORUM) as queue:
             assert "provider.jobs.retry.2" in worker.broker.legacy_side_queues
             rabbitmq._request("DELETE", f"/api/queues/{vhost}/provider.jobs.retry.2")  # noqa: SLF001
