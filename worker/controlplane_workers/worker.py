@@ -114,8 +114,7 @@ class ProviderWorker(WorkerRole):
         self._idle = asyncio.Event()
         self._idle.set()
         self._canceled_by_request: set[str] = set()
-        self._marker: str | None = None
-        self._caught_up = asyncio.Event()
+        self._marker: _Marker | None = None  # the start-up read's, met by the window's follower
         # The broker takes a delivery back when its channel closes (consumer timeout, lost
         # connection) while the job may still run here: the redelivery waits for that run.
         self._running_attempt: dict[str, int] = {}
@@ -234,14 +233,21 @@ class ProviderWorker(WorkerRole):
     async def _read_cancel_backlog(self, timeout: float = 10.0) -> None:
         """Consume jobs only once the cancel requests already on the stream are read: a worker that
         started consuming first could run a job that was canceled while it sat in the queue. A marker
-        of our own, appended now, tells when the reader has caught up."""
-        marker = f"{self.worker_id}:{time.time_ns()}"
-        self._marker, self._caught_up = marker, asyncio.Event()
-        await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker}), {})
-        try:
-            await asyncio.wait_for(self._caught_up.wait(), timeout)
-        except TimeoutError:
+        of our own, appended now, tells when the window's follower (`_on_control`) has caught up."""
+        self._marker = _Marker(self.worker_id)
+        if not await self._catch_up(self._marker, timeout):
             log.warning("cancel requests not caught up in %.0fs; consuming anyway", timeout)
+
+    async def _catch_up(self, marker: _Marker, timeout: float | None) -> bool:
+        """Append `marker` to the control stream and wait until its reader meets it, having read every request
+        appended before it: False if not within `timeout`. The start-up read and every scan end this way.
+        Raises BrokerUnavailable if the broker refused the marker."""
+        await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker.text}), {})
+        try:
+            await asyncio.wait_for(marker.reached.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _on_control(self, messages: Sequence[StreamMessage]) -> None:
         if self._control_from is None and messages:
@@ -249,8 +255,8 @@ class ProviderWorker(WorkerRole):
         for message in messages:
             request = _control_request(message.body)
             if isinstance(request, str):
-                if request == self._marker:
-                    self._caught_up.set()
+                if self._marker is not None:
+                    self._marker.meet(request)
                 continue
             if request is None:
                 continue
@@ -295,29 +301,26 @@ class ProviderWorker(WorkerRole):
         """Hand every cancel request on the control stream from `since` up to offset `end` or else now to
         `keep`; False if the end (or a marker of our own, appended now) was not reached within `timeout`
         or the broker failed."""
-        marker = f"{self.worker_id}:{time.time_ns()}:{secrets.token_hex(4)}"
-        reached = asyncio.Event()
+        marker = _Marker(self.worker_id)
 
         def on_messages(messages: Sequence[StreamMessage]) -> None:
             for message in messages:
-                if reached.is_set() or (end is not None and message.offset >= end):
-                    reached.set()
+                if marker.reached.is_set() or (end is not None and message.offset >= end):
+                    marker.reached.set()
                     return
                 request = _control_request(message.body)
                 if isinstance(request, tuple):
                     keep(*request)
-                elif request == marker:
-                    reached.set()
+                elif request is not None:
+                    marker.meet(request)
 
         try:
             subscription = await self.broker.follow(self.topology.control_stream, on_messages, since)
         except BrokerUnavailable:
             return False
         try:
-            await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker}), {})
-            await asyncio.wait_for(reached.wait(), timeout)
-            return True
-        except (BrokerUnavailable, TimeoutError):
+            return await self._catch_up(marker, timeout)
+        except BrokerUnavailable:
             return False
         finally:
             if not self.draining:  # else closed with the broker, within stop's one budget
@@ -927,6 +930,18 @@ class ProviderWorker(WorkerRole):
         metrics.LAST_HEARTBEAT.set(beat["at"])
         metrics.BROKER_UP.set(1 if self.broker.connected.is_set() else 0)
         metrics.READY.set(1 if self.ready else 0)
+
+
+class _Marker:
+    """A marker of our own on the control stream: the reader that meets it has read every request before it."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.text = f"{worker_id}:{time.time_ns()}:{secrets.token_hex(4)}"
+        self.reached = asyncio.Event()
+
+    def meet(self, text: str) -> None:
+        if text == self.text:
+            self.reached.set()
 
 
 def _control_request(body: bytes) -> tuple[str, str, float | None] | str | None:
