@@ -119,3 +119,14 @@ async def test_close_fails_the_jobs_still_waiting():
     for job in (running, waiting):
         with pytest.raises(LookupFailed):
             await job
+
+
+async def test_close_before_the_scan_began_fails_the_job_too():
+    stream = Stream()
+    lookups = CancelLookups(stream.scan, timeout=5)
+    job = asyncio.create_task(lookups.reason("a", T0))
+    await asyncio.sleep(0)  # it asked; its scan has not begun
+    await lookups.close()
+    with pytest.raises(LookupFailed):
+        await job
+    assert stream.scans == []

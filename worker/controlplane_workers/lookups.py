@@ -5,7 +5,8 @@ control stream from the job's submission on before it runs it. Jobs fall due in 
 time serves them all: it reads from the earliest submission of the jobs that asked before it began, up to
 a marker it appends then, so it meets every request appended before any of them asked. A job that asks
 while a scan runs waits for the next one (the running scan's marker may be older than the job's request):
-N jobs due together cost two scans, not N. Each scan ends within the timeout (a job waits for at most two).
+N jobs that ask within one scan's time cost at most two scans, not N. Each scan ends within the timeout (a job
+waits for at most two).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class CancelLookups:
         there. Raises LookupFailed. Waits for the running scan, if any, and then for one that answers."""
         asked: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._asked.append((job_id, since, asked))
-        if self._scanning is None:
+        if self._scanning is None or self._scanning.done():
             self._scanning = asyncio.create_task(self._scans())
         return await asked
 
@@ -54,11 +55,15 @@ class CancelLookups:
                 if batch:
                     await self._answer(batch)
         finally:
-            self._scanning = None
-            for _, _, asked in self._asked:  # closed: nobody scans for them any more
-                if not asked.done():
-                    asked.set_exception(LookupFailed())
-            self._asked.clear()
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """No scan runs any more: the jobs still waiting (none but when closed) get LookupFailed."""
+        self._scanning = None
+        for _, _, asked in self._asked:
+            if not asked.done():
+                asked.set_exception(LookupFailed())
+        self._asked.clear()
 
     async def _answer(self, batch: list[tuple[str, datetime, asyncio.Future[str | None]]]) -> None:
         wanted = {job_id for job_id, _, _ in batch}
@@ -89,3 +94,4 @@ class CancelLookups:
             scanning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await scanning
+        self._give_up()  # also if it was cancelled before it began
