@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -147,6 +148,44 @@ async def test_waiting_cancel_requests_past_the_memory_limit_are_looked_up_on_th
     assert _sample("cpw_worker_cancel_requests_dropped_total", kind="waiting") - dropped == over
     assert _sample("cpw_worker_cancel_lookups_total", outcome="canceled") - lookups["canceled"] == over
     assert _sample("cpw_worker_cancel_lookups_total", outcome="not-canceled") - lookups["not-canceled"] == over
+
+
+@pytest.mark.parametrize("limit", [2, 1], ids=["at-the-limit", "over-the-limit"])
+async def test_delayed_jobs_due_together_share_the_look_ups_of_their_cancel_requests(broker_url, limit):
+    # 20 delayed jobs due together, one canceled as it waits, and a waiting request of a job due earlier. At
+    # CPW_CANCEL_MEMORY=2 the memory answers for all; at 1 it drops the canceled job's request (of the two it
+    # starts last), so each job due with or after it may have lost its own and is looked up on the control
+    # stream before it runs: one scan serves the jobs that ask together (each read the stream itself before).
+    jobs = 20
+    lookups = {o: _sample("cpw_worker_cancel_lookups_total", outcome=o) for o in ("canceled", "not-canceled")}
+    async with client(broker_url) as queue:
+        at = datetime.now(UTC) + timedelta(seconds=1)
+        # a hair earlier than the others, so each of them is looked up too (its request is the soonest dropped)
+        canceled = await queue.submit_job(NS, TYPE, "create", request("b0"), not_before=at - timedelta(seconds=0.01))
+        ids = [canceled] + [
+            await queue.submit_job(NS, TYPE, "create", request(f"b{i}"), not_before=at) for i in range(1, jobs)
+        ]
+        await queue.cancel_job("an-earlier-job", job=_waiting_until(at.timestamp() - 0.5))
+        await queue.cancel_job(canceled, reason="not this one")
+        assert time.time() < at.timestamp() - 0.01  # both requests came while the jobs waited
+        # due while no worker runs: the worker that starts gets them all at once
+        await eventually(lambda: _queued(queue, jobs), timeout=15)
+        async with running_worker(broker_url, providers.registry, cancel_memory=limit, max_concurrent_jobs=jobs) as w:
+            results = [await queue.get_job_result(job_id, timeout=15) for job_id in ids]
+            await eventually(lambda: len(providers.CALLS) == jobs - 1 and w.stats.canceled == 1, timeout=15)
+    assert [r.status for r in results] == [JobStatus.CANCELED] + [JobStatus.SUCCEEDED] * (jobs - 1)
+    assert sorted(c["name"] for c in providers.CALLS) == sorted(f"b{i}" for i in range(1, jobs))
+    looked_up = {o: _sample("cpw_worker_cancel_lookups_total", outcome=o) - n for o, n in lookups.items()}
+    if limit == 2:
+        assert w.stats.cancel_scans == 0 and looked_up == {"canceled": 0, "not-canceled": 0}
+    else:
+        assert looked_up == {"canceled": 1, "not-canceled": jobs - 1}
+        assert 1 <= w.stats.cancel_scans <= 2, w.stats.cancel_scans
+
+
+async def _queued(queue, jobs: int) -> bool:  # noqa: ANN001
+    stats = await queue.get_queue_stats()
+    return stats.ready == jobs and stats.delayed == 0
 
 
 async def test_a_delayed_job_due_before_the_older_cancel_requests_are_read_waits_for_them(broker_url, monkeypatch):

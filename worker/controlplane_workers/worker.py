@@ -16,7 +16,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +34,7 @@ from .context import JobContext, set_current_job
 from .errors import BrokerUnavailable, PermanentError, ProviderError, UnroutableJob
 from .events import EventBatcher
 from .logs import Bursts, job_id_var
+from .lookups import CancelLookups, Keep, LookupFailed
 from .models import EventType, Job, JobError, JobEvent
 from .providers import ProviderLookup, call_provider, is_sync, provider_method, to_jsonable
 from .redact import redact_text
@@ -56,8 +57,9 @@ OUTCOME_LOST_BACKOFF = 1.0
 # A delayed job that arrives while the worker still reads the older waiting jobs' cancel requests waits this
 # long for them, then goes back into the delay cascade for as long again.
 BACKFILL_WAIT = 5.0
-# Seconds a look-up of one delayed job's cancel request on the control stream may take (past the memory's
-# limit only), and how much earlier than the job's submission it starts reading (clocks differ).
+# Seconds a scan of the control stream for delayed jobs' cancel requests may take (past the memory's limit
+# only; a job that asks while one runs waits for it, then for the next), and how much earlier than the
+# job's submission it starts reading (clocks differ).
 LOOKUP_TIMEOUT = 60.0
 CLOCK_MARGIN = 60.0
 
@@ -74,6 +76,7 @@ class WorkerStats:
     ack_lost: int = 0
     redeliveries_settled: int = 0
     cancel_waits: int = 0  # delayed jobs sent back to wait until the older cancel requests are read
+    cancel_scans: int = 0  # reads of the control stream to look up cancel requests dropped past the memory's limit
     started_at: float = field(default_factory=time.time)
 
 
@@ -101,6 +104,7 @@ class ProviderWorker(WorkerRole):
             waiting_limit=settings.cancel_memory,
             on_drop=self._cancel_dropped,
         )
+        self.cancel_lookups = CancelLookups(self._lookup_scan, LOOKUP_TIMEOUT)
         # Set once the waiting jobs' cancel requests from before the cancel window are read (`_backfill`).
         self.backfilled = asyncio.Event()
         self._control_from: int | None = None  # the first offset the control stream's reader got
@@ -114,8 +118,7 @@ class ProviderWorker(WorkerRole):
         self._idle = asyncio.Event()
         self._idle.set()
         self._canceled_by_request: set[str] = set()
-        self._marker: str | None = None
-        self._caught_up = asyncio.Event()
+        self._marker: _Marker | None = None  # the start-up read's, met by the window's follower
         # The broker takes a delivery back when its channel closes (consumer timeout, lost
         # connection) while the job may still run here: the redelivery waits for that run.
         self._running_attempt: dict[str, int] = {}
@@ -223,6 +226,7 @@ class ProviderWorker(WorkerRole):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
+        await self.cancel_lookups.close()
         with contextlib.suppress(TimeoutError):  # confirmed like any publish: it waits as long as one
             async with asyncio.timeout_at(until):
                 await self._send_heartbeat(stopping=True)
@@ -234,14 +238,21 @@ class ProviderWorker(WorkerRole):
     async def _read_cancel_backlog(self, timeout: float = 10.0) -> None:
         """Consume jobs only once the cancel requests already on the stream are read: a worker that
         started consuming first could run a job that was canceled while it sat in the queue. A marker
-        of our own, appended now, tells when the reader has caught up."""
-        marker = f"{self.worker_id}:{time.time_ns()}"
-        self._marker, self._caught_up = marker, asyncio.Event()
-        await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker}), {})
-        try:
-            await asyncio.wait_for(self._caught_up.wait(), timeout)
-        except TimeoutError:
+        of our own, appended now, tells when the window's follower (`_on_control`) has caught up."""
+        self._marker = _Marker(self.worker_id)
+        if not await self._catch_up(self._marker, timeout):
             log.warning("cancel requests not caught up in %.0fs; consuming anyway", timeout)
+
+    async def _catch_up(self, marker: _Marker, timeout: float | None) -> bool:
+        """Append `marker` to the control stream and wait until its reader meets it, having read every request
+        appended before it: False if not within `timeout`. The start-up read and every scan end this way.
+        Raises BrokerUnavailable if the broker refused the marker."""
+        await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker.text}), {})
+        try:
+            await asyncio.wait_for(marker.reached.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _on_control(self, messages: Sequence[StreamMessage]) -> None:
         if self._control_from is None and messages:
@@ -249,8 +260,8 @@ class ProviderWorker(WorkerRole):
         for message in messages:
             request = _control_request(message.body)
             if isinstance(request, str):
-                if request == self._marker:
-                    self._caught_up.set()
+                if self._marker is not None:
+                    self._marker.meet(request)
                 continue
             if request is None:
                 continue
@@ -288,40 +299,42 @@ class ProviderWorker(WorkerRole):
     async def _scan_control(
         self,
         since: datetime,
-        keep: Callable[[str, str, float | None], None],
+        keep: Keep,
         timeout: float | None,
         end: int | None = None,
     ) -> bool:
         """Hand every cancel request on the control stream from `since` up to offset `end` or else now to
         `keep`; False if the end (or a marker of our own, appended now) was not reached within `timeout`
         or the broker failed."""
-        marker = f"{self.worker_id}:{time.time_ns()}:{secrets.token_hex(4)}"
-        reached = asyncio.Event()
+        marker = _Marker(self.worker_id)
 
         def on_messages(messages: Sequence[StreamMessage]) -> None:
             for message in messages:
-                if reached.is_set() or (end is not None and message.offset >= end):
-                    reached.set()
+                if marker.reached.is_set() or (end is not None and message.offset >= end):
+                    marker.reached.set()
                     return
                 request = _control_request(message.body)
                 if isinstance(request, tuple):
                     keep(*request)
-                elif request == marker:
-                    reached.set()
+                elif request is not None:
+                    marker.meet(request)
 
         try:
             subscription = await self.broker.follow(self.topology.control_stream, on_messages, since)
         except BrokerUnavailable:
             return False
         try:
-            await self.broker.publish_control(orjson.dumps({"type": "marker", "marker": marker}), {})
-            await asyncio.wait_for(reached.wait(), timeout)
-            return True
-        except (BrokerUnavailable, TimeoutError):
+            return await self._catch_up(marker, timeout)
+        except BrokerUnavailable:
             return False
         finally:
             if not self.draining:  # else closed with the broker, within stop's one budget
                 await subscription.cancel()  # bounded by the broker
+
+    async def _lookup_scan(self, since: datetime, keep: Keep, timeout: float) -> bool:
+        """A scan for the look-ups of requests dropped past the memory's limit (`_not_canceled_while_waiting`)."""
+        self.stats.cancel_scans += 1
+        return await self._scan_control(since, keep, timeout)
 
     def _cancel_dropped(self, kind: str) -> None:
         metrics.CANCELS_DROPPED.labels(kind).inc()
@@ -535,8 +548,9 @@ class ProviderWorker(WorkerRole):
 
         Its cancel request may be older than the cancel window this worker read before consuming: it is
         known once the older waiting jobs' requests are read (`_read_waiting_cancels`), and a request
-        dropped past CPW_CANCEL_MEMORY is looked up on the control stream. Not past `not_before +
-        CPW_CANCEL_WINDOW`: the memory keeps no request that long (docs/reliability.md, "Known limits")."""
+        dropped past CPW_CANCEL_MEMORY is looked up on the control stream, one scan for the jobs that ask
+        together (`CancelLookups`). Not past `not_before + CPW_CANCEL_WINDOW`: the memory keeps no request
+        that long (docs/reliability.md, "Known limits")."""
         assert job.not_before is not None
         if job.not_before + self.cancel_requests.grace <= time.time():
             return True
@@ -549,20 +563,17 @@ class ProviderWorker(WorkerRole):
                 return False
         reason = self.cancel_requests.get(job.id)
         if reason is None and self.cancel_requests.may_have_dropped(job.not_before):
-            found: list[str] = []
-
-            def keep(job_id: str, why: str, not_before: float | None) -> None:
-                if job_id == job.id:
-                    found.append(why)
-
             since = datetime.fromtimestamp(job.submitted_at - CLOCK_MARGIN, UTC)
-            if not await self._scan_control(since, keep, LOOKUP_TIMEOUT):
+            try:
+                reason = await self.cancel_lookups.reason(job.id, since)
+            except LookupFailed:
                 metrics.CANCEL_LOOKUPS.labels("unknown").inc()
                 log.warning("cancel request of a waiting job not looked up in time; the job goes back to wait")
                 await self._repark(delivery, job, BACKFILL_WAIT)
                 return False
-            metrics.CANCEL_LOOKUPS.labels("canceled" if found else "not-canceled").inc()
-            reason = found[0] if found else None
+            metrics.CANCEL_LOOKUPS.labels("not-canceled" if reason is None else "canceled").inc()
+            # one the follower read meanwhile counts too (appended after the scan's marker, it missed it)
+            reason = reason or self.cancel_requests.get(job.id)
         if reason is None:
             return True
         await self._run_canceled(delivery, job, reason)
@@ -927,6 +938,18 @@ class ProviderWorker(WorkerRole):
         metrics.LAST_HEARTBEAT.set(beat["at"])
         metrics.BROKER_UP.set(1 if self.broker.connected.is_set() else 0)
         metrics.READY.set(1 if self.ready else 0)
+
+
+class _Marker:
+    """A marker of our own on the control stream: the reader that meets it has read every request before it."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.text = f"{worker_id}:{time.time_ns()}:{secrets.token_hex(4)}"
+        self.reached = asyncio.Event()
+
+    def meet(self, text: str) -> None:
+        if text == self.text:
+            self.reached.set()
 
 
 def _control_request(body: bytes) -> tuple[str, str, float | None] | str | None:
