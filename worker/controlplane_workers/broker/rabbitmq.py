@@ -144,14 +144,7 @@ class _Consumer(Subscription):
         self.broker, self.queue, self.tag = broker, queue, tag
 
     async def cancel(self) -> None:
-        # aio-pika forgets the consumer at once (a reconnect no longer restores it), then waits for a live
-        # connection to send Basic.Cancel on: forever when the broker is gone (a worker was SIGKILLed at the end of
-        # its grace period). A lost connection took the consumer with it, so there is nothing to wait for then.
-        # Live only if both say so: aio-pika sets its event before its channels are restored, and a restore that
-        # fails (the vhost or a queue is gone) tells only our close callback.
-        connection = self.broker.connection
-        live = self.broker.connected.is_set() and connection is not None and connection.connected.is_set()
-        await self.broker.quietly("cancelling a consumer", self.queue.cancel(self.tag), None if live else 0.0)
+        await self.broker.cancel_consumer("cancelling a consumer", self.queue, self.tag)
 
 
 class _StreamFollower(Subscription):
@@ -362,8 +355,12 @@ class _WindowedStreamFollower(_StreamFollower):
         """Cancel the consumer that overran the window, and ack what it sent: it is gone, its credit with it."""
         tag = self.tag
         if self.queue is not None and tag is not None:
-            with contextlib.suppress(*_UNAVAILABLE):
-                await self.queue.cancel(tag)
+            # Bounded, as every cancel: a connection that stopped answering must not hold the follower paused.
+            # Given up, the channel goes (aiormq closes the channel of an RPC that timed out; a lost connection
+            # took it) and its reopen starts afresh (resubscribe()); the tag kept meanwhile stops a release from
+            # consuming again beside it (two consumers from the same offset: seen leaving the follower paused).
+            if not await self.broker.cancel_consumer("cancelling a stream's consumer over its window", self.queue, tag):
+                return
         if self.tag != tag:  # the channel was reopened meanwhile: resubscribe() started afresh
             return
         self.tag = None
@@ -641,23 +638,35 @@ class RabbitMQBroker(Broker):
         if self.connection is not None:
             await self.quietly("closing the connection", self.connection.close(), timeout)
 
-    async def quietly(self, what: str, step: Awaitable[object], timeout: float | None = None) -> None:
+    async def quietly(self, what: str, step: Awaitable[object], timeout: float | None = None) -> bool:
         """Await one step of a cancel or close for at most `timeout` seconds (default: the publish timeout; 0
         runs it up to its first wait), and never raise: a broker that is gone answers nothing, and whoever
-        cancels or closes is on its way out. The first give-up is logged, once per broker."""
+        cancels or closes is on its way out. False if it gave up; the first give-up is logged, once per broker."""
         limit = self.publish_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
                 await step
+            return True
         except Exception as exc:  # TimeoutError, or whatever a dead connection raised
             if self._gave_up:
-                return
+                return False
             self._gave_up = True
             if not isinstance(exc, TimeoutError):
                 why = redact_text(repr(exc))
             else:
                 why = f"no answer in {limit:g}s" if limit else "the connection is gone"
             log.warning("broker: gave up %s (%s); later give-ups are not logged", what, why)
+            return False
+
+    async def cancel_consumer(self, what: str, queue: AbstractQueue, tag: str) -> bool:
+        """Cancel a consumer within the publish timeout, at once when the connection is lost; False if it gave up."""
+        # aio-pika forgets the consumer at once (a reconnect no longer restores it), then waits for a live
+        # connection to send Basic.Cancel on: forever when the broker is gone (a worker was SIGKILLed at the end of
+        # its grace period). A lost connection took the consumer with it, so there is nothing to wait for then.
+        # Live only if both say so: aio-pika sets its event before its channels are restored, and a restore that
+        # fails (the vhost or a queue is gone) tells only our close callback.
+        live = self.connected.is_set() and self.connection is not None and self.connection.connected.is_set()
+        return await self.quietly(what, queue.cancel(tag), None if live else 0.0)
 
     async def _publish(self, exchange: str | None, body: bytes, properties: Properties, key: str) -> None:
         """Publish on the confirmed channel and return once the broker confirmed the message.
