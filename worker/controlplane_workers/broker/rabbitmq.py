@@ -144,7 +144,14 @@ class _Consumer(Subscription):
         self.broker, self.queue, self.tag = broker, queue, tag
 
     async def cancel(self) -> None:
-        await self.broker.cancel_consumer("cancelling a consumer", self.queue, self.tag)
+        # aio-pika forgets the consumer at once (a reconnect no longer restores it), then waits for a live
+        # connection to send Basic.Cancel on: forever when the broker is gone (a worker was SIGKILLed at the end of
+        # its grace period). A lost connection took the consumer with it, so there is nothing to wait for then.
+        # Live only if both say so: aio-pika sets its event before its channels are restored, and a restore that
+        # fails (the vhost or a queue is gone) tells only our close callback.
+        connection = self.broker.connection
+        live = self.broker.connected.is_set() and connection is not None and connection.connected.is_set()
+        await self.broker.quietly("cancelling a consumer", self.queue.cancel(self.tag), None if live else 0.0)
 
 
 class _StreamFollower(Subscription):
@@ -316,12 +323,26 @@ class _WindowedStreamFollower(_StreamFollower):
         self.acked = 0  # the highest delivery tag acked on this channel (an ack twice closes it)
         self.paused = False  # over the window; deliveries are dropped until the consumer consumes again
         self._subscribing = False  # a consume again is on its way: one at a time
+        self._consuming = asyncio.Lock()  # a consume again and a resubscribe, one after the other
 
     async def _before_consume(self) -> None:
         # A consumer's prefetch is set before it consumes: what the reader has room for.
         assert self.channel is not None
         await self.channel.set_qos(prefetch_count=self.window - self._holds())
         self.paused = False
+
+    async def resubscribe(self) -> None:
+        async with self._consuming:
+            # A consume again that waited for the reconnect may have consumed on the new channel already: beside
+            # the consumer made here it was a second one, unknown once the other was cancelled, and the follower
+            # stayed paused for good (released during an outage). An old tag cancels nothing on a new channel.
+            # Within the publish timeout (the channel is ready; our own flag may not say so yet after a reconnect).
+            stale = self.tag
+            if stale is not None and self.queue is not None and not self.cancelled:
+                await self.broker.quietly(
+                    "cancelling a stream's consumer from before a reopen", self.queue.cancel(stale)
+                )
+            await super().resubscribe()
 
     def _forget_channel(self) -> bool:
         super()._forget_channel()
@@ -355,11 +376,13 @@ class _WindowedStreamFollower(_StreamFollower):
         """Cancel the consumer that overran the window, and ack what it sent: it is gone, its credit with it."""
         tag = self.tag
         if self.queue is not None and tag is not None:
-            # Bounded, as every cancel: a connection that stopped answering must not hold the follower paused.
-            # Given up, the channel goes (aiormq closes the channel of an RPC that timed out; a lost connection
-            # took it) and its reopen starts afresh (resubscribe()); the tag kept meanwhile stops a release from
-            # consuming again beside it (two consumers from the same offset: seen leaving the follower paused).
-            if not await self.broker.cancel_consumer("cancelling a stream's consumer over its window", self.queue, tag):
+            # Bounded: a connection that stopped answering must not hold the follower. By the publish timeout even
+            # with the connection lost, not at once as a consumer's cancel: our flag says "lost" until the reconnect
+            # ended, and a pause of the new channel's consumer would then give up on a live one. Given up, the
+            # channel goes (aiormq closes the channel of an RPC that timed out; a lost connection took it) and its
+            # reopen starts afresh (resubscribe()); the tag kept meanwhile stops a release from consuming again
+            # beside it (two consumers from one offset: seen leaving the follower paused for good).
+            if not await self.broker.quietly("cancelling a stream's consumer over its window", self.queue.cancel(tag)):
                 return
         if self.tag != tag:  # the channel was reopened meanwhile: resubscribe() started afresh
             return
@@ -387,7 +410,9 @@ class _WindowedStreamFollower(_StreamFollower):
 
     async def _consume_again(self) -> None:
         try:
-            await self._subscribe()
+            async with self._consuming:
+                if self.paused and self.tag is None and not self.cancelled:  # else resubscribe() consumed meanwhile
+                    await self._subscribe()
         except _UNAVAILABLE:  # tried again at the next release, or once the channel is reopened (_on_reopen)
             self.paused = True
         finally:
@@ -657,16 +682,6 @@ class RabbitMQBroker(Broker):
                 why = f"no answer in {limit:g}s" if limit else "the connection is gone"
             log.warning("broker: gave up %s (%s); later give-ups are not logged", what, why)
             return False
-
-    async def cancel_consumer(self, what: str, queue: AbstractQueue, tag: str) -> bool:
-        """Cancel a consumer within the publish timeout, at once when the connection is lost; False if it gave up."""
-        # aio-pika forgets the consumer at once (a reconnect no longer restores it), then waits for a live
-        # connection to send Basic.Cancel on: forever when the broker is gone (a worker was SIGKILLed at the end of
-        # its grace period). A lost connection took the consumer with it, so there is nothing to wait for then.
-        # Live only if both say so: aio-pika sets its event before its channels are restored, and a restore that
-        # fails (the vhost or a queue is gone) tells only our close callback.
-        live = self.connected.is_set() and self.connection is not None and self.connection.connected.is_set()
-        return await self.quietly(what, queue.cancel(tag), None if live else 0.0)
 
     async def _publish(self, exchange: str | None, body: bytes, properties: Properties, key: str) -> None:
         """Publish on the confirmed channel and return once the broker confirmed the message.
