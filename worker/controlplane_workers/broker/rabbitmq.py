@@ -155,26 +155,12 @@ class _Consumer(Subscription):
 
 
 class _StreamFollower(Subscription):
-    """Follows one stream; on reconnect re-subscribes after the last offset it handled.
+    """Follows one stream; on reconnect re-subscribes after the last offset it handled. Acks in runs: every
+    STREAM_ACK_EVERY messages and at the end of a burst (with a window, `_WindowedStreamFollower`, once released)."""
 
-    With a window (`Broker.follow`) the reader holds at most `window` messages it has not released, strictly:
-    a message is acked once released, and the consumer's prefetch is what the window has room for, so RabbitMQ
-    stops by itself. It counts that credit per message but sends a stream's chunk whole, so a delivery can
-    overrun the window; then the follower drops what is over it, cancels the consumer, and consumes again from
-    the first offset not handed over once the reader released half the window. Each message is handed over
-    once, across reconnects too."""
-
-    def __init__(
-        self, broker: RabbitMQBroker, stream: str, handler: StreamHandler, offset: Offset, window: int | None = None
-    ) -> None:
+    def __init__(self, broker: RabbitMQBroker, stream: str, handler: StreamHandler, offset: Offset) -> None:
         self.broker, self.stream, self.handler = broker, stream, handler
         self.offset: Offset = offset  # where a re-subscribe starts: after the last message handed over
-        self.window = window
-        self.held: deque[tuple[int, AbstractIncomingMessage]] = deque()  # window: handed over, not released
-        self.released: int | None = None  # window: the last offset released (set by the first message)
-        self.acked = 0  # window: the highest delivery tag acked on this channel (an ack twice closes it)
-        self.paused = False  # window: over it; deliveries are dropped until the consumer consumes again
-        self._subscribing = False
         self.channel: AbstractRobustChannel | None = None
         self.tag: str | None = None
         self.queue: AbstractQueue | None = None
@@ -230,42 +216,35 @@ class _StreamFollower(Subscription):
         assert self.queue is not None
         # An int resumes after the last offset handled; pamqp encodes a datetime as an AMQP timestamp.
         offset = self.offset
-        if self.window is not None:  # a consumer's prefetch is set before it consumes: what the reader has room for
-            assert self.channel is not None
-            await self.channel.set_qos(prefetch_count=self.window - self._holds())
-        self.paused = False
+        await self._before_consume()
         self.tag = await self.queue.consume(  # type: ignore[call-arg]  # robust queues take `robust`
             self._on_message, arguments={"x-stream-offset": offset}, robust=False
         )
+
+    async def _before_consume(self) -> None:
+        """Whatever the channel needs before a consumer starts on it: nothing here."""
 
     async def resubscribe(self) -> None:
         if self.cancelled:
             return
         # Messages received but not yet handed to the handler are applied, not dropped: the offset to
         # resume from already counts them, so dropping them here would lose them for good.
-        batch, self.batch = self.batch, []
-        if batch:
-            try:
-                self.handler(batch)
-            except Exception:
-                log.exception("stream handler failed", extra={"stream": self.stream})
+        self._hand_over()
+        self.tag = None
+        if self._forget_channel():
+            await self._subscribe()
+
+    def _forget_channel(self) -> bool:
+        """The channel was reopened: its deliveries are gone, and their acks with them. True: consume at once."""
         self.unacked = 0
-        self.last, self.tag = None, None
-        self.held.clear()  # their channel is gone, and their acks with it
-        self.acked = 0
-        if self.window is not None and not self._room():
-            self.paused = True  # the reader still holds the old channel's messages: consume once it released some
-            return
-        await self._subscribe()
+        self.last = None
+        return True
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
         raw = headers.get("x-stream-offset", 0)
         offset = raw if isinstance(raw, int) else 0
-        if self.window is None:
-            self.last = message
-            self.unacked += 1
-        elif not self._admit(offset, message):
+        if not self._admit(offset, message):
             return
         self.batch.append(StreamMessage(message.body, headers, offset, None))
         self.offset = offset + 1
@@ -274,90 +253,29 @@ class _StreamFollower(Subscription):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _admit(self, offset: int, message: AbstractIncomingMessage) -> bool:
-        """Window: hand `message` over if the reader holds less than the window; else stop consuming."""
-        assert self.window is not None
-        self.last = message  # the latest delivery: acked with all before it once the consumer is cancelled
-        if self.released is None:
-            self.released = offset - 1
-        if isinstance(self.offset, int) and offset < self.offset:  # handed over already (a late delivery)
-            self.held.append((offset, message))  # acked once released, for its credit
-            return False
-        if self.paused or offset - self.released > self.window:
-            if not self.paused:
-                self.paused = True
-                asyncio.ensure_future(self._pause())
-            return False
-        self.held.append((offset, message))
+        """Whether to hand `message` over: always, acked with the run it came in (`_flushed`)."""
+        self.last = message
+        self.unacked += 1
         return True
-
-    async def _pause(self) -> None:
-        """Cancel the consumer that overran the window, and ack what it sent: it is gone, its credit with it."""
-        tag = self.tag
-        if self.queue is not None and tag is not None:
-            with contextlib.suppress(*_UNAVAILABLE):
-                await self.queue.cancel(tag)
-        if self.tag != tag:  # the channel was reopened meanwhile: resubscribe() started afresh
-            return
-        self.tag = None
-        self.held.clear()
-        last, self.last = self.last, None
-        if last is not None:
-            self._ack_upto(last)
-        self._resume_if_room()
-
-    def _holds(self) -> int:
-        """Window: messages handed over and not released."""
-        if isinstance(self.offset, int) and self.released is not None:
-            return self.offset - 1 - self.released
-        return 0
-
-    def _room(self) -> bool:
-        """Window: the reader holds at most half of it (consuming again for less would churn)."""
-        assert self.window is not None
-        return self._holds() * 2 <= self.window
-
-    def _resume_if_room(self) -> None:
-        if self.paused and self.tag is None and not self._subscribing and not self.cancelled and self._room():
-            self._subscribing = True
-            asyncio.ensure_future(self._consume_again())
-
-    async def _consume_again(self) -> None:
-        try:
-            await self._subscribe()
-        except _UNAVAILABLE:  # tried again at the next release, or once the channel is reopened (_on_reopen)
-            self.paused = True
-        finally:
-            self._subscribing = False
 
     def _flush(self) -> None:
         self.flush_scheduled = False
+        self._hand_over()
+        self._flushed()
+
+    def _hand_over(self) -> None:
         batch, self.batch = self.batch, []
         if batch:
             try:
                 self.handler(batch)
             except Exception:  # a reader bug must not stop the stream
                 log.exception("stream handler failed", extra={"stream": self.stream})
-        if self.window is None and self.last is not None and (self.unacked >= STREAM_ACK_EVERY or not self.batch):
+
+    def _flushed(self) -> None:
+        """After a batch went to the handler: ack up to the last message every so often and at a burst's end."""
+        if self.last is not None and (self.unacked >= STREAM_ACK_EVERY or not self.batch):
             last, self.last, self.unacked = self.last, None, 0
             self._ack_later(last)
-
-    def release(self, offset: int) -> None:
-        if self.window is None:
-            return
-        self.released = offset
-        last = None
-        while self.held and self.held[0][0] <= offset:
-            last = self.held.popleft()[1]
-        if last is not None:
-            self._ack_upto(last)
-        self._resume_if_room()
-
-    def _ack_upto(self, message: AbstractIncomingMessage) -> None:
-        """Ack `message` and every delivery before it, unless a later ack did already (tasks ack in order)."""
-        tag = message.delivery_tag or 0
-        if tag > self.acked:
-            self.acked = tag
-            self._ack_later(message)
 
     def _ack_later(self, message: AbstractIncomingMessage) -> None:
         ack = asyncio.ensure_future(self._ack(message))
@@ -385,6 +303,136 @@ class _StreamFollower(Subscription):
             await self.broker.quietly("finishing a stream's acks", asyncio.wait(set(self._acks)))
         if self.channel is not None:
             await self.broker.quietly("closing a stream's channel", self.channel.close())
+
+
+class _WindowedStreamFollower(_StreamFollower):
+    """A follower with a window (`Broker.follow`): the reader holds at most `window` messages it has not released,
+    strictly: a message is acked once released, and the consumer's prefetch is what the window has room for, so
+    RabbitMQ stops by itself. It counts that credit per message but sends a stream's chunk whole, so a delivery can
+    overrun the window; then the follower drops what is over it, cancels the consumer, and consumes again from
+    the first offset not handed over once the reader released half the window. Each message is handed over
+    once, across reconnects too."""
+
+    def __init__(
+        self, broker: RabbitMQBroker, stream: str, handler: StreamHandler, offset: Offset, window: int
+    ) -> None:
+        super().__init__(broker, stream, handler, offset)
+        self.window = window
+        self.held: deque[tuple[int, AbstractIncomingMessage]] = deque()  # handed over, not released
+        self.released: int | None = None  # the last offset released (set by the first message)
+        self.acked = 0  # the highest delivery tag acked on this channel (an ack twice closes it)
+        self.paused = False  # over the window; deliveries are dropped until the consumer consumes again
+        self._subscribing = False  # a consume again is on its way: one at a time
+        self._consuming = asyncio.Lock()  # a consume again and a resubscribe, one after the other
+
+    async def _before_consume(self) -> None:
+        # A consumer's prefetch is set before it consumes: what the reader has room for.
+        assert self.channel is not None
+        await self.channel.set_qos(prefetch_count=self.window - self._holds())
+        self.paused = False
+
+    async def resubscribe(self) -> None:
+        async with self._consuming:
+            # A consume again that waited for the reconnect may have consumed on the new channel already: beside
+            # the consumer made here it was a second one, unknown once the other was cancelled, and the follower
+            # stayed paused for good (released during an outage). An old tag cancels nothing on a new channel.
+            # Within the publish timeout (the channel is ready; our own flag may not say so yet after a reconnect).
+            stale = self.tag
+            if stale is not None and self.queue is not None and not self.cancelled:
+                await self.broker.quietly(
+                    "cancelling a stream's consumer from before a reopen", self.queue.cancel(stale)
+                )
+            await super().resubscribe()
+
+    def _forget_channel(self) -> bool:
+        super()._forget_channel()
+        self.held.clear()  # their channel is gone, and their acks with it
+        self.acked = 0
+        if self._room():
+            return True
+        self.paused = True  # the reader still holds the old channel's messages: consume once it released some
+        return False
+
+    def _admit(self, offset: int, message: AbstractIncomingMessage) -> bool:
+        """Hand `message` over if the reader holds less than the window; else stop consuming."""
+        self.last = message  # the latest delivery: acked with all before it once the consumer is cancelled
+        if self.released is None:
+            self.released = offset - 1
+        if isinstance(self.offset, int) and offset < self.offset:  # handed over already (a late delivery)
+            self.held.append((offset, message))  # acked once released, for its credit
+            return False
+        if self.paused or offset - self.released > self.window:
+            if not self.paused:
+                self.paused = True
+                asyncio.ensure_future(self._pause())
+            return False
+        self.held.append((offset, message))
+        return True
+
+    def _flushed(self) -> None:
+        """Nothing: a message is acked once released."""
+
+    async def _pause(self) -> None:
+        """Cancel the consumer that overran the window, and ack what it sent: it is gone, its credit with it."""
+        tag = self.tag
+        if self.queue is not None and tag is not None:
+            # Bounded: a connection that stopped answering must not hold the follower. By the publish timeout even
+            # with the connection lost, not at once as a consumer's cancel: our flag says "lost" until the reconnect
+            # ended, and a pause of the new channel's consumer would then give up on a live one. Given up, the
+            # channel goes (aiormq closes the channel of an RPC that timed out; a lost connection took it) and its
+            # reopen starts afresh (resubscribe()); the tag kept meanwhile stops a release from consuming again
+            # beside it (two consumers from one offset: seen leaving the follower paused for good).
+            if not await self.broker.quietly("cancelling a stream's consumer over its window", self.queue.cancel(tag)):
+                return
+        if self.tag != tag:  # the channel was reopened meanwhile: resubscribe() started afresh
+            return
+        self.tag = None
+        self.held.clear()
+        last, self.last = self.last, None
+        if last is not None:
+            self._ack_upto(last)
+        self._resume_if_room()
+
+    def _holds(self) -> int:
+        """Messages handed over and not released."""
+        if isinstance(self.offset, int) and self.released is not None:
+            return self.offset - 1 - self.released
+        return 0
+
+    def _room(self) -> bool:
+        """The reader holds at most half of the window (consuming again for less would churn)."""
+        return self._holds() * 2 <= self.window
+
+    def _resume_if_room(self) -> None:
+        if self.paused and self.tag is None and not self._subscribing and not self.cancelled and self._room():
+            self._subscribing = True
+            asyncio.ensure_future(self._consume_again())
+
+    async def _consume_again(self) -> None:
+        try:
+            async with self._consuming:
+                if self.paused and self.tag is None and not self.cancelled:  # else resubscribe() consumed meanwhile
+                    await self._subscribe()
+        except _UNAVAILABLE:  # tried again at the next release, or once the channel is reopened (_on_reopen)
+            self.paused = True
+        finally:
+            self._subscribing = False
+
+    def release(self, offset: int) -> None:
+        self.released = offset
+        last = None
+        while self.held and self.held[0][0] <= offset:
+            last = self.held.popleft()[1]
+        if last is not None:
+            self._ack_upto(last)
+        self._resume_if_room()
+
+    def _ack_upto(self, message: AbstractIncomingMessage) -> None:
+        """Ack `message` and every delivery before it, unless a later ack did already (tasks ack in order)."""
+        tag = message.delivery_tag or 0
+        if tag > self.acked:
+            self.acked = tag
+            self._ack_later(message)
 
 
 class RabbitMQBroker(Broker):
@@ -616,23 +664,25 @@ class RabbitMQBroker(Broker):
         if self.connection is not None:
             await self.quietly("closing the connection", self.connection.close(), timeout)
 
-    async def quietly(self, what: str, step: Awaitable[object], timeout: float | None = None) -> None:
+    async def quietly(self, what: str, step: Awaitable[object], timeout: float | None = None) -> bool:
         """Await one step of a cancel or close for at most `timeout` seconds (default: the publish timeout; 0
         runs it up to its first wait), and never raise: a broker that is gone answers nothing, and whoever
-        cancels or closes is on its way out. The first give-up is logged, once per broker."""
+        cancels or closes is on its way out. False if it gave up; the first give-up is logged, once per broker."""
         limit = self.publish_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
                 await step
+            return True
         except Exception as exc:  # TimeoutError, or whatever a dead connection raised
             if self._gave_up:
-                return
+                return False
             self._gave_up = True
             if not isinstance(exc, TimeoutError):
                 why = redact_text(repr(exc))
             else:
                 why = f"no answer in {limit:g}s" if limit else "the connection is gone"
             log.warning("broker: gave up %s (%s); later give-ups are not logged", what, why)
+            return False
 
     async def _publish(self, exchange: str | None, body: bytes, properties: Properties, key: str) -> None:
         """Publish on the confirmed channel and return once the broker confirmed the message.
@@ -823,7 +873,11 @@ class RabbitMQBroker(Broker):
     async def follow(
         self, stream: str, handler: StreamHandler, offset: Offset = "first", window: int | None = None
     ) -> Subscription:
-        follower = _StreamFollower(self, stream, handler, offset, window)
+        follower = (
+            _StreamFollower(self, stream, handler, offset)
+            if window is None
+            else _WindowedStreamFollower(self, stream, handler, offset, window)
+        )
         with _unavailable(f"cannot follow {stream}"):
             await follower.start()
         self.followers.append(follower)
