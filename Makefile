@@ -69,7 +69,7 @@ dashboards: $(VENV)/.installed ## regenerate dashboards/*.json from dashboards/g
 	$(PY) dashboards/generate.py
 
 bench: $(VENV)/.installed system-deps ## benchmarks, printing their numbers
-	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench tests/api/bench_replay.py tests/api/bench_index.py tests/api/bench_http.py tests/postgres/bench_pgstore.py $(PYTEST_ARGS) -o addopts=""
+	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/bench/test_core_bench.py tests/bench/test_peers.py tests/bench/bench_cancels.py tests/bench/bench_cancel_lookups.py tests/api/bench_replay.py tests/api/bench_index.py tests/api/bench_http.py tests/postgres/bench_pgstore.py $(PYTEST_ARGS) -o addopts=""
 
 bench-index: $(VENV)/.installed system-deps ## the status index at 100k/300k/1M jobs: ready time, RSS, bytes per job
 	$(PY) -m pytest -m bench -p no:cacheprovider -s tests/api/bench_index.py $(PYTEST_ARGS) -o addopts=""
