@@ -109,9 +109,12 @@ async def test_a_starting_worker_keeps_only_the_cancel_requests_that_can_still_m
         await queue.cancel_job(waiting)
         await queue.cancel_job("an-old-queued-job")
         await queue.cancel_job("a-long-done-delayed-job", job=_waiting_until(time.time() + 0.5))
-        await asyncio.sleep(2.0)  # ages them out of the window below (RabbitMQ's stream offsets are in seconds)
+        # Ages them out of the window below: RabbitMQ's stream offsets are in whole seconds, so the worker reads up
+        # to a second more than its window. The window leaves the worker's start (connecting, declaring) 3 s to
+        # take before the recent one falls out of it too (it failed one CI with a 1 s window and a 2 s sleep).
+        await asyncio.sleep(5.0)
         await queue.cancel_job("a-recent-one")
-        async with running_worker(broker_url, providers.registry, cancel_window=1.0) as worker:
+        async with running_worker(broker_url, providers.registry, cancel_window=3.0) as worker:
             assert "a-recent-one" in worker.cancel_requests
             await asyncio.wait_for(worker.backfilled.wait(), 10)
             assert waiting in worker.cancel_requests.waiting
