@@ -13,8 +13,6 @@ from urllib.parse import urlparse
 
 import pytest
 
-from controlplane_workers.settings import Settings
-from controlplane_workers.topology import DELAY_LEVELS, Topology
 from tests.chart.chartlib import (
     NAMESPACE,
     RELEASE,
@@ -26,6 +24,7 @@ from tests.chart.chartlib import (
     pod_specs,
     render_set,
 )
+from tests.support.topology import other_queues, retry_queues, worker_topology
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,11 +202,6 @@ def _jobs_and_retry_triggers(rabbit: list[dict]) -> tuple[dict, dict | None]:
     return jobs[0], (retries[0] if retries else None)
 
 
-def _retry_topology(worker_env: dict) -> Topology:
-    """The names the worker derives from its own settings (Topology.from_settings), from its rendered env."""
-    return Topology.from_settings(Settings(**{k: v for k, v in worker_env.items() if isinstance(v, str)}))
-
-
 def _check_retry_trigger(jobs: dict, retries: dict, worker_env: dict) -> None:
     """Activation only, on exactly the delay queues the worker moves retries from, over the jobs trigger's broker."""
     meta = retries["metadata"]
@@ -226,15 +220,12 @@ def _check_retry_trigger(jobs: dict, retries: dict, worker_env: dict) -> None:
     assert {k: meta.get(k) for k in ("vhostName", "host")} == {
         k: jobs["metadata"].get(k) for k in ("vhostName", "host")
     }
-    topology = _retry_topology(worker_env)
+    topology = worker_topology(worker_env)
     regex = re.compile(meta["queueName"])  # RabbitMQ matches the name anywhere: the regex anchors itself
-    expected = [topology.retry_queue(n) for n in topology.retry_attempts]
+    expected = retry_queues(topology)
     assert expected and all(regex.search(q) for q in expected), (meta["queueName"], expected)
     others = [
-        topology.jobs_queue,
-        topology.dead_letter_queue,
-        topology.delay_entry,
-        *(topology.delay_queue(k) for k in range(DELAY_LEVELS)),
+        *other_queues(topology),
         topology.retry_queue(1),
         topology.retry_queue(topology.max_attempts + 1),
         topology.retry_queue(20),
@@ -261,7 +252,7 @@ def test_the_retry_trigger_matches_exactly_the_delay_queues(jobs_queue: str, max
     jobs, retries = _jobs_and_retry_triggers(one(docs, "ScaledObject")["spec"]["triggers"])
     assert retries is not None and jobs["metadata"]["queueName"] == jobs_queue
     _check_retry_trigger(jobs, retries, env)
-    assert len(_retry_topology(env).retry_attempts) == max_attempts - 1
+    assert len(worker_topology(env).retry_attempts) == max_attempts - 1
 
 
 def test_no_retry_trigger_without_retries() -> None:

@@ -22,11 +22,10 @@ from typing import Any
 
 import httpx
 
-from controlplane_workers.settings import Settings
-from controlplane_workers.topology import DELAY_LEVELS, Topology
 from tests.pods import kube
 from tests.pods.cluster import Cluster
 from tests.pods.runner import PodRun
+from tests.support.topology import other_queues, retry_queues, worker_topology
 
 # What KEDA does with each field, as far as "does the worker get scaled at all" goes: polling, cooldown,
 # fallback and the HPA behaviour only change when, so they are read by tests/chart, not here.
@@ -217,11 +216,6 @@ def worker_url(target: PodRun) -> urllib.parse.SplitResult:
     return urllib.parse.urlsplit(target.file(target.env()["CPW_RABBITMQ_URL_FILE"]).decode().strip())
 
 
-def worker_topology(target: PodRun) -> Topology:
-    """The queue names the target's worker derives from its settings (Topology.from_settings), from its env."""
-    return Topology.from_settings(Settings(**target.env()))
-
-
 def check_consumed_by(trigger: RabbitTrigger, target: PodRun) -> None:
     """KEDA watches the queue, vhost and broker the target's process consumes (read from its own url file); a
     useRegex trigger, exactly the delay queues its worker moves retries from (broker/retries.py)."""
@@ -229,10 +223,8 @@ def check_consumed_by(trigger: RabbitTrigger, target: PodRun) -> None:
     url = worker_url(target)
     vhost = urllib.parse.unquote(url.path[1:]) or "/"
     if trigger.regex:
-        topology = worker_topology(target)
-        retries = {topology.retry_queue(n) for n in topology.retry_attempts}
-        others = {topology.jobs_queue, topology.dead_letter_queue, topology.delay_entry}
-        others |= {topology.delay_queue(k) for k in range(DELAY_LEVELS)}
+        topology = worker_topology(env)
+        retries, others = set(retry_queues(topology)), set(other_queues(topology))
         pattern = re.compile(trigger.queue)  # RabbitMQ matches anywhere in the name, as re.search
         matched = {q for q in retries | others if pattern.search(q)}
         assert matched == retries, (

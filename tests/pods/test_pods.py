@@ -26,6 +26,7 @@ from tests.pods.cluster import Cluster
 from tests.pods.conftest import HELM_TEST
 from tests.pods.runner import PodRun, listening_ports
 from tests.pods.secrets import SECRETS
+from tests.support.topology import worker_topology
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(150)]
 
@@ -138,7 +139,7 @@ def test_keda_wakes_the_fleet_for_a_waiting_retry(make_cluster, rabbitmq) -> Non
         keda.check_consumed_by(trigger, worker)
     (jobs,) = [t for t in triggers if not t.regex]
     delay_triggers = [t for t in triggers if t.regex]  # one; none before the chart watched the delay queues
-    topology = keda.worker_topology(worker)
+    topology = worker_topology(worker.env())
     vhost = urllib.parse.unquote(keda.worker_url(worker).path[1:]) or "/"
     budget = float(so["spec"].get("pollingInterval", 30)) + 10
 
