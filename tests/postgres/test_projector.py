@@ -257,11 +257,13 @@ async def test_metrics_and_readiness_of_the_leader_and_the_standby_across_a_fail
         os.kill(one.proc.pid, signal.SIGKILL)
         one.proc.wait(5)
         await until(lambda: _scraped(two, "cpw_projector_leader", 1.0), every=0.05)
+        # It says leader as it takes the lock, two PostgreSQL round trips before it reads the stored offset;
+        # Ready (leader and following) comes after that read, so the scrape below cannot fall between them.
+        await wait_ready(two, f"{two.ops_url}/health/ready")
         after = await scrape(two)
         assert after["cpw_projector_failovers_total"] == 1.0
         assert after["cpw_projector_applied_offset"] == len(messages) - 1  # resumed after the stored offset
         assert after["cpw_projector_events_total"] == 0.0  # nothing written twice
-        await wait_ready(two, f"{two.ops_url}/health/ready")
         more = script(5, PER_MESSAGE, seed=6)
         await publish(vhost_url, more)
         await until(lambda: _past(conn, len(messages) + len(more) - 1))
