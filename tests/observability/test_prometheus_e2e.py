@@ -244,10 +244,17 @@ async def test_dashboards_and_an_alert_on_a_real_prometheus(platform):
             answer = await http.put(f"{api.url}{RG}/waiting-{i}", params=V, headers=A, json={"script": "ok"})
             assert answer.status_code == 201, answer.text
 
+        # RabbitMQ refreshes a queue's counts every 5 s (collect_statistics_interval) and the `for:` is 3 s: a
+        # refresh during the five PUTs makes the alert pending with fewer, and it fires before the next refresh
+        # shows all five. Its value follows each evaluation, so wait for it firing with the five counted.
         async def firing() -> dict[str, Any]:
             while True:
                 for alert in await prometheus.alerts(http):
-                    if alert["labels"]["alertname"] == ALERT and alert["state"] == "firing":
+                    if (
+                        alert["labels"]["alertname"] == ALERT
+                        and alert["state"] == "firing"
+                        and float(alert["value"]) == 5
+                    ):
                         return alert
                 await asyncio.sleep(0.5)
 
