@@ -111,9 +111,16 @@ async def kill_mid_stream(proc: Proc, conn: asyncpg.Connection, final: int) -> i
     await until(lambda: _past(conn, final // 4))
     os.kill(proc.proc.pid, signal.SIGKILL)
     proc.proc.wait(5)
+    # A COMMIT the process sent just before it died is still carried out by its PostgreSQL backend, in the
+    # backend's own time: read the offset once that backend has gone, and nothing more can be stored after it.
+    await until(lambda: _backend_gone(conn, f"cpw-indexer {proc.env['CPW_WORKER_ID']}"), every=0.02)
     at = await applied(conn)
     assert 0 <= at < final, "the kill must land mid-stream"
     return at
+
+
+async def _backend_gone(conn: asyncpg.Connection, name: str) -> bool:
+    return not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
 
 
 async def _holds(conn: asyncpg.Connection, name: str) -> bool:
