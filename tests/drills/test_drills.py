@@ -53,11 +53,17 @@ async def test_kill_9_workers(size, cluster):
     rng = random.Random(7)
 
     async def faults(load: Load) -> None:
+        replacements: list[asyncio.Task] = []
+
         async def kill(i: int) -> None:
             await c.kill_worker(rng)
-            await c.add_worker()  # the replacement a Deployment would start
+            # The replacement a Deployment would start, alongside: a start takes 3-6 s on a loaded machine, and
+            # awaited here it pushed the [small] size's later kills past the end of its 8 s of load, onto idle
+            # workers, so only the first kill could be counted on to land mid-job.
+            replacements.append(asyncio.create_task(c.add_worker()))
 
         await every(period, duration - 1, kill)
+        await asyncio.gather(*replacements)
 
     account = await drill("kill-9 workers", c, load, faults, settle_s=sized(size, 40, 120))
     assert account.redelivered > 0  # kills landed mid-job
