@@ -162,7 +162,9 @@ async def test_delayed_jobs_due_together_share_the_look_ups_of_their_cancel_requ
     jobs = 20
     lookups = {o: _sample("cpw_worker_cancel_lookups_total", outcome=o) for o in ("canceled", "not-canceled")}
     async with client(broker_url) as queue:
-        at = datetime.now(UTC) + timedelta(seconds=1)
+        # 20 submits and 2 cancels, a broker confirm each, must all land before `at`: they took up to 0.22 s of
+        # a 1 s lead under CPU load; 3 s leaves room for a CI stall.
+        at = datetime.now(UTC) + timedelta(seconds=3)
         # a hair earlier than the others, so each of them is looked up too (its request is the soonest dropped)
         canceled = await queue.submit_job(NS, TYPE, "create", request("b0"), not_before=at - timedelta(seconds=0.01))
         ids = [canceled] + [

@@ -217,10 +217,12 @@ async def test_drain_finishes_in_flight_and_requeues_the_rest(broker_url):
     async with client(broker_url) as queue:
         worker_cm = running_worker(broker_url, providers.registry, max_concurrent_jobs=4)
         worker = await worker_cm.__aenter__()
-        quick = [await queue.submit_job(NS, TYPE, "create", request(f"q{i}", "sleep:0.3")) for i in range(2)]
+        # All four must be seen running at once: the quick ones last 1 s, so three more submits and deliveries
+        # (and the poll) fit in that under load; they end within the drain's 2 s, the hanging ones never do.
+        quick = [await queue.submit_job(NS, TYPE, "create", request(f"q{i}", "sleep:1")) for i in range(2)]
         stuck = [await queue.submit_job(NS, TYPE, "create", request(f"h{i}", "hang")) for i in range(2)]
         await eventually(lambda: len(worker.running) == 4)
-        await worker.stop(drain_timeout=1.0)
+        await worker.stop(drain_timeout=2.0)
         await worker_cm.__aexit__(None, None, None)
         for job_id in quick:
             assert (await queue.get_job_result(job_id, timeout=1)).status is JobStatus.SUCCEEDED

@@ -87,12 +87,15 @@ async def test_sigterm_finishes_in_flight_then_exits_zero(vhost_url, workers):
     worker = workers(vhost_url, "graceful", CPW_DRAIN_TIMEOUT="20")
     await asyncio.to_thread(worker.wait_ready)
     async with client(vhost_url) as queue:
-        job_ids = [await queue.submit_job(NS, TYPE, "create", request(f"t{i}", "sleep:3")) for i in range(3)]
+        # 6 s jobs: the three submits, the poll, SIGTERM and the readiness polls to a process under CPU load all
+        # come out of the jobs' time (up to 0.6 s after SIGTERM alone, measured), with seconds to spare.
+        job_ids = [await queue.submit_job(NS, TYPE, "create", request(f"t{i}", "sleep:6")) for i in range(3)]
         await eventually(lambda: worker.status()["in_flight"] == 3)
         worker.signal(signal.SIGTERM)
         # the jobs have seconds left: readiness must already say 503 while they finish
-        await eventually(lambda: _ready_code(worker) == 503, timeout=2)
-        assert worker.status()["status"] == "draining"
+        await eventually(lambda: _ready_code(worker) == 503, timeout=4)
+        status = worker.status()
+        assert (status["status"], status["in_flight"]) == ("draining", 3), status
         assert await asyncio.to_thread(worker.wait, 30) == 0
         results = await _results(queue, job_ids, timeout=5)
         assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 3
