@@ -163,10 +163,7 @@ class RetryMover(Subscription):
     async def _renew(self) -> None:
         while True:
             self._drop_moves()
-            old, self.channel = self.channel, None
-            self.queues.clear()
-            if old is not None:
-                await self.broker.quietly("closing the retry mover's channel", old.close())
+            await self._close_channel()
             try:
                 await self.start()
                 break
@@ -188,5 +185,11 @@ class RetryMover(Subscription):
 
     async def cancel(self) -> None:
         self.stop()
-        if self.channel is not None:
-            await self.broker.quietly("closing the retry mover's channel", self.channel.close())
+        await self._close_channel()
+
+    async def _close_channel(self) -> None:
+        """Close the consuming channel, bounded by the broker: the retries it held go back to their queues."""
+        old, self.channel = self.channel, None
+        self.queues.clear()
+        if old is not None:
+            await self.broker.quietly("closing the retry mover's channel", old.close())
